@@ -1,0 +1,1 @@
+"""Object storage -> Arrow shards: sensors, grid math, reads, stacking, the ingest graph."""
