@@ -29,7 +29,7 @@ ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 
 # Model-family modules whose import registers their presets. ``optional`` ones may not exist yet.
-_FAMILIES: tuple[tuple[str, bool], ...] = (("models.spectralgpt", True), ("models.skysense", True))
+_FAMILIES: tuple[tuple[str, bool], ...] = (("models.spectralgpt", False), ("models.skysense", True))
 _loaded = False
 
 
@@ -43,9 +43,7 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     def deco(fn: ModelFactory) -> ModelFactory:
         old = _REGISTRY.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(
-                f"model {name!r} is already registered by {old.__module__}.{old.__qualname__}"
-            )
+            raise ValueError(f"model {name!r} is already registered by {old.__module__}.{old.__qualname__}")
         _REGISTRY[name] = fn
         return fn
 

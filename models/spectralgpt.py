@@ -1,0 +1,346 @@
+"""SpectralGPT: a 3D (spectral × spatial) masked autoencoder for multispectral imagery.
+
+Hong et al., "SpectralGPT: Spectral Remote Sensing Foundation Model", IEEE TPAMI 2024.
+Facts follow the official code (danfenghong/IEEE_TPAMI_SpectralGPT, ``models_mae_spectral.py``),
+re-written here on our shared layers:
+
+- the band cube (B, C, H, W) is read as a one-channel volume (B, 1, C, H, W) and cut by one
+  Conv3d (kernel = stride = spectral_group × patch × patch) into T = C / spectral_group
+  spectral groups of h × w = H/p × W/p tokens, in (t, h, w) order; no cls token;
+- learnable spatial (1, h*w, D) and spectral (1, T, D) position embeddings, summed;
+- per-sample random masking (90 % by default), encoder on the visible tokens only;
+- a 512-wide, 4-deep, 16-head decoder with its own position embeddings predicts the
+  spectral_group × p × p pixels of every token;
+- loss = MSE over the masked tokens + MSE of the reconstruction summed over the spectral
+  groups (over all positions, as the official ``forward_loss``).
+
+Our layout differs from the official one in a single place: attention uses one fused ``qkv``
+projection; ``models.checkpoint`` concatenates the official q/k/v weights on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from models.layers import Attention, Block, checkpoint_blocks, resample_pos_embed_2d
+from models.registry import register_model
+
+__all__ = ["SpectralGPT", "SpectralGPTConfig"]
+
+
+@dataclass(frozen=True)
+class SpectralGPTConfig:
+    """SpectralGPT hyper-parameters. Defaults are the official base model at 128 px, 12 bands."""
+
+    img_size: int = 128  # native square input; other sizes divisible by patch_size resample
+    patch_size: int = 8
+    in_chans: int = 12  # bands; other counts divisible by spectral_group resample
+    spectral_group: int = 3  # bands per token (the official ``t_patch_size``)
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 4
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    mask_ratio: float = 0.9
+    norm_pix_loss: bool = False
+    spectral_loss_weight: float = 1.0  # weight of the spectral-summed reconstruction term
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size != 0:
+            raise ValueError(f"img_size {self.img_size} not divisible by patch_size {self.patch_size}")
+        if self.in_chans % self.spectral_group != 0:
+            raise ValueError(
+                f"in_chans {self.in_chans} not divisible by spectral_group {self.spectral_group}"
+            )
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+    @property
+    def grid_size(self) -> int:
+        """Spatial tokens per side at the native input, H / p."""
+        return self.img_size // self.patch_size
+
+    @property
+    def num_groups(self) -> int:
+        """Spectral tokens per position at the native input, T = C / spectral_group."""
+        return self.in_chans // self.spectral_group
+
+    @property
+    def patch_dim(self) -> int:
+        """Pixels predicted per token: spectral_group × p × p."""
+        return self.spectral_group * self.patch_size**2
+
+
+def _combined_pos_embed(
+    spatial: torch.Tensor, temporal: torch.Tensor, grid_hw: tuple[int, int], t: int, hw: tuple[int, int]
+) -> torch.Tensor:
+    """Sum of spatial (1, gh*gw, D) and spectral (1, T0, D) embeddings on a (t, h, w) grid -> (1, t*h*w, D).
+
+    Spatial embeddings are bicubically resampled to (h, w), spectral ones linearly to t, when
+    the input differs from the configured grid. Token order is (t, h, w), as the Conv3d gives.
+    """
+    spatial = resample_pos_embed_2d(spatial, grid_hw, hw)  # (1, h*w, D)
+    if temporal.shape[1] != t:
+        temporal = F.interpolate(temporal.transpose(1, 2).float(), size=t, mode="linear", align_corners=True)
+        temporal = temporal.transpose(1, 2).to(spatial.dtype)  # (1, t, D)
+    return (temporal[:, :, None, :] + spatial[:, None, :, :]).flatten(1, 2)  # (1, t*h*w, D)
+
+
+class SpectralGPT(nn.Module):
+    """SpectralGPT masked autoencoder. Input (B, C, H, W) with C % spectral_group == H % p == W % p == 0."""
+
+    def __init__(self, config: SpectralGPTConfig | None = None, **overrides) -> None:
+        super().__init__()
+        config = dataclasses.replace(config or SpectralGPTConfig(), **overrides)
+        self.config = c = config
+        self.grad_checkpointing = c.grad_checkpointing
+        norm = partial(nn.LayerNorm, eps=c.norm_eps)
+        g, p = c.spectral_group, c.patch_size
+        dpr = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
+
+        # encoder
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(1, c.embed_dim, kernel_size=(g, p, p), stride=(g, p, p))
+        self.pos_embed_spatial = nn.Parameter(torch.zeros(1, c.grid_size**2, c.embed_dim))
+        self.pos_embed_temporal = nn.Parameter(torch.zeros(1, c.num_groups, c.embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, drop_path=dpr[i], norm_layer=norm)
+            for i in range(c.depth)
+        )
+        self.norm = norm(c.embed_dim)
+
+        # decoder
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.decoder_pos_embed_spatial = nn.Parameter(torch.zeros(1, c.grid_size**2, c.decoder_embed_dim))
+        self.decoder_pos_embed_temporal = nn.Parameter(torch.zeros(1, c.num_groups, c.decoder_embed_dim))
+        self.decoder_blocks = nn.ModuleList(
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias, norm_layer=norm)
+            for _ in range(c.decoder_depth)
+        )
+        self.decoder_norm = norm(c.decoder_embed_dim)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
+
+        if not self.mask_token.is_meta:  # meta-device construction (param counts, deferred init)
+            self.initialize_weights()
+
+    # ------------------------------------------------------------------------------ setup
+
+    def initialize_weights(self) -> None:
+        """Official init: pos embeds ~ trunc N(0, .02), mask token ~ N(0, .02), patch embed and
+        Linear weights xavier-uniform (q, k, v each on its own, as the official separate Linears),
+        biases 0, LayerNorm 1/0."""
+        for pe in (
+            self.pos_embed_spatial,
+            self.pos_embed_temporal,
+            self.decoder_pos_embed_spatial,
+            self.decoder_pos_embed_temporal,
+        ):
+            nn.init.trunc_normal_(pe, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                for chunk in m.qkv.weight.data.chunk(3, dim=0):
+                    nn.init.xavier_uniform_(chunk)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every encoder and decoder block while training."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay."""
+        return {
+            "pos_embed_spatial",
+            "pos_embed_temporal",
+            "decoder_pos_embed_spatial",
+            "decoder_pos_embed_temporal",
+            "mask_token",
+        }
+
+    # ------------------------------------------------------------------------------ tokens
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, g*p*p), tokens in (t, h, w) order, pixels in (band, row, col) order."""
+        g, p = self.config.spectral_group, self.config.patch_size
+        return rearrange(imgs, "b (t u) (h p) (w q) -> b (t h w) (u p q)", u=g, p=p, q=p)
+
+    def unpatchify(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """(B, L, g*p*p) -> (B, C, H, W) for a token grid of ``hw`` = (H/p, W/p)."""
+        g, p = self.config.spectral_group, self.config.patch_size
+        return rearrange(x, "b (t h w) (u p q) -> b (t u) (h p) (w q)", h=hw[0], w=hw[1], u=g, p=p, q=p)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Tokenise and add position embeddings: (B, C, H, W) -> (B, L, D), grid (t, h, w)."""
+        x = self.patch_embed.proj(x.unsqueeze(1))  # (B, D, t, h, w)
+        t, h, w = x.shape[-3:]
+        x = rearrange(x, "b d t h w -> b (t h w) d")  # (B, L, D)
+        return x + self.pos_embed((t, h, w)), (t, h, w)
+
+    def pos_embed(self, thw: tuple[int, int, int], decoder: bool = False) -> torch.Tensor:
+        """Encoder (or decoder) position embedding for a (t, h, w) token grid: (1, t*h*w, D)."""
+        g = self.config.grid_size
+        spatial, temporal = (
+            (self.decoder_pos_embed_spatial, self.decoder_pos_embed_temporal)
+            if decoder
+            else (self.pos_embed_spatial, self.pos_embed_temporal)
+        )
+        return _combined_pos_embed(spatial, temporal, (g, g), thw[0], thw[1:])
+
+    def random_masking(
+        self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample random masking by argsort of noise (small noise = kept).
+
+        x: (B, L, D); noise: optional (B, L) in [0, 1) to fix the mask.
+        Returns x_kept (B, K, D) with K = round(L × (1 − mask_ratio)), mask (B, L) with
+        1 = masked, ids_restore (B, L), ids_keep (B, K).
+        """
+        B, L, D = x.shape
+        len_keep = round(L * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(B, L, device=x.device)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]  # (B, K)
+        x_kept = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, K, D)
+        mask = torch.ones(B, L, device=x.device, dtype=x.dtype)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)  # (B, L), back in token order
+        return x_kept, mask, ids_restore, ids_keep
+
+    # ------------------------------------------------------------------------------ encoder / decoder
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_blocks(blocks, x, self.grad_checkpointing)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens without masking: (B, C, H, W) -> (B, t*h*w, D), after the final norm."""
+        x, _ = self.embed(x)
+        return self.norm(self._run_blocks(self.blocks, x))
+
+    def forward_encoder(
+        self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+        """(B, C, H, W) -> latent (B, K, D) of the kept tokens, mask (B, L), ids_restore (B, L), grid."""
+        x, thw = self.embed(x)
+        x, mask, ids_restore, _ = self.random_masking(x, mask_ratio, noise)
+        x = self.norm(self._run_blocks(self.blocks, x))
+        return x, mask, ids_restore, thw
+
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, thw: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """latent (B, K, D) -> pixel predictions (B, L, g*p*p) for every token, in token order."""
+        x = self.decoder_embed(latent)  # (B, K, Dd)
+        B, K, Dd = x.shape
+        L = ids_restore.shape[1]
+        x = torch.cat([x, self.mask_token.expand(B, L - K, Dd).to(x.dtype)], dim=1)  # (B, L, Dd) shuffled
+        x = torch.gather(x, 1, ids_restore[..., None].expand(-1, -1, Dd))  # (B, L, Dd) unshuffled
+        x = x + self.pos_embed(thw, decoder=True)
+        x = self.decoder_norm(self._run_blocks(self.decoder_blocks, x))
+        return self.decoder_pred(x)
+
+    # ------------------------------------------------------------------------------ loss
+
+    def loss_terms(
+        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two reconstruction terms, in fp32.
+
+        imgs (B, C, H, W), pred (B, L, g*p*p), mask (B, L) with 1 = masked. Returns
+        - masked: mean over masked tokens of the per-token MSE (target per-token normalised
+          when ``norm_pix_loss``);
+        - spectral: MSE between prediction and target summed over the t spectral groups,
+          i.e. (B, h*w, g*p*p) maps, averaged over all positions. As in the official code the
+          summed target is taken before the ``norm_pix_loss`` normalisation.
+        """
+        target = self.patchify(imgs).float()  # (B, L, P)
+        pred = pred.float()
+        B, L, P = target.shape
+        t = imgs.shape[1] // self.config.spectral_group
+        target_sum = target.view(B, t, L // t, P).sum(1)  # (B, h*w, P)
+        pred_sum = pred.view(B, t, L // t, P).sum(1)  # (B, h*w, P)
+        spectral = (pred_sum - target_sum).pow(2).mean()
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        per_token = (pred - target).pow(2).mean(dim=-1)  # (B, L)
+        mask = mask.float()
+        masked = (per_token * mask).sum() / mask.sum()
+        return masked, spectral
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scalar loss = masked-token MSE + spectral_loss_weight × spectral-summed MSE."""
+        masked, spectral = self.loss_terms(imgs, pred, mask)
+        return masked + self.config.spectral_loss_weight * spectral
+
+    def forward(
+        self, x: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (loss, pred (B, L, g*p*p), mask (B, L) with 1 = masked).
+
+        ``noise`` (B, L) fixes the mask (tokens with the smallest noise are kept).
+        """
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore, thw = self.forward_encoder(x, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore, thw)
+        return self.forward_loss(x, pred, mask), pred, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, SpectralGPTConfig] = {
+    "spectralgpt_tiny": SpectralGPTConfig(
+        img_size=32,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=32,
+        decoder_depth=1,
+        decoder_num_heads=4,
+    ),
+    "spectralgpt_base": SpectralGPTConfig(embed_dim=768, depth=12, num_heads=12),
+    "spectralgpt_large": SpectralGPTConfig(embed_dim=1024, depth=24, num_heads=16),
+    "spectralgpt_huge": SpectralGPTConfig(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def _register(name: str, cfg: SpectralGPTConfig) -> None:
+    def factory(**overrides) -> SpectralGPT:
+        return SpectralGPT(cfg, **overrides)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"SpectralGPT preset {name}: {cfg}"
+    register_model(name)(factory)
+
+
+for _name, _cfg in PRESETS.items():
+    _register(_name, _cfg)
