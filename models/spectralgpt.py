@@ -102,6 +102,9 @@ def _combined_pos_embed(
 class SpectralGPT(nn.Module):
     """SpectralGPT masked autoencoder. Input (B, C, H, W) with C % spectral_group == H % p == W % p == 0."""
 
+    # Parts an encoder-only or fine-tuned checkpoint may lack (see models.checkpoint.load_weights).
+    checkpoint_optional_prefixes = ("decoder_", "mask_token")
+
     def __init__(self, config: SpectralGPTConfig | None = None, **overrides) -> None:
         super().__init__()
         config = dataclasses.replace(config or SpectralGPTConfig(), **overrides)
@@ -196,6 +199,10 @@ class SpectralGPT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Tokenise and add position embeddings: (B, C, H, W) -> (B, L, D), grid (t, h, w)."""
+        C, H, W = x.shape[-3:]
+        g, p = self.config.spectral_group, self.config.patch_size
+        if C % g or H % p or W % p:
+            raise ValueError(f"input (C, H, W) = {(C, H, W)} must be divisible by {(g, p, p)}")
         x = self.patch_embed.proj(x.unsqueeze(1))  # (B, D, t, h, w)
         t, h, w = x.shape[-3:]
         x = rearrange(x, "b d t h w -> b (t h w) d")  # (B, L, D)
