@@ -249,10 +249,24 @@ def transform_bounds_many(
 
     t = np.linspace(0.0, 1.0, densify_pts)
     x0, y0, x1, y1 = (b[:, i : i + 1] for i in range(4))
-    xs = np.concatenate([x0 + (x1 - x0) * t, x0 + (x1 - x0) * t, np.repeat(x0, densify_pts, 1),
-                         np.repeat(x1, densify_pts, 1)], axis=1)
-    ys = np.concatenate([np.repeat(y0, densify_pts, 1), np.repeat(y1, densify_pts, 1), y0 + (y1 - y0) * t,
-                         y0 + (y1 - y0) * t], axis=1)
+    xs = np.concatenate(
+        [
+            x0 + (x1 - x0) * t,
+            x0 + (x1 - x0) * t,
+            np.repeat(x0, densify_pts, 1),
+            np.repeat(x1, densify_pts, 1),
+        ],
+        axis=1,
+    )
+    ys = np.concatenate(
+        [
+            np.repeat(y0, densify_pts, 1),
+            np.repeat(y1, densify_pts, 1),
+            y0 + (y1 - y0) * t,
+            y0 + (y1 - y0) * t,
+        ],
+        axis=1,
+    )
     tx, ty = _tr(f"EPSG:{src_epsg}", f"EPSG:{dst_epsg}", xs.ravel(), ys.ravel())
     tx = np.asarray(tx, dtype=np.float64).reshape(xs.shape)
     ty = np.asarray(ty, dtype=np.float64).reshape(ys.shape)
