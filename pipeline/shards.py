@@ -1,0 +1,335 @@
+"""The shard contract v1 as pure functions: Arrow schema, table building, band statistics, manifest, rejects.
+
+No Ray and no storage I/O here (callers write the bytes these functions return). One row = one sample;
+array columns are canonical Arrow ``FixedShapeTensor`` extension types, so any Arrow reader gets the
+shapes back. Reading shards back needs nothing but pyarrow and numpy::
+
+    import numpy as np, pyarrow.parquet as pq
+
+    t = pq.read_table("out/shards")                   # a directory of shards, or one .parquet file
+    s2 = t["s2"].combine_chunks().to_numpy_ndarray()  # (N, T, 12, H, W) uint16, DN = reflectance x 1e4
+    s1 = t["s1"].combine_chunks().to_numpy_ndarray()  # (N, T, 2, H, W) float16, VV/VH dB (NaN = nodata)
+    s2_valid = np.stack(t["s2_valid"].to_numpy(zero_copy_only=False))   # (N, T) bool: slot holds a scene
+    s2_doy = np.stack(t["s2_doy"].to_numpy(zero_copy_only=False))       # (N, T) int16 day of year
+    ids = t["sample_id"].to_pylist()                          # "32633_1234_5678_2024Q1"
+    bands = t.schema.metadata[b"skyray.s2_bands"].decode().split(",")  # B01 ... B12
+
+:func:`read_shards` does exactly that and returns a dict of numpy arrays.
+
+Manifest and band statistics are deterministic: S2 sums are exact integers, S1 sums are float64 added in
+unit-id order, JSON is written with sorted keys and no timestamps, so re-running an ingest reproduces
+``manifest.json`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.sensors import S1, S2
+
+SCHEMA_VERSION = 1
+S2_BANDS = S2.band_names
+S1_BANDS = S1.band_names
+#: columns holding per-sample scalars (everything else is an array or lineage)
+SCALAR_COLUMNS = ("sample_id", "epsg", "x_min", "y_max", "gsd", "lon", "lat")
+REJECT_COLUMNS = ("level", "id", "reason", "detail")
+
+
+def shard_schema(max_slots: int, tile_px: int) -> pa.Schema:
+    """Arrow schema of contract v1 for ``T = max_slots`` slots and ``H = W = tile_px``."""
+    t, h = max_slots, tile_px
+    fields = [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("epsg", pa.int32(), nullable=False),
+        pa.field("x_min", pa.float64(), nullable=False),
+        pa.field("y_max", pa.float64(), nullable=False),
+        pa.field("gsd", pa.float32(), nullable=False),
+        pa.field("lon", pa.float32(), nullable=False),
+        pa.field("lat", pa.float32(), nullable=False),
+        pa.field("s2", pa.fixed_shape_tensor(pa.uint16(), [t, len(S2_BANDS), h, h]), nullable=False),
+        pa.field("s2_doy", pa.list_(pa.int16(), t), nullable=False),
+        pa.field("s2_valid", pa.list_(pa.bool_(), t), nullable=False),
+        pa.field("s2_cloud", pa.list_(pa.float32(), t), nullable=False),
+        pa.field("s1", pa.fixed_shape_tensor(pa.float16(), [t, len(S1_BANDS), h, h]), nullable=False),
+        pa.field("s1_doy", pa.list_(pa.int16(), t), nullable=False),
+        pa.field("s1_valid", pa.list_(pa.bool_(), t), nullable=False),
+        pa.field("sources", pa.list_(pa.string()), nullable=False),
+    ]
+    meta = {
+        "skyray.schema_version": str(SCHEMA_VERSION),
+        "skyray.s2_bands": ",".join(S2_BANDS),
+        "skyray.s1_bands": ",".join(S1_BANDS),
+        "skyray.s2_units": "DN = reflectance x 10000 (pre-04.00 convention), 0 = nodata",
+        "skyray.s1_units": "backscatter dB (10 log10 linear power), NaN = nodata",
+    }
+    return pa.schema(fields, metadata=meta)
+
+
+def _fixed_list(values: np.ndarray, typ: pa.DataType) -> pa.FixedSizeListArray:
+    values = np.ascontiguousarray(values)
+    n, t = values.shape
+    flat = pa.array(values.reshape(-1), type=typ)
+    return pa.FixedSizeListArray.from_arrays(flat, t)
+
+
+def _tensor(values: np.ndarray, typ: pa.DataType) -> pa.ExtensionArray:
+    values = np.ascontiguousarray(values)
+    flat = pa.array(values.reshape(-1), type=typ)
+    storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(values.shape[1:])), storage)
+
+
+def build_table(
+    *,
+    sample_id: Sequence[str],
+    epsg: np.ndarray,
+    x_min: np.ndarray,
+    y_max: np.ndarray,
+    gsd: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    s2: np.ndarray,
+    s2_doy: np.ndarray,
+    s2_valid: np.ndarray,
+    s2_cloud: np.ndarray,
+    s1: np.ndarray,
+    s1_doy: np.ndarray,
+    s1_valid: np.ndarray,
+    sources: Sequence[Sequence[str]],
+) -> pa.Table:
+    """A contract-v1 table from numpy arrays, rows in the given order (callers sort by sample_id).
+
+    Shapes: ``s2 (N, T, 12, H, W) uint16``, ``s1 (N, T, 2, H, W) float16``, ``*_doy (N, T) int16``,
+    ``*_valid (N, T) bool``, ``s2_cloud (N, T) float32``; scalars ``(N,)``.
+    """
+    n, t, nb, h, w = s2.shape
+    if nb != len(S2_BANDS) or h != w:
+        raise ValueError(f"s2 must be (N, T, {len(S2_BANDS)}, H, H), got {s2.shape}")
+    if s1.shape != (n, t, len(S1_BANDS), h, w):
+        raise ValueError(f"s1 must be {(n, t, len(S1_BANDS), h, w)}, got {s1.shape}")
+    for name, a in (("s2_doy", s2_doy), ("s2_valid", s2_valid), ("s2_cloud", s2_cloud), ("s1_doy", s1_doy),
+                    ("s1_valid", s1_valid)):
+        if a.shape != (n, t):
+            raise ValueError(f"{name} must be {(n, t)}, got {a.shape}")
+    if len(sample_id) != n or len(sources) != n:
+        raise ValueError(f"sample_id and sources need {n} rows")
+    schema = shard_schema(t, h)
+    cols = [
+        pa.array(list(sample_id), pa.string()),
+        pa.array(np.asarray(epsg, np.int32)),
+        pa.array(np.asarray(x_min, np.float64)),
+        pa.array(np.asarray(y_max, np.float64)),
+        pa.array(np.asarray(gsd, np.float32)),
+        pa.array(np.asarray(lon, np.float32)),
+        pa.array(np.asarray(lat, np.float32)),
+        _tensor(s2.astype(np.uint16, copy=False), pa.uint16()),
+        _fixed_list(s2_doy.astype(np.int16, copy=False), pa.int16()),
+        _fixed_list(s2_valid.astype(bool, copy=False), pa.bool_()),
+        _fixed_list(s2_cloud.astype(np.float32, copy=False), pa.float32()),
+        _tensor(s1.astype(np.float16, copy=False), pa.float16()),
+        _fixed_list(s1_doy.astype(np.int16, copy=False), pa.int16()),
+        _fixed_list(s1_valid.astype(bool, copy=False), pa.bool_()),
+        pa.array([list(s) for s in sources], pa.list_(pa.string())),
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
+    """Serialise a shard deterministically (same table + same pyarrow -> same bytes)."""
+    buf = io.BytesIO()
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=["sample_id"],
+        write_statistics=list(SCALAR_COLUMNS),
+        row_group_size=max(1, row_group_rows),
+        store_schema=True,
+    )
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_shards(path) -> dict[str, np.ndarray | list]:
+    """Read shards (a file, a directory of ``*.parquet``, or an open file) with plain pyarrow into numpy.
+
+    Returns ``sample_id`` (list), scalars as 1-D arrays, ``s2 (N, T, 12, H, W)``, ``s1 (N, T, 2, H, W)``,
+    ``*_doy/*_valid/s2_cloud (N, T)`` and ``sources`` (list of lists). See the module docstring.
+    """
+    t = pq.read_table(path)
+    out: dict[str, np.ndarray | list] = {"sample_id": t["sample_id"].to_pylist()}
+    for c in SCALAR_COLUMNS[1:]:
+        out[c] = t[c].to_numpy()
+    n = t.num_rows
+    for c in ("s2", "s1"):
+        out[c] = t[c].combine_chunks().to_numpy_ndarray() if n else np.zeros((0,), np.uint16)
+    for c in ("s2_doy", "s2_valid", "s2_cloud", "s1_doy", "s1_valid"):
+        col = t[c].combine_chunks()
+        out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
+    out["sources"] = t["sources"].to_pylist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- band stats
+
+
+def s2_band_sums(s2: np.ndarray, valid: np.ndarray) -> dict[str, list[int]]:
+    """Exact integer count/sum/sum of squares per band over valid (non-zero) pixels of valid slots.
+
+    ``s2 (N, T, 12, H, W) uint16``, ``valid (N, T) bool``. Zero pixels add nothing to the sums, so only
+    the counts need the mask.
+    """
+    nb = s2.shape[2]
+    count, total, sq = [0] * nb, [0] * nb, [0] * nb
+    sel = s2[np.asarray(valid, bool)]  # (K, 12, H, W)
+    for b in range(nb):
+        v = sel[:, b].astype(np.uint64)
+        count[b] = int(np.count_nonzero(v))
+        total[b] = int(v.sum())
+        sq[b] = int((v * v).sum())
+    return {"count": count, "sum": total, "sumsq": sq}
+
+
+def s1_band_sums(s1: np.ndarray, valid: np.ndarray) -> dict[str, list]:
+    """float64 count/sum/sum of squares of dB per band over finite values of valid slots."""
+    nb = s1.shape[2]
+    count, total, sq = [0] * nb, [0.0] * nb, [0.0] * nb
+    sel = s1[np.asarray(valid, bool)]
+    for b in range(nb):
+        v = sel[:, b].astype(np.float64)
+        v = v[np.isfinite(v)]
+        count[b] = int(v.size)
+        total[b] = float(v.sum())
+        sq[b] = float((v * v).sum())
+    return {"count": count, "sum": total, "sumsq": sq}
+
+
+def empty_sums(nbands: int, integer: bool) -> dict[str, list]:
+    z = 0 if integer else 0.0
+    return {"count": [0] * nbands, "sum": [z] * nbands, "sumsq": [z] * nbands}
+
+
+def add_sums(a: Mapping[str, list], b: Mapping[str, list]) -> dict[str, list]:
+    return {k: [x + y for x, y in zip(a[k], b[k], strict=True)] for k in ("count", "sum", "sumsq")}
+
+
+def finalize_stats(sums: Mapping[str, list], bands: Sequence[str]) -> dict:
+    """``{"bands", "count", "mean", "std"}`` (population std; NaN-free: empty bands give 0)."""
+    mean, std = [], []
+    for n, s, q in zip(sums["count"], sums["sum"], sums["sumsq"], strict=True):
+        if n == 0:
+            mean.append(0.0)
+            std.append(0.0)
+            continue
+        m = s / n
+        var = max(q / n - m * m, 0.0)
+        mean.append(float(m))
+        std.append(float(math.sqrt(var)))
+    return {"bands": list(bands), "count": [int(c) for c in sums["count"]], "mean": mean, "std": std}
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def build_manifest(
+    *,
+    shards: Iterable[Mapping],
+    s2_sums: Mapping[str, list],
+    s1_sums: Mapping[str, list],
+    tile_px: int,
+    max_slots: int,
+    config: Mapping,
+    counts: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> dict:
+    """The manifest dict: shards sorted by path, band stats, config; no timestamps (deterministic)."""
+    shard_list = sorted(
+        ({"path": s["path"], "rows": int(s["rows"]), "bytes": int(s["bytes"]), "sha256": s["sha256"]}
+         for s in shards),
+        key=lambda s: s["path"],
+    )
+    m = {
+        "schema_version": SCHEMA_VERSION,
+        "rows": sum(s["rows"] for s in shard_list),
+        "tile_px": int(tile_px),
+        "gsd": 10.0,
+        "max_slots": int(max_slots),
+        "shards": shard_list,
+        "band_stats": {"s2": finalize_stats(s2_sums, S2_BANDS), "s1": finalize_stats(s1_sums, S1_BANDS)},
+        "config": dict(config),
+    }
+    if counts is not None:
+        m["counts"] = dict(counts)
+    if extra:
+        m.update(extra)
+    return m
+
+
+def manifest_bytes(manifest: Mapping) -> bytes:
+    """Deterministic JSON: sorted keys, fixed indentation, trailing newline."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, allow_nan=False) + "\n").encode()
+
+
+def merge_manifests(manifests: Sequence[Mapping]) -> dict:
+    """Merge manifests of disjoint ingests with the same tile_px/max_slots (e.g. one per region).
+
+    Shards are concatenated (paths must not collide), stats recombined from counts/mean/std.
+    """
+    if not manifests:
+        raise ValueError("nothing to merge")
+    first = manifests[0]
+    for m in manifests[1:]:
+        if (m["tile_px"], m["max_slots"], m["schema_version"]) != (
+                first["tile_px"], first["max_slots"], first["schema_version"]):
+            raise ValueError("cannot merge manifests with different tile_px / max_slots / schema_version")
+    paths = [s["path"] for m in manifests for s in m["shards"]]
+    if len(set(paths)) != len(paths):
+        raise ValueError("cannot merge manifests whose shard paths collide")
+    stats = {}
+    for key, bands in (("s2", S2_BANDS), ("s1", S1_BANDS)):
+        sums = empty_sums(len(bands), integer=False)
+        for m in manifests:
+            st = m["band_stats"][key]
+            n = st["count"]
+            sums = add_sums(sums, {
+                "count": n,
+                "sum": [c * mu for c, mu in zip(n, st["mean"], strict=True)],
+                "sumsq": [c * (sd * sd + mu * mu)
+                          for c, mu, sd in zip(n, st["mean"], st["std"], strict=True)],
+            })
+        stats[key] = sums
+    return build_manifest(
+        shards=[s for m in manifests for s in m["shards"]], s2_sums=stats["s2"], s1_sums=stats["s1"],
+        tile_px=first["tile_px"], max_slots=first["max_slots"], config=first["config"],
+    )
+
+
+# ------------------------------------------------------------------------------------------- rejects
+
+
+def rejects_table(rejects: Iterable) -> pa.Table:
+    """``level, id, reason, detail`` strings, de-duplicated and sorted. Accepts Reject objects or dicts."""
+    rows = set()
+    for r in rejects:
+        d = r if isinstance(r, Mapping) else {c: getattr(r, c) for c in REJECT_COLUMNS}
+        rows.add(tuple(str(d[c]) for c in REJECT_COLUMNS))
+    ordered = sorted(rows)
+    return pa.table({c: pa.array([r[i] for r in ordered], pa.string()) for i, c in enumerate(REJECT_COLUMNS)})
+
+
+def rejects_to_parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()

@@ -1,0 +1,246 @@
+"""Object storage access from a :class:`~pipeline.config.StorageConfig`: one place for every client.
+
+Three clients read and write the same URIs and must agree on endpoint, region, signing and retries:
+
+* fsspec / s3fs (shards, manifests, item JSON): :func:`storage_options`, :func:`filesystem`;
+* GDAL through rasterio (COG range reads via ``/vsis3/``): :func:`gdal_options`, :func:`rasterio_env`,
+  :func:`gdal_path`;
+* the job itself: :func:`check_uri` (allowed schemes only, no ``..`` escapes), :func:`write_bytes_atomic`.
+
+Unset fields fall back to the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``/
+``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``...). Credentials are *never* read into, returned by, or
+logged from this module: every client picks them up from the environment / profile / instance role
+itself, so nothing derived here (options, logs, manifests) can leak them. :func:`redact` strips
+``user:password@`` from URLs that are shown to people.
+
+Transient errors (throttling, 5xx, resets) are retried by the clients: s3fs/botocore with
+``retries`` + botocore ``max_attempts`` (adaptive mode), GDAL with ``GDAL_HTTP_MAX_RETRY`` /
+``GDAL_HTTP_RETRY_DELAY`` (GDAL retries 429/500/502/503/504 and connection failures). What still
+fails after that is raised as :class:`TransientIOError` by the readers so Ray Data retries the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+
+from pipeline.config import StorageConfig
+
+
+class BadURIError(ValueError):
+    """A URI with a scheme outside ``allowed_schemes`` or a ``..`` path segment."""
+
+
+class TransientIOError(IOError):
+    """A storage error worth retrying (throttling, 5xx, connection reset) that survived client retries."""
+
+
+_TRANSIENT = re.compile(
+    r"HTTP (response )?code:? ?(429|500|502|503|504)|\b(429|500|502|503|504)\b.*(Error|error)|"
+    r"timed? ?out|Timeout|Connection (reset|refused|aborted)|Couldn't connect|SlowDown|"
+    r"Could not resolve|Recv failure|Send failure|Service ?Unavailable|InternalError|Throttl",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an I/O error message looks like a transient storage failure (see module docstring)."""
+    if isinstance(exc, TransientIOError | TimeoutError | ConnectionError):
+        return True
+    return bool(_TRANSIENT.search(str(exc)))
+
+
+def scheme_of(uri: str) -> str:
+    """``s3://b/k`` -> ``s3``; plain paths and ``file://`` -> ``file``."""
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
+    if not m:
+        return "file"
+    return m.group(1).lower()
+
+
+def check_uri(uri: str, storage: StorageConfig) -> str:
+    """Return ``uri`` if it may be used, else raise :class:`BadURIError`.
+
+    Allowed: a scheme in ``storage.allowed_schemes`` (plain paths count as ``file``), no ``..``
+    path segment (no escaping the archive root through a crafted href), non-empty.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise BadURIError("empty URI")
+    scheme = scheme_of(uri)
+    if scheme not in storage.allowed_schemes:
+        allowed = ", ".join(storage.allowed_schemes)
+        raise BadURIError(f"URI scheme {scheme!r} not allowed (allowed: {allowed}): {redact(uri)}")
+    path = uri.split("://", 1)[1] if "://" in uri else uri
+    if ".." in re.split(r"[\\/]", path):
+        raise BadURIError(f"URI contains a '..' path segment: {redact(uri)}")
+    if scheme == "s3" and not path.split("/", 1)[0]:
+        raise BadURIError(f"s3 URI without a bucket: {redact(uri)}")
+    return uri
+
+
+def redact(url: str) -> str:
+    """Drop ``user:password@`` and query strings (pre-signed signatures) from a URL shown to people."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable uri>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def endpoint_url(storage: StorageConfig) -> str | None:
+    """The S3 endpoint: the config's, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, else AWS."""
+    env = os.environ
+    return storage.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+def region(storage: StorageConfig) -> str | None:
+    return storage.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def storage_options(storage: StorageConfig) -> dict:
+    """fsspec/s3fs keyword arguments for ``s3://`` URIs (no credentials: s3fs reads them from the env)."""
+    client_kwargs: dict = {}
+    ep = endpoint_url(storage)
+    if ep:
+        client_kwargs["endpoint_url"] = ep
+    reg = region(storage)
+    if reg:
+        client_kwargs["region_name"] = reg
+    opts: dict = {
+        "anon": storage.anonymous,
+        "requester_pays": storage.requester_pays,
+        "config_kwargs": {"retries": {"max_attempts": storage.max_retries + 1, "mode": "adaptive"}},
+        "client_kwargs": client_kwargs,
+        # the same object written twice must not be served stale from a listing cache
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+    }
+    return opts
+
+
+def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(fs, path)`` for a URI: s3fs configured from ``storage`` for ``s3://``, the local fs otherwise."""
+    check_uri(uri, storage)
+    scheme = scheme_of(uri)
+    if scheme == "s3":
+        fs = fsspec.filesystem("s3", **storage_options(storage))
+        fs.retries = max(storage.max_retries, 1)  # s3fs's own retry loop (class attribute, not a kwarg)
+        return fs, uri.split("://", 1)[1]
+    if scheme == "file":
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        return fsspec.filesystem("file"), os.path.abspath(path)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI/path segments with ``/`` (keeps ``s3://`` intact)."""
+    out = base.rstrip("/")
+    for p in parts:
+        out += "/" + p.strip("/")
+    return out
+
+
+def gdal_options(storage: StorageConfig) -> dict[str, str]:
+    """GDAL config options for ``/vsis3/`` reads (no credentials: GDAL reads ``AWS_*`` from the env).
+
+    A custom endpoint ``http(s)://host:port`` becomes ``AWS_S3_ENDPOINT=host:port``, ``AWS_HTTPS`` and
+    path-style addressing (``AWS_VIRTUAL_HOSTING=FALSE``), as S3-compatible stores need.
+    """
+    opts = {
+        # COG reads: no directory listings, only .tif sidecars, merge adjacent block ranges
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+        "GDAL_HTTP_MULTIPLEX": "YES",
+        "VSI_CACHE": "FALSE",
+        # transient errors: GDAL retries 429/5xx and connection failures with exponential back-off
+        "GDAL_HTTP_MAX_RETRY": str(storage.max_retries),
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+        "GDAL_HTTP_TIMEOUT": "60",
+        "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    }
+    ep = endpoint_url(storage)
+    if ep:
+        parts = urlsplit(ep if "://" in ep else "https://" + ep)
+        opts["AWS_S3_ENDPOINT"] = parts.netloc.rsplit("@", 1)[-1] + parts.path.rstrip("/")
+        opts["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    reg = region(storage)
+    if reg:
+        opts["AWS_REGION"] = reg
+    if storage.anonymous:
+        opts["AWS_NO_SIGN_REQUEST"] = "YES"
+    if storage.requester_pays:
+        opts["AWS_REQUEST_PAYER"] = "requester"
+    return opts
+
+
+def rasterio_env(storage: StorageConfig):
+    """``rasterio.Env`` with :func:`gdal_options` (use around every open of a ``/vsis3/`` path)."""
+    import rasterio
+
+    return rasterio.Env(**gdal_options(storage))
+
+
+def gdal_path(uri: str) -> str:
+    """``s3://b/k.tif`` -> ``/vsis3/b/k.tif``; ``file:///x`` -> ``/x``; plain paths unchanged."""
+    scheme = scheme_of(uri)
+    if scheme == "s3":
+        return "/vsis3/" + uri.split("://", 1)[1]
+    if scheme == "file":
+        return uri.split("://", 1)[1] if "://" in uri else uri
+    if scheme in ("http", "https"):
+        return "/vsicurl/" + uri
+    return uri
+
+
+def exists(uri: str, storage: StorageConfig) -> bool:
+    fs, path = filesystem(uri, storage)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str, storage: StorageConfig) -> bytes:
+    fs, path = filesystem(uri, storage)
+    return fs.cat_file(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes, storage: StorageConfig) -> int:
+    """Write ``data`` so that a reader sees the whole object or nothing; returns its size.
+
+    Local: write a temp file in the same directory, fsync, ``os.replace`` into place. S3: one PUT
+    (S3 makes an object visible only once its upload completes).
+    """
+    fs, path = filesystem(uri, storage)
+    if scheme_of(uri) == "file":
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    else:
+        fs.pipe_file(path, data)
+    return len(data)
+
+
+def list_names(uri: str, storage: StorageConfig, suffix: str = "") -> list[str]:
+    """Sorted base names of the objects directly under ``uri`` ending in ``suffix`` ([] if none)."""
+    fs, path = filesystem(uri, storage)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+    return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
