@@ -235,7 +235,7 @@ class SpectralGPT(nn.Module):
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]  # (B, K)
         x_kept = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, K, D)
-        mask = torch.ones(B, L, device=x.device, dtype=x.dtype)
+        mask = torch.ones(B, L, device=x.device, dtype=torch.float32)
         mask[:, :len_keep] = 0
         mask = torch.gather(mask, 1, ids_restore)  # (B, L), back in token order
         return x_kept, mask, ids_restore, ids_keep
@@ -299,7 +299,7 @@ class SpectralGPT(nn.Module):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         per_token = (pred - target).pow(2).mean(dim=-1)  # (B, L)
         mask = mask.float()
-        masked = (per_token * mask).sum() / mask.sum()
+        masked = (per_token * mask).sum() / mask.sum().clamp(min=1.0)  # 0, not NaN, at mask_ratio 0
         return masked, spectral
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
