@@ -22,6 +22,7 @@ pystac ``Item`` costs ~100x more and the planner has to take 1 M items on one co
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import math
@@ -290,14 +291,43 @@ def resolve_href(href: str, base: str | None, storage: StorageConfig) -> str:
 
 # ------------------------------------------------------------------------------------- item parse
 
-_INTERN: dict[tuple, tuple] = {}
+
+@functools.lru_cache(maxsize=64)
+def _fast_prefixes(schemes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{sc}://" for sc in schemes if sc != "file")
 
 
-def _intern(t: tuple) -> tuple:
-    """Share equal transform/shape/bounds tuples across scenes (same MGRS tile -> same tuples)."""
-    if len(_INTERN) > 200_000:
-        _INTERN.clear()
-    return _INTERN.setdefault(t, t)
+_GEO: dict[tuple, tuple] = {}
+_GEO_MAX = 200_000
+
+
+def _geo(tr, sh) -> tuple[tuple[float, ...], tuple[int, int], tuple[float, float, float, float]]:
+    """(transform, shape, extent) of an asset, shared across scenes with the same grid (same MGRS tile).
+
+    Keyed on the raw JSON values (``10 == 10.0`` hash alike), so repeat grids cost one dict lookup.
+    """
+    key = (*tr[:6], *sh)
+    hit = _GEO.get(key)
+    if hit is None:
+        if len(tr) < 6 or len(sh) != 2:
+            raise _Bad("missing_crs", f"bad proj:transform / proj:shape {tr!r} / {sh!r}")
+        transform = tuple(float(v) for v in tr[:6])
+        shape = (int(sh[0]), int(sh[1]))
+        if not all(math.isfinite(v) for v in transform) or shape[0] <= 0 or shape[1] <= 0:
+            raise _Bad("missing_crs", f"bad proj:transform / proj:shape {tr!r} / {sh!r}")
+        if len(_GEO) >= _GEO_MAX:
+            _GEO.clear()
+        hit = _GEO[key] = (transform, shape, _extent(transform, shape))
+    return hit
+
+
+_BOUNDS: dict[tuple, tuple] = {}
+
+
+def _bounds(b: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    if len(_BOUNDS) >= _GEO_MAX:
+        _BOUNDS.clear()
+    return _BOUNDS.setdefault(b, b)
 
 
 def _parse_datetime(v: Any) -> _dt.datetime:
@@ -399,6 +429,7 @@ def _parse(item: dict, item_id: str, storage: StorageConfig, base: str | None) -
         raise _Bad("missing_asset", "item has no assets")
 
     epsg = _epsg_of(props)
+    fast = _fast_prefixes(storage.allowed_schemes)  # absolute hrefs of allowed schemes skip resolve_href
     refs: dict[str, AssetRef] = {}
     missing = []
     x0 = y0 = math.inf
@@ -419,17 +450,24 @@ def _parse(item: dict, item_id: str, storage: StorageConfig, base: str | None) -
             epsg = _epsg_of(a)
         tr = a.get("proj:transform") or props.get("proj:transform")
         sh = a.get("proj:shape") or props.get("proj:shape")
-        if not tr or not sh or len(tr) < 6 or len(sh) != 2:
+        if not tr or not sh:
             raise _Bad("missing_crs", f"asset {key!r} has no proj:transform / proj:shape")
-        transform = _intern(tuple(float(v) for v in tr[:6]))
-        shape = _intern((int(sh[0]), int(sh[1])))
-        try:
-            href = resolve_href(a.get("href"), base, storage)
-        except ValueError as e:
-            raise _Bad("bad_uri", f"asset {key!r}: {e}") from None
+        transform, shape, ex = _geo(tr, sh)
+        href = a.get("href")
+        if not (isinstance(href, str) and href.startswith(fast) and ".." not in href and "%" not in href):
+            try:
+                href = resolve_href(href, base, storage)
+            except ValueError as e:
+                raise _Bad("bad_uri", f"asset {key!r}: {e}") from None
         refs[band.name] = AssetRef(href, transform, shape, _nodata(a, band.nodata))
-        ex = _extent(transform, shape)
-        x0, y0, x1, y1 = min(x0, ex[0]), min(y0, ex[1]), max(x1, ex[2]), max(y1, ex[3])
+        if ex[0] < x0:
+            x0 = ex[0]
+        if ex[1] < y0:
+            y0 = ex[1]
+        if ex[2] > x1:
+            x1 = ex[2]
+        if ex[3] > y1:
+            y1 = ex[3]
     if missing:
         raise _Bad("missing_asset", f"{sensor} item lacks required assets: {', '.join(missing)}")
     if epsg is None:
@@ -443,7 +481,7 @@ def _parse(item: dict, item_id: str, storage: StorageConfig, base: str | None) -
     cc = props.get("eo:cloud_cover")
     cloud = float(cc) if isinstance(cc, int | float) and not isinstance(cc, bool) else None
     boa = s2_boa_offset(props, item_id, when) if sensor == "s2" else 0
-    return Scene(item_id, sensor, when, epsg, _intern((x0, y0, x1, y1)), lonlat, refs, boa, cloud)
+    return Scene(item_id, sensor, when, epsg, _bounds((x0, y0, x1, y1)), lonlat, refs, boa, cloud)
 
 
 def _lonlat_bbox(item: dict, epsg: int, bounds: tuple[float, float, float, float]):
