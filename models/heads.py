@@ -62,8 +62,8 @@ class MultiLabelHead(nn.Module):
 
 
 def _conv_norm_act(cin: int, cout: int, k: int) -> nn.Sequential:
-    """Conv k×k -> GroupNorm -> ReLU (GroupNorm, so batch 1 and 1×1 pooled maps train fine)."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if cout % g == 0)
+    """Conv k×k -> GroupNorm (≥ 2 channels a group) -> ReLU, so batch 1 with 1×1 pooled maps trains."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if cout % g == 0 and (cout // g >= 2 or g == 1))
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True)
     )
