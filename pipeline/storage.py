@@ -42,7 +42,8 @@ class TransientIOError(IOError):
 
 _TRANSIENT = re.compile(
     r"HTTP (response )?code:? ?(429|500|502|503|504)|\b(429|500|502|503|504)\b.*(Error|error)|"
-    r"timed? ?out|Timeout|Connection (reset|refused|aborted)|Couldn't connect|SlowDown|"
+    r"timed? ?out|Timeout|Connection (reset|refused|aborted)|Couldn't connect|Could not connect|"
+    r"Failed to connect|SlowDown|"
     r"Could not resolve|Recv failure|Send failure|Service ?Unavailable|InternalError|Throttl",
 )
 

@@ -1,0 +1,248 @@
+"""Read one scene's window covering a work unit onto the unit's 10 m grid.
+
+A unit is a square of ``N = unit_tiles * tile_px`` pixels at 10 m whose corners are multiples of
+``unit_m`` on the fixed per-UTM-zone grid (:mod:`pipeline.grid`). For each scene the unit's extent is
+read once per band with a single windowed read (GDAL fetches and decodes each touched COG block once:
+one HTTP range per block, adjacent ranges merged), never the whole scene, and never one small window
+per tile. Results land in caller-owned preallocated arrays, so a unit streams scene by scene in
+constant memory.
+
+* Sentinel-2: 10 m bands aligned with the grid are copied pixel-exact; 20/60 m bands (and misaligned
+  10 m ones) are resampled onto the grid (bilinear; SCL nearest) from a window with a one-pixel
+  margin. Then harmonised once: ``DN + scene.boa_offset`` on valid pixels, clipped to ``>= 1`` so
+  0 stays nodata.
+* Sentinel-1: warped onto the unit grid (any CRS) with a ``WarpedVRT`` (bilinear, float32 linear
+  power), then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
+
+Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
+(the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
+else that GDAL cannot decode (corrupt or truncated COG) raises ``SceneReadError("unreadable_cog")``,
+and the caller rejects that scene and goes on with the unit's other scenes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import reproject
+from rasterio.windows import Window
+
+from pipeline.config import StorageConfig
+from pipeline.sensors import S1, S1_MIN_POWER, S2, S2_SCL, Band
+from pipeline.storage import BadURIError, TransientIOError, check_uri, gdal_path, is_transient, redact
+
+GSD = 10.0
+_MISSING = re.compile(r"No such file|does not exist|not recognized as being in a supported|404|NoSuchKey",
+                      re.IGNORECASE)
+
+
+class SceneReadError(Exception):
+    """A scene that cannot be used: ``reason`` is a reject reason, ``detail`` is safe to log."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class UnitGrid:
+    """The 10 m pixel grid of a unit: top-left corner ``(x_min, y_max)``, ``size x size`` pixels."""
+
+    epsg: int
+    x_min: float
+    y_max: float
+    size: int
+
+    @classmethod
+    def from_bounds(cls, epsg: int, bounds: tuple[float, float, float, float]) -> UnitGrid:
+        x0, y0, x1, y1 = bounds
+        w, h = (x1 - x0) / GSD, (y1 - y0) / GSD
+        if abs(w - round(w)) > 1e-6 or abs(w - h) > 1e-6 or w < 1:
+            raise ValueError(f"unit bounds must be a square of whole 10 m pixels, got {bounds}")
+        return cls(epsg, float(x0), float(y1), int(round(w)))
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(GSD, 0.0, self.x_min, 0.0, -GSD, self.y_max)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.x_min, self.y_max - self.size * GSD, self.x_min + self.size * GSD, self.y_max)
+
+
+def _classify(exc: BaseException, what: str) -> Exception:
+    msg = redact(str(exc)) if "://" in str(exc) else str(exc)
+    if is_transient(exc):
+        return TransientIOError(f"{what}: {msg}")
+    if _MISSING.search(msg):
+        return SceneReadError("missing_asset", f"{what}: {msg}")
+    return SceneReadError("unreadable_cog", f"{what}: {msg}")
+
+
+def _open(href: str, storage: StorageConfig, what: str):
+    try:
+        check_uri(href, storage)
+    except BadURIError as e:
+        raise SceneReadError("bad_uri", f"{what}: {e}") from None
+    try:
+        ds = rasterio.open(gdal_path(href))
+    except (RasterioError, OSError) as e:
+        raise _classify(e, what) from None
+    if ds.crs is None:
+        ds.close()
+        raise SceneReadError("missing_crs", f"{what}: raster has no CRS")
+    return ds
+
+
+def _aligned_offset(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int] | None:
+    """Integer (col, row) of the grid's corner in a 10 m north-up raster aligned with it, else None."""
+    t = ds_transform
+    if not (math.isclose(t.a, GSD) and math.isclose(t.e, -GSD) and t.b == 0 and t.d == 0):
+        return None
+    c, r = (grid.x_min - t.c) / GSD, (t.f - grid.y_max) / GSD
+    if abs(c - round(c)) > 1e-6 or abs(r - round(r)) > 1e-6:
+        return None
+    return int(round(c)), int(round(r))
+
+
+def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, nodata: float) -> int:
+    """Read band 1 of ``ds`` onto ``grid`` into ``out`` (size x size); returns decoded bytes.
+
+    Pixels outside the raster are ``nodata``.
+    """
+    out.fill(nodata)
+    n = grid.size
+    off = _aligned_offset(ds.transform, grid)
+    itemsize = np.dtype(ds.dtypes[0]).itemsize
+    if off is not None:  # pixel-exact copy of the overlapping part
+        c0, r0 = off
+        cs, rs = max(c0, 0), max(r0, 0)
+        ce, re_ = min(c0 + n, ds.width), min(r0 + n, ds.height)
+        if ce <= cs or re_ <= rs:
+            return 0
+        data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs))
+        out[rs - r0 : re_ - r0, cs - c0 : ce - c0] = data
+        return data.size * itemsize
+    inv = ~ds.transform
+    x0, y0, x1, y1 = grid.bounds
+    cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
+    cs = max(int(math.floor(min(cols))) - 1, 0)
+    rs = max(int(math.floor(min(rows))) - 1, 0)
+    ce = min(int(math.ceil(max(cols))) + 1, ds.width)
+    re_ = min(int(math.ceil(max(rows))) + 1, ds.height)
+    if ce <= cs or re_ <= rs:
+        return 0
+    win = Window(cs, rs, ce - cs, re_ - rs)
+    data = ds.read(1, window=win)
+    src_nodata = ds.nodata if ds.nodata is not None else nodata
+    reproject(
+        source=data,
+        destination=out,
+        src_transform=ds.window_transform(win),
+        src_crs=ds.crs,
+        src_nodata=src_nodata,
+        dst_transform=grid.transform,
+        dst_crs=ds.crs,
+        dst_nodata=nodata,
+        resampling=resampling,
+        num_threads=1,
+    )
+    return data.size * itemsize
+
+
+def _band_href(scene, band: Band) -> str:
+    ref = scene.assets.get(band.name)
+    if ref is None:
+        raise SceneReadError("missing_asset", f"{scene.scene_id}: no asset for band {band.name}")
+    return ref.href
+
+
+def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray, scl: np.ndarray) -> int:
+    """Read every S2 band and SCL of ``scene`` onto ``grid``, harmonised; returns decoded bytes.
+
+    ``out (12, N, N) uint16`` receives DN (0 = nodata) in the pre-04.00 convention: the scene's
+    ``boa_offset`` is added to valid pixels exactly once and results are clipped to ``[1, 65535]``.
+    ``scl (N, N) uint8`` receives the scene classification (nearest, 0 = nodata).
+    """
+    if scene.epsg != grid.epsg:
+        msg = f"{scene.scene_id}: EPSG:{scene.epsg} is not the unit's {grid.epsg}"
+        raise SceneReadError("unreadable_cog", msg)
+    nbytes = 0
+    for i, band in enumerate((*S2.bands, S2_SCL)):
+        href = _band_href(scene, band)
+        what = f"{scene.scene_id} {band.name}"
+        target = scl if band is S2_SCL else out[i]
+        buf = target if target.dtype == np.uint16 else np.empty(target.shape, np.uint16)
+        ds = _open(href, storage, what)
+        try:
+            with ds:
+                if ds.crs.to_epsg() != grid.epsg:
+                    raise SceneReadError("unreadable_cog", f"{what}: raster CRS {ds.crs} is not {grid.epsg}")
+                nbytes += _read_band(ds, grid, Resampling[band.resampling], buf, 0)
+        except (RasterioError, OSError) as e:
+            raise _classify(e, what) from None
+        if buf is not target:
+            np.copyto(target, buf, casting="unsafe")
+    if scene.boa_offset:
+        harmonise(out, scene.boa_offset)
+    return nbytes
+
+
+def harmonise(dn: np.ndarray, offset: int) -> None:
+    """In place: ``dn + offset`` on valid (non-zero) pixels, clipped to ``[1, 65535]`` (0 stays nodata)."""
+    for b in range(dn.shape[0]):
+        band = dn[b]
+        valid = band != 0
+        shifted = np.clip(band.astype(np.int32) + int(offset), 1, 65535).astype(np.uint16)
+        np.copyto(band, shifted, where=valid)
+
+
+def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray) -> int:
+    """Warp VV and VH of ``scene`` onto ``grid`` (bilinear, linear power) and convert to dB.
+
+    ``out (2, N, N) float32`` receives dB, NaN where there is no data. Returns an estimate of the
+    decoded source bytes (the grid's area in source pixels).
+    """
+    nbytes = 0
+    for i, band in enumerate(S1.bands):
+        href = _band_href(scene, band)
+        what = f"{scene.scene_id} {band.name}"
+        ref = scene.assets[band.name]
+        ds = _open(href, storage, what)
+        try:
+            with ds:
+                src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
+                with WarpedVRT(
+                    ds,
+                    crs=f"EPSG:{grid.epsg}",
+                    transform=grid.transform,
+                    width=grid.size,
+                    height=grid.size,
+                    resampling=Resampling[band.resampling],
+                    src_nodata=src_nodata,
+                    nodata=np.nan,
+                    dtype="float32",
+                ) as vrt:
+                    vrt.read(1, out=out[i])
+                nbytes += grid.size * grid.size * np.dtype(ds.dtypes[0]).itemsize
+        except (RasterioError, OSError) as e:
+            raise _classify(e, what) from None
+    to_db(out)
+    return nbytes
+
+
+def to_db(power: np.ndarray) -> None:
+    """In place: linear power -> ``10 log10(max(p, 1e-5))`` dB; NaN stays NaN."""
+    with np.errstate(invalid="ignore"):
+        np.maximum(power, S1_MIN_POWER, out=power, where=np.isfinite(power))
+        np.log10(power, out=power, where=np.isfinite(power))
+    power *= 10.0

@@ -1,0 +1,229 @@
+"""pipeline.read: a scene's window onto the unit grid, pixel-exact at 10 m, resampled 20/60 m, warped S1."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import numpy as np
+import pytest
+from rasterio.transform import Affine
+
+from pipeline.config import StorageConfig
+from pipeline.read import (
+    SceneReadError,
+    UnitGrid,
+    harmonise,
+    read_s1_scene,
+    read_s2_scene,
+    to_db,
+)
+from pipeline.sensors import S2
+from pipeline.stac import AssetRef
+from pipeline.storage import TransientIOError, rasterio_env
+from tests.pipeline import _cogs
+
+WHEN = _dt.datetime(2022, 5, 3, 10, 0, tzinfo=_dt.UTC)
+ST = StorageConfig()
+# unit of 256 px at 10 m on the fixed grid (2560 m cells); the scene (499980..507660) covers part of it
+GRID = UnitGrid.from_bounds(32633, (2560.0 * 195, 2560.0 * 1951, 2560.0 * 196, 2560.0 * 1952))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return _cogs.s2_scene(tmp_path_factory.mktemp("s2"), "S2_A", WHEN)
+
+
+def _read(scene, grid=GRID):
+    out = np.zeros((12, grid.size, grid.size), np.uint16)
+    scl = np.zeros((grid.size, grid.size), np.uint8)
+    with rasterio_env(ST):
+        nbytes = read_s2_scene(scene, grid, ST, out, scl)
+    return out, scl, nbytes
+
+
+def _inside(grid, scene):
+    xs, ys = _cogs.centres(grid.transform, grid.size, grid.size)
+    x0, y0, x1, y1 = scene.bounds
+    return xs, ys, (xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)
+
+
+def test_unit_grid_from_bounds():
+    g = UnitGrid.from_bounds(32633, (0.0, -640.0, 640.0, 0.0))
+    assert (g.size, g.x_min, g.y_max) == (64, 0.0, 0.0)
+    assert g.transform == Affine(10, 0, 0, 0, -10, 0)
+    with pytest.raises(ValueError, match="square of whole 10 m pixels"):
+        UnitGrid.from_bounds(32633, (0.0, 0.0, 645.0, 640.0))
+
+
+def test_10m_bands_are_pixel_exact_and_outside_is_nodata(scene):
+    assert GRID.x_min < scene.bounds[0] < GRID.bounds[2], "the unit must straddle the scene's west edge"
+    out, _, nbytes = _read(scene)
+    xs, ys, inside = _inside(GRID, scene)
+    assert 0 < inside.sum() < inside.size
+    for i, band in enumerate(S2.bands):
+        if band.resolution_m != 10:
+            continue
+        np.testing.assert_array_equal(out[i][inside], _cogs.hash10(xs, ys, i)[inside], err_msg=band.name)
+        assert (out[i][~inside] == 0).all()
+    assert nbytes > 0
+
+
+@pytest.mark.parametrize("res", [20, 60])
+def test_coarse_bands_bilinear_within_one_dn(scene, res):
+    out, _, _ = _read(scene)
+    xs, ys, inside = _inside(GRID, scene)
+    # away from the scene edge (one coarse pixel) bilinear reproduces the ramp up to the stored rounding
+    x0, y0, x1, y1 = scene.bounds
+    interior = inside & (xs > x0 + res) & (ys < y1 - res)
+    for i, band in enumerate(S2.bands):
+        if band.resolution_m != res:
+            continue
+        diff = np.abs(out[i][interior].astype(float) - _cogs.ramp(xs, ys, i)[interior])
+        assert diff.max() <= 1.0, band.name
+
+
+def test_scl_nearest_keeps_classes_and_cloud_box(tmp_path):
+    box = (500400.0, 4995000.0, 501000.0, 4996200.0)  # multiples of 60 m inside GRID and the scene
+    sc = _cogs.s2_scene(tmp_path, "S2_C", WHEN, cloud_box=box)
+    _, scl, _ = _read(sc)
+    xs, ys, inside = _inside(GRID, sc)
+    assert set(np.unique(scl[inside])) == {4, 9}
+    in_box = (xs > box[0]) & (xs < box[2]) & (ys > box[1]) & (ys < box[3])
+    assert (scl[in_box] == 9).all() and (scl[inside & ~in_box] == 4).all()
+    assert (scl[~inside] == 0).all()
+
+
+def test_boa_offset_applied_exactly_once(tmp_path, scene):
+    stored = _cogs.s2_scene(tmp_path, "S2_OFF", WHEN, stored_offset=1000, boa_offset=-1000)
+    a, _, _ = _read(scene)
+    b, _, _ = _read(stored)
+    np.testing.assert_array_equal(a, b)  # DN + 1000 in the file, -1000 on read: the pre-04.00 values
+
+
+def test_harmonise_clips_valid_to_one_and_keeps_nodata():
+    dn = np.array([[[0, 500, 1000, 1001, 65535]]], np.uint16)
+    harmonise(dn, -1000)
+    np.testing.assert_array_equal(dn, [[[0, 1, 1, 1, 64535]]])
+
+
+def test_s1_same_zone_half_pixel_shift_lands_on_the_grid(tmp_path):
+    # S1 on a grid shifted by (+5 m, -5 m), like RTC products: bilinear warp of a linear ramp is exact
+    tr = Affine(10, 0, GRID.x_min - 995.0, 0, -10, GRID.y_max + 1005.0)
+    sc = _cogs.s1_scene(tmp_path, "S1_A", WHEN, transform=tr, shape=(500, 500))
+    out = np.zeros((2, GRID.size, GRID.size), np.float32)
+    with rasterio_env(ST):
+        read_s1_scene(sc, GRID, ST, out)
+    xs, ys = _cogs.centres(GRID.transform, GRID.size, GRID.size)
+    want = 10 * np.log10(_cogs.s1_power(xs, ys))
+    np.testing.assert_allclose(out[0], want, atol=1e-3)
+    np.testing.assert_allclose(out[1], want - 10 * np.log10(5.0), atol=1e-3)
+
+
+def test_s1_other_zone_is_warped_to_the_unit_zone(tmp_path):
+    # a scene in the neighbouring zone (EPSG:32634) covering the unit: values follow unit-zone coordinates
+    from rasterio.warp import transform_bounds
+
+    x0, y0, x1, y1 = transform_bounds("EPSG:32633", "EPSG:32634", *GRID.bounds)
+    tr = Affine(10, 0, np.floor(x0 / 10) * 10 - 300, 0, -10, np.ceil(y1 / 10) * 10 + 300)
+    shape = (int((y1 - y0) / 10) + 60, int((x1 - x0) / 10) + 60)
+    sc = _cogs.s1_scene(tmp_path, "S1_B", WHEN, epsg=32634, transform=tr, shape=shape)
+    out = np.zeros((2, GRID.size, GRID.size), np.float32)
+    with rasterio_env(ST):
+        read_s1_scene(sc, GRID, ST, out)
+    xs, ys = _cogs.centres(GRID.transform, GRID.size, GRID.size)
+    want = 10 * np.log10(_cogs.s1_power(xs, ys))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], want, atol=0.02)
+
+
+def test_s1_nodata_stays_nan(tmp_path):
+    tr = Affine(10, 0, GRID.x_min + 1000.0, 0, -10, GRID.y_max)  # covers only the east part of the unit
+    sc = _cogs.s1_scene(tmp_path, "S1_C", WHEN, transform=tr, shape=(256, 256))
+    out = np.zeros((2, GRID.size, GRID.size), np.float32)
+    with rasterio_env(ST):
+        read_s1_scene(sc, GRID, ST, out)
+    assert np.isnan(out[:, :, :90]).all() and np.isfinite(out[:, :, 110:]).all()
+
+
+def test_to_db():
+    p = np.array([1.0, 0.1, 0.0, np.nan, 1e-7], np.float32)
+    to_db(p)
+    np.testing.assert_allclose(p[[0, 1, 2, 4]], [0.0, -10.0, -50.0, -50.0], atol=1e-5)
+    assert np.isnan(p[3])
+
+
+def _with_asset(scene, band, href):
+    assets = dict(scene.assets)
+    ref = assets[band]
+    assets[band] = AssetRef(href, ref.transform, ref.shape, ref.nodata)
+    return type(scene)(**{f: getattr(scene, f) for f in scene.__dataclass_fields__} | {"assets": assets})
+
+
+def test_truncated_cog_is_unreadable(tmp_path, scene):
+    src = scene.assets["B04"].href
+    bad = tmp_path / "B04_truncated.tif"
+    data = open(src, "rb").read()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SceneReadError, match="unreadable_cog: S2_A B04"):
+        _read(_with_asset(scene, "B04", str(bad)))
+
+
+def test_garbage_cog_is_unreadable(tmp_path, scene):
+    bad = tmp_path / "junk.tif"
+    bad.write_bytes(b"II*\x00" + b"\x17" * 5000)
+    with pytest.raises(SceneReadError, match="unreadable_cog") as e:
+        _read(_with_asset(scene, "B8A", str(bad)))
+    assert e.value.reason == "unreadable_cog"
+
+
+def test_missing_object_and_missing_band_are_missing_asset(tmp_path, scene):
+    with pytest.raises(SceneReadError, match="missing_asset: S2_A B02"):
+        _read(_with_asset(scene, "B02", str(tmp_path / "nope.tif")))
+    assets = {k: v for k, v in scene.assets.items() if k != "SCL"}
+    no_scl = type(scene)(**{f: getattr(scene, f) for f in scene.__dataclass_fields__} | {"assets": assets})
+    with pytest.raises(SceneReadError, match="missing_asset: S2_A: no asset for band SCL"):
+        _read(no_scl)
+
+
+@pytest.mark.parametrize("href", ["http://example.com/B02.tif", "/data/../etc/B02.tif", "ftp://x/B02.tif"])
+def test_disallowed_href_is_bad_uri(scene, href):
+    with pytest.raises(SceneReadError, match="bad_uri"):
+        _read(_with_asset(scene, "B02", href))
+
+
+def test_scene_in_another_zone_than_the_unit_is_rejected(scene):
+    grid = UnitGrid.from_bounds(32634, GRID.bounds)
+    with pytest.raises(SceneReadError, match="EPSG:32633 is not the unit's 32634"):
+        _read(scene, grid)
+
+
+def test_s2_read_through_s3(s3_server, s3_bucket, scene):
+    """The same scene read through GDAL /vsis3 from the loopback S3 server gives identical pixels."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["endpoint_url"]})
+    assets = {}
+    for k, ref in scene.assets.items():
+        key = f"{s3_bucket}/scenes/S2_A/{k}.tif"
+        fs.put_file(ref.href, key)
+        assets[k] = AssetRef(f"s3://{key}", ref.transform, ref.shape, ref.nodata)
+    remote = type(scene)(**{f: getattr(scene, f) for f in scene.__dataclass_fields__} | {"assets": assets})
+    a, scl_a, _ = _read(scene)
+    b, scl_b, _ = _read(remote)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(scl_a, scl_b)
+    # a missing S3 object is a missing asset, not a transient error
+    gone = _with_asset(remote, "B03", f"s3://{s3_bucket}/scenes/S2_A/none.tif")
+    with pytest.raises(SceneReadError, match="missing_asset"):
+        _read(gone)
+
+
+def test_unreachable_endpoint_is_transient(scene, monkeypatch):
+    st = StorageConfig(endpoint_url="http://127.0.0.1:9", max_retries=0)
+    remote = _with_asset(scene, "B02", "s3://bucket/x/B02.tif")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    out = np.zeros((12, GRID.size, GRID.size), np.uint16)
+    scl = np.zeros((GRID.size, GRID.size), np.uint8)
+    with rasterio_env(st), pytest.raises(TransientIOError, match="S2_A B02"):
+        read_s2_scene(remote, GRID, st, out, scl)
