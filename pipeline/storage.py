@@ -44,7 +44,9 @@ _TRANSIENT = re.compile(
     r"HTTP (response )?code:? ?(429|500|502|503|504)|\b(429|500|502|503|504)\b.*(Error|error)|"
     r"timed? ?out|Timeout|Connection (reset|refused|aborted)|Couldn't connect|Could not connect|"
     r"Failed to connect|SlowDown|"
-    r"Could not resolve|Recv failure|Send failure|Service ?Unavailable|InternalError|Throttl",
+    r"Could not resolve|Recv failure|Send failure|Service ?Unavailable|InternalError|Throttl|"
+    # S3 error messages as GDAL reports them (the <Message> of SlowDown / InternalError / 503)
+    r"reduce your request rate|internal error|[Pp]lease try again",
 )
 
 
