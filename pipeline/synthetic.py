@@ -11,8 +11,8 @@ first and then uploaded with fsspec/s3fs, honouring the usual ``AWS_*`` variable
     under ``sentinel-2-l2a/`` as in Earth Search v1.
 ``sentinel-1-rtc/<yyyy>/<m>/<item id>/measurement/{vv,vh}.tif``
     Sentinel-1 RTC gamma0, float32 linear power, 10 m, nodata -32768 (declared in the GeoTIFF and in
-    ``raster:bands``), DEFLATE + predictor 3. Even S1 scenes sit on the S2 zone with a half-pixel-shifted
-    grid,
+    ``raster:bands``), DEFLATE + predictor 3. Even S1 scenes sit on the S2 zone with a grid shifted by
+    (+3 m, -4 m),
     odd ones in the neighbouring UTM zone (and say ``proj:code`` instead of ``proj:epsg``), so the ingest's
     co-registration is exercised.
 ``truth/<tile>_landcover.tif`` + ``truth/classes.json``
@@ -141,6 +141,8 @@ BOA_MODES = ("offset", "legacy", "harmonised")
 _BASELINE = {"offset": "05.10", "legacy": "03.01", "harmonised": "05.10"}
 
 COG_MIME = "image/tiff; application=geotiff; profile=cloud-optimized"
+#: DEFLATE effort when writing (decoding speed does not depend on it; 1 keeps test archives quick to make).
+DEFLATE_LEVEL = 1
 S1_NODATA = float(S1.bands[0].nodata)
 
 _S2_EXTENSIONS = [
@@ -304,24 +306,23 @@ def green_fraction(cls: str, doy: float, south: bool = False, shift: float | np.
 def _surface_reflectance(lc: np.ndarray, doy: float, south: bool, parcel: np.ndarray, r) -> tuple:
     """(12, H, W) float32 clear-sky reflectance and the (H, W) green fraction."""
     h, w = lc.shape
-    refl = np.empty((12, h, w), np.float32)
+    n = max(LANDCOVER_CLASSES) + 1
+    lo_tab = np.zeros((n, 12), np.float32)  # dormant / only spectrum per class id
+    hi_tab = np.zeros((n, 12), np.float32)  # green spectrum (= lo for non-vegetation)
     green = np.zeros((h, w), np.float32)
     for cid, name in LANDCOVER_CLASSES.items():
-        m = lc == cid
-        if not m.any():
-            continue
+        lo_tab[cid] = _SPECTRA[name]
+        hi_tab[cid] = _SPECTRA.get(name + "_green", _SPECTRA[name])
         if name in _PHENOLOGY:
+            m = lc == cid
             g = green_fraction(name, doy, south, parcel[m] if name == "cropland" else 0.0)
-            g = np.broadcast_to(np.asarray(g, np.float32), (int(m.sum()),))
             green[m] = g
-            lo, hi = np.asarray(_SPECTRA[name], np.float32), np.asarray(_SPECTRA[name + "_green"], np.float32)
-            refl[:, m] = lo[:, None] * (1 - g)[None, :] + hi[:, None] * g[None, :]
-        else:
-            refl[:, m] = np.asarray(_SPECTRA[name], np.float32)[:, None]
+    g = green[None]
+    refl = lo_tab.T[:, lc] * (1 - g) + hi_tab.T[:, lc] * g  # (12, H, W)
     texture = _value_noise(r, (h, w), 12.0, octaves=2)
     refl *= 1.0 + 0.06 * texture[None]
     refl *= np.float32(r.uniform(0.97, 1.03))  # scene-level illumination
-    refl += r.normal(0.0, 0.003, refl.shape).astype(np.float32)
+    refl += np.float32(0.003) * r.standard_normal(refl.shape, dtype=np.float32)
     return refl, green
 
 
@@ -377,7 +378,8 @@ def _edge_polygon(kind: str) -> list[tuple[float, float]]:
 
 
 def cog_profile(dtype: str, blocksize: int, nodata: float | None) -> dict:
-    """Creation options of every COG here: DEFLATE, predictor 2 (ints) / 3 (floats), overviews, no BigTIFF."""
+    """Creation options of every COG here: DEFLATE (level :data:`DEFLATE_LEVEL`), predictor 2 (ints) / 3
+    (floats), overviews (AUTO: halvings until one block), no BigTIFF."""
     return {
         "driver": "COG",
         "dtype": dtype,
@@ -385,6 +387,7 @@ def cog_profile(dtype: str, blocksize: int, nodata: float | None) -> dict:
         "nodata": nodata,
         "blocksize": blocksize,
         "compress": "DEFLATE",
+        "level": DEFLATE_LEVEL,
         "predictor": 3 if dtype.startswith("float") else 2,
         "overviews": "AUTO",
         "resampling": "nearest" if dtype == "uint8" else "average",
@@ -999,15 +1002,16 @@ def make_archive(
     year: int = 2022,
     cloud_fractions: Sequence[float] = CLOUD_FRACTIONS,
     boa_modes: Sequence[str] = BOA_MODES,
+    edges: Sequence[str] = EDGES,
     storage_options: Mapping[str, object] | None = None,
 ) -> ArchiveInfo:
     """Write a synthetic archive under ``output`` (local path or ``s3://bucket/prefix``); see module doc.
 
     ``scenes`` / ``s1_scenes`` are per tile; one tile per ``epsg`` (:func:`default_tile`). ``size_px``
     (10 m pixels per side) must be a multiple of 6. S2 scene ``i`` of a tile gets cloud fraction
-    ``cloud_fractions[i % len]``, radiometry ``boa_modes[i % len]`` and swath edge ``EDGES[i % 3]``; dates
+    ``cloud_fractions[i % len]``, radiometry ``boa_modes[i % len]``, swath edge ``edges[i % len]``; dates
     spread over ``year``. S1 scene ``j`` is dated 2 days after S2 scene ``j % scenes``; even ``j``: same
-    zone with a grid shifted by half a pixel (+5 m, -5 m) and ~5 % larger; odd ``j``: neighbouring UTM zone
+    zone with a grid shifted by (+3 m, -4 m) and ~5 % larger; odd ``j``: neighbouring UTM zone
     (``proj:code``). Returns an :class:`ArchiveInfo`.
     """
     if size_px % 6 or size_px < 12:
@@ -1017,6 +1021,9 @@ def make_archive(
     for m in boa_modes:
         if m not in BOA_MODES:
             raise ValueError(f"boa mode must be one of {BOA_MODES}, got {m!r}")
+    for e in edges:
+        if e not in EDGES:
+            raise ValueError(f"edge must be one of {EDGES}, got {e!r}")
     epsgs = [epsg] if isinstance(epsg, int) else list(epsg)
     storage_options = dict(storage_options or {})
     root_uri = _absolute_uri(output)
@@ -1033,7 +1040,7 @@ def make_archive(
             dates = scene_dates(scenes, year, seed)
             for i, when in enumerate(dates):
                 boa = boa_modes[i % len(boa_modes)]
-                edge = EDGES[i % len(EDGES)]
+                edge = edges[i % len(edges)]
                 cf = float(cloud_fractions[i % len(cloud_fractions)])
                 platform = "sentinel-2a" if i % 2 == 0 else "sentinel-2b"
                 rend = render_s2(
@@ -1158,11 +1165,11 @@ def _hrefs_of(item: dict, bands) -> dict[str, str]:
 
 
 def _s1_grid(tile: TileGrid, j: int) -> tuple[int, Affine, tuple[int, int]]:
-    """S1 scene ``j``'s grid: even j: same zone, half-pixel shift, padded; odd j: next zone east."""
+    """S1 scene ``j``'s grid: even j: same zone, shifted (+3 m, -4 m), padded; odd j: next zone east."""
     n = tile.size_px
     if j % 2 == 0:
         pad = max(n // 40, 2) * 10.0
-        tr = Affine(10.0, 0.0, tile.x0 - pad + 5.0, 0.0, -10.0, tile.y0 + pad - 5.0)
+        tr = Affine(10.0, 0.0, tile.x0 - pad + 3.0, 0.0, -10.0, tile.y0 + pad - 4.0)
         m = n + int(2 * pad / 10)
         return tile.epsg, tr, (m, m)
     zone = tile.epsg % 100
@@ -1353,7 +1360,7 @@ def write_pattern_s1_scene(
 ) -> dict:
     """Write an S1 RTC scene whose VV/VH are :func:`pattern_s1_power` over the pattern tile; return its item.
 
-    Same zone (grid shifted by half a pixel and padded) or, with ``neighbour_zone``, the next UTM zone east
+    Same zone (grid shifted by (+3 m, -4 m) and padded) or, with ``neighbour_zone``, the next UTM zone east
     (values evaluated at each S1 pixel centre transformed to the tile CRS). No nodata inside the footprint.
     """
     t = default_tile(epsg, size_px)
@@ -1540,7 +1547,7 @@ class BadInputs:
     root: str
     items_dir: str  # one <id>.json per item (and one malformed file)
     items: str  # ItemCollection of every *parseable* item (the malformed one cannot be inside it)
-    expected: Mapping[str, str]  # item id (file stem for the malformed one) -> reject reason
+    expected: Mapping[str, str]  # item id (file name for the malformed one) -> reject reason
     good: tuple[str, ...]  # ids of items that must ingest fine
 
 
@@ -1559,7 +1566,8 @@ def make_bad_inputs(
     (``missing_crs``), one with an href escaping via ``..`` (``bad_uri``), one with an ``ftp://`` href
     (``bad_uri``), a malformed JSON file (``malformed_item``), an all-cloud scene (``all_cloud``) and an
     all-nodata scene (``all_nodata``). ``items_dir`` holds one JSON file per item; ``items`` an
-    ItemCollection of the parseable ones. ``expected`` maps item id -> reason.
+    ItemCollection of the parseable ones. ``expected`` maps item id -> reason (for the malformed file,
+    which has no readable id, its file name ``BAD_MALFORMED_L2A.json``).
 
     The truncated / garbage items are copies of the good item (same tile and date) with their red href
     swapped, so the executor meets an unreadable scene inside a unit that also has a good one. The
@@ -1578,6 +1586,7 @@ def make_bad_inputs(
             epsg=epsg,
             boa_modes=("legacy",),
             cloud_fractions=(0.0,),
+            edges=("none",),
         )
         good_item = json.loads(Path(good.items).read_text())["features"][0]
         good_item = rebase_path(good_item, local_root, root_uri)
@@ -1629,7 +1638,7 @@ def make_bad_inputs(
         _dump(item_collection(parseable), local_root / "items.json")
         _publish(local_root, root_uri, dict(storage_options or {}))
     expected = {k: reason for k, (_, reason) in bad.items()}
-    expected["BAD_MALFORMED_L2A"] = "malformed_item"
+    expected["BAD_MALFORMED_L2A.json"] = "malformed_item"
     return BadInputs(root_uri, _join(root_uri, "items"), _join(root_uri, "items.json"), expected, (gid,))
 
 

@@ -19,9 +19,9 @@ ARCHIVE_KW = dict(scenes=3, s1_scenes=2, seed=7, size_px=1026, epsg=32633)
 
 @pytest.fixture(scope="session")
 def synthetic_archive(tmp_path_factory) -> synthetic.ArchiveInfo:
-    """3 S2 scenes (radiometry offset / legacy / harmonised; west wedge / none / east wedge; dates Mar, Jun,
-    Nov 2022) + 2 S1 RTC scenes (same zone half-pixel-shifted grid; neighbouring zone 32634 with proj:code)
-    of one tile. ``info.items`` is the ItemCollection path; ``info.truth["33TXM"]`` the land-cover COG.
+    """3 S2 scenes (radiometry offset / legacy / harmonised; west wedge / none / east wedge; dates ~Mar, ~Jul,
+    ~Nov 2022) + 2 S1 RTC scenes (same zone, grid shifted by (+3 m, -4 m); neighbouring zone 32634 with
+    proj:code) of one tile. ``info.items``: the ItemCollection path; ``info.truth["33TXM"]``: land-cover COG.
     """
     return synthetic.make_archive(tmp_path_factory.mktemp("synthetic_archive"), **ARCHIVE_KW)
 
