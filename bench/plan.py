@@ -49,7 +49,8 @@ def _mgrs_tiles(n_rows: int) -> list[tuple[int, float, float]]:
     for z in ZONES:
         for i in range(1, 8):
             for j in range(n_rows):
-                out.append((32600 + z, i * 100000.0 - (40.0 if i % 2 else 0.0), 4500000.0 + j * 100000.0 + 40.0))
+                x0 = i * 100000.0 - (40.0 if i % 2 else 0.0)
+                out.append((32600 + z, x0, 4500000.0 + j * 100000.0 + 40.0))
     return out
 
 
@@ -58,7 +59,8 @@ def s2_item(rng: random.Random, tile: tuple[int, float, float], when: dt.datetim
     name = f"T{epsg % 100}{chr(65 + int(y1 // 100000) % 20)}{chr(65 + int(x0 // 100000))}A"
     stamp = when.strftime("%Y%m%dT%H%M%S")
     item_id = f"S2{'AB'[n % 2]}_{name[1:]}_{stamp}_{n}_L2A"
-    base = f"s3://e84-earth-search-sentinel-data/sentinel-2-c1-l2a/{epsg % 100}/T/{name}/{when.year}/{when.month}/{item_id}"
+    bucket = "s3://e84-earth-search-sentinel-data/sentinel-2-c1-l2a"
+    base = f"{bucket}/{epsg % 100}/T/{name}/{when.year}/{when.month}/{item_id}"
     baseline = "05.10" if when.year >= 2022 else "02.14"
     assets = {}
     for key, res in S2_KEYS:
@@ -81,8 +83,8 @@ def s2_item(rng: random.Random, tile: tuple[int, float, float], when: dt.datetim
         "id": item_id,
         "collection": "sentinel-2-c1-l2a",
         "bbox": [lon0, lat0, lon0 + 1.4, lat0 + 1.0],
-        "geometry": {"type": "Polygon", "coordinates": [[[lon0, lat0], [lon0 + 1.4, lat0], [lon0 + 1.4, lat0 + 1],
-                                                          [lon0, lat0 + 1], [lon0, lat0]]]},
+        "geometry": {"type": "Polygon", "coordinates": [[[lon0, lat0], [lon0 + 1.4, lat0],
+                     [lon0 + 1.4, lat0 + 1], [lon0, lat0 + 1], [lon0, lat0]]]},
         "properties": {
             "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "platform": f"sentinel-2{'ab'[n % 2]}",
@@ -113,7 +115,8 @@ def s1_item(rng: random.Random, n_rows: int, when: dt.datetime, n: int) -> dict:
             "raster:bands": [{"nodata": -32768, "data_type": "float32"}], "roles": ["data"]}
         for k in ("vv", "vh")
     }  # fmt: skip
-    assets["rendered_preview"] = {"href": f"https://example.invalid/preview/{item_id}.png", "roles": ["overview"]}
+    preview = f"https://example.invalid/preview/{item_id}.png"
+    assets["rendered_preview"] = {"href": preview, "roles": ["overview"]}
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
@@ -182,27 +185,32 @@ def main(argv=None) -> dict:
     rss0 = _rss_mb()
     gc.disable()  # the scenes are long-lived: generational GC passes over millions of objects are waste
     t_gen = t_json = t_parse = 0.0
+    c_gen = c_json = c_parse = 0.0  # CPU seconds (time.process_time): fair on a shared, oversubscribed box
+    cpu = time.process_time
     scenes, rejects = [], []
     t_start = time.perf_counter()
     it = generate(args.items, args.s1_fraction, args.seed)
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu()
         item = next(it, None)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), cpu()
         t_gen += t1 - t0
+        c_gen += c1 - c0
         if item is None:
             break
         if args.json:
             item = json.loads(json.dumps(item))
             t_json += time.perf_counter() - t1
-        t2 = time.perf_counter()
+            c_json += cpu() - c1
+        t2, c2 = time.perf_counter(), cpu()
         r = parse_item(item, storage, where="bench")
         t_parse += time.perf_counter() - t2
+        c_parse += cpu() - c2
         (rejects if isinstance(r, Reject) else scenes).append(r)
     rss_parsed = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     units, plan_rejects = plan_units(scenes, cfg)
-    t_plan = time.perf_counter() - t0
+    t_plan, c_plan = time.perf_counter() - t0, cpu() - c0
     gc.enable()
     rss_peak = _rss_mb()
     n_s1 = sum(s.sensor == "s1" for s in scenes)
@@ -221,6 +229,11 @@ def main(argv=None) -> dict:
         "parse_s": t_parse,
         "plan_s": t_plan,
         "parse_plan_s": t_parse + t_plan + t_json,
+        "cpu_gen_s": c_gen,
+        "cpu_json_s": c_json,
+        "cpu_parse_s": c_parse,
+        "cpu_plan_s": c_plan,
+        "cpu_parse_plan_s": c_parse + c_plan + c_json,
         "wall_s": time.perf_counter() - t_start,
         "rss_start_mb": rss0,
         "rss_after_parse_mb": rss_parsed,
@@ -228,8 +241,11 @@ def main(argv=None) -> dict:
     }
     for k, v in fig.items():
         print(f"{k:>20}: {v:,.2f}" if isinstance(v, float) else f"{k:>20}: {v:,}")
-    ok = fig["parse_plan_s"] <= 300
-    print(f"parse+plan {fig['parse_plan_s']:.1f} s for {args.items:,} items: goal <= 300 s {'MET' if ok else 'MISSED'}")
+    verdict = "MET" if fig["parse_plan_s"] <= 300 else "MISSED"
+    print(
+        f"parse+plan {fig['parse_plan_s']:.1f} s wall, {fig['cpu_parse_plan_s']:.1f} s CPU"
+        f" for {args.items:,} items: goal <= 300 s {verdict} (wall)"
+    )
     if args.write:
         _write(fig, argv if argv is not None else sys.argv[1:], cfg)
     return fig
@@ -253,8 +269,10 @@ def _write(fig: dict, argv: list[str], cfg: IngestConfig) -> None:
         lines.append(f"| {k} | {v:,.2f} |" if isinstance(v, float) else f"| {k} | {v:,} |")
     lines += [
         "",
-        "`parse_s`: item dict -> Scene; `plan_s`: `plan_units`; `json_s`: json round trip (only with --json);",
-        "`gen_s`: synthetic item generation (not part of the goal). `rss_*`: max RSS of the process (the",
+        "`parse_s`: item dict -> Scene; `plan_s`: `plan_units`; `json_s`: json round trip (with --json);",
+        "`gen_s`: synthetic item generation (not part of the goal). `cpu_*`: the same in CPU seconds of the",
+        "process (time.process_time), the fair figure when other jobs share the cores; wall figures include",
+        "waiting for a core. `rss_*`: max RSS of the process (the",
         "scenes and units stay in memory). Goal (issue 2): parse + plan of 1 M items <= 5 min on one core.",
         "",
     ]
