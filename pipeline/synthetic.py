@@ -303,27 +303,33 @@ def green_fraction(cls: str, doy: float, south: bool = False, shift: float | np.
     return base + amp * np.exp(-0.5 * (d / width) ** 2)
 
 
-def _surface_reflectance(lc: np.ndarray, doy: float, south: bool, parcel: np.ndarray, r) -> tuple:
-    """(12, H, W) float32 clear-sky reflectance and the (H, W) green fraction."""
-    h, w = lc.shape
-    n = max(LANDCOVER_CLASSES) + 1
-    lo_tab = np.zeros((n, 12), np.float32)  # dormant / only spectrum per class id
-    hi_tab = np.zeros((n, 12), np.float32)  # green spectrum (= lo for non-vegetation)
-    green = np.zeros((h, w), np.float32)
-    for cid, name in LANDCOVER_CLASSES.items():
-        lo_tab[cid] = _SPECTRA[name]
-        hi_tab[cid] = _SPECTRA.get(name + "_green", _SPECTRA[name])
-        if name in _PHENOLOGY:
-            m = lc == cid
-            g = green_fraction(name, doy, south, parcel[m] if name == "cropland" else 0.0)
-            green[m] = g
-    g = green[None]
-    refl = lo_tab.T[:, lc] * (1 - g) + hi_tab.T[:, lc] * g  # (12, H, W)
-    texture = _value_noise(r, (h, w), 12.0, octaves=2)
-    refl *= 1.0 + 0.06 * texture[None]
-    refl *= np.float32(r.uniform(0.97, 1.03))  # scene-level illumination
-    refl += np.float32(0.003) * r.standard_normal(refl.shape, dtype=np.float32)
-    return refl, green
+class _Surface:
+    """Clear-sky reflectance of one acquisition, produced one band at a time (peak memory: a few (H, W)
+    float32 arrays, not twelve)."""
+
+    def __init__(self, lc: np.ndarray, doy: float, south: bool, parcel: np.ndarray, r: np.random.Generator):
+        n = max(LANDCOVER_CLASSES) + 1
+        self.lo = np.zeros((12, n), np.float32)  # dormant (or only) spectrum per class id
+        self.hi = np.zeros((12, n), np.float32)  # green spectrum (= lo for non-vegetation)
+        self.green = np.zeros(lc.shape, np.float32)
+        for cid, name in LANDCOVER_CLASSES.items():
+            self.lo[:, cid] = _SPECTRA[name]
+            self.hi[:, cid] = _SPECTRA.get(name + "_green", _SPECTRA[name])
+            if name in _PHENOLOGY:
+                m = lc == cid
+                self.green[m] = green_fraction(name, doy, south, parcel[m] if name == "cropland" else 0.0)
+        self.lc, self.r = lc, r
+        texture = _value_noise(r, lc.shape, 12.0, octaves=2)
+        illum = np.float32(r.uniform(0.97, 1.03))  # scene-level illumination
+        self.gain = (1.0 + 0.06 * texture) * illum
+
+    def band(self, i: int) -> np.ndarray:
+        """(H, W) float32 reflectance of band ``i`` (S2 order); call in order 0..11 (the noise stream)."""
+        g = self.green
+        refl = self.lo[i][self.lc] * (1 - g) + self.hi[i][self.lc] * g
+        refl *= self.gain
+        refl += np.float32(0.003) * self.r.standard_normal(refl.shape, dtype=np.float32)
+        return refl
 
 
 # ------------------------------------------------------------------------------------ clouds, edges
@@ -819,21 +825,47 @@ def render_s2(
     edge: str,
     boa: str,
 ) -> S2Render:
-    """Render one S2 acquisition of ``tile`` from its land cover: reflectance, clouds, shadows, SCL, edges."""
-    r = _rng(seed, "s2", tile.name, scene_key)
+    """Render one S2 acquisition of ``tile`` from its land cover: reflectance, clouds, shadows, SCL, edges.
+
+    Surface and clouds draw from separate seeded streams, so the same scene rendered with ``cloud_frac=0``
+    is its exact clear-sky version (what the tests compare against).
+    """
+    r_surface = _rng(seed, "s2", tile.name, scene_key, "surface")
+    r_cloud = _rng(seed, "s2", tile.name, scene_key, "cloud")
     doy = when.timetuple().tm_yday
     south = tile.epsg >= 32700
-    parcel = _parcel_shift(tile, seed)
-    refl, green = _surface_reflectance(lc, doy, south, parcel, r)  # (12, H, W) at 10 m
+    surface = _Surface(lc, doy, south, _parcel_shift(tile, seed), r_surface)
     s20, s60 = tile.shape(20), tile.shape(60)
-    masks = _cloud_masks(s20, cloud_frac, r)
+    masks = _cloud_masks(s20, cloud_frac, r_cloud)
     nod60 = _edge_mask60(s60, edge)
     nod20 = _upsample(nod60, 3)
-    # SCL from land cover (20 m: top-left 10 m pixel of each 2x2) then clouds on top.
+    up = lambda m: _upsample(m, 2)
+    cloudy = masks["field"] is not None
+    if cloudy:
+        bright = up(0.85 + 0.15 * np.tanh(masks["field"])).astype(np.float32)  # thicker clouds are brighter
+        paint = [(up(masks["high"]), 1.0), (up(masks["medium"]), 0.6)]
+        cirrus, shadow = up(masks["cirrus"]), up(masks["shadow"])
+    bands: dict[str, np.ndarray] = {}
+    clear: dict[str, np.ndarray] = {}
+    for i, b in enumerate(S2.bands):
+        refl = surface.band(i)
+        if b.name in ("B04", "B08"):
+            clear[b.name] = refl[::2, ::2].copy()  # for the SCL's vegetation test (20 m)
+        if cloudy:
+            for m, w in paint:
+                refl[m] = (1 - w) * refl[m] + w * _CLOUD[i] * bright[m]
+            if i < 10:
+                refl[cirrus] += 0.06
+            refl[shadow] *= 0.35
+        np.clip(refl, 0.0001, 1.5, out=refl)
+        k = b.resolution_m // 10
+        dn = _to_dn(_downsample_mean(refl, k), boa)
+        dn[_upsample(nod60, 6 // k)] = 0
+        bands[b.name] = dn
+        del refl
+    # SCL from land cover (20 m: top-left 10 m pixel of each 2x2) and clear-sky NDVI, then clouds on top.
     lc20 = lc[::2, ::2]
-    i_red, i_nir = S2.band_names.index("B04"), S2.band_names.index("B08")
-    red20, nir20 = refl[i_red, ::2, ::2], refl[i_nir, ::2, ::2]
-    ndvi20 = (nir20 - red20) / (nir20 + red20 + 1e-6)
+    ndvi20 = (clear["B08"] - clear["B04"]) / (clear["B08"] + clear["B04"] + 1e-6)
     scl = np.full(s20, 5, np.uint8)
     for cid, name in LANDCOVER_CLASSES.items():
         m = lc20 == cid
@@ -846,27 +878,8 @@ def render_s2(
     scl[masks["medium"]] = 8
     scl[masks["high"]] = 9
     scl[nod20] = 0
-    # Paint the masks into the 10 m reflectance.
-    up = lambda m: _upsample(m, 2)
-    cloud_spec = np.asarray(_CLOUD, np.float32)[:, None]
-    if masks["field"] is not None:
-        bright = up(0.85 + 0.15 * np.tanh(masks["field"]))  # thicker clouds are brighter
-        for name, w in (("high", 1.0), ("medium", 0.6)):
-            m = up(masks[name])
-            refl[:, m] = (1 - w) * refl[:, m] + w * cloud_spec * bright[m][None, :]
-        m = up(masks["cirrus"])
-        refl[:10, m] += 0.06
-        m = up(masks["shadow"])
-        refl[:, m] *= 0.35
-    refl = np.clip(refl, 0.0001, 1.5)
-    bands: dict[str, np.ndarray] = {}
-    for i, b in enumerate(S2.bands):
-        k = b.resolution_m // 10
-        dn = _to_dn(_downsample_mean(refl[i], k), boa)
-        dn[_upsample(nod60, 6 // k)] = 0
-        bands[b.name] = dn
     cloud20 = masks["high"] | masks["medium"] | masks["cirrus"]
-    return S2Render(bands, scl, cloud20 & ~nod20, masks["shadow"] & ~nod20, nod20, green)
+    return S2Render(bands, scl, cloud20 & ~nod20, masks["shadow"] & ~nod20, nod20, surface.green)
 
 
 def render_s1(
@@ -1004,6 +1017,7 @@ def make_archive(
     boa_modes: Sequence[str] = BOA_MODES,
     edges: Sequence[str] = EDGES,
     storage_options: Mapping[str, object] | None = None,
+    workers: int = 1,
 ) -> ArchiveInfo:
     """Write a synthetic archive under ``output`` (local path or ``s3://bucket/prefix``); see module doc.
 
@@ -1012,7 +1026,8 @@ def make_archive(
     ``cloud_fractions[i % len]``, radiometry ``boa_modes[i % len]``, swath edge ``edges[i % len]``; dates
     spread over ``year``. S1 scene ``j`` is dated 2 days after S2 scene ``j % scenes``; even ``j``: same
     zone with a grid shifted by (+3 m, -4 m) and ~5 % larger; odd ``j``: neighbouring UTM zone
-    (``proj:code``). Returns an :class:`ArchiveInfo`.
+    (``proj:code``). ``workers`` > 1 renders scenes in that many processes (same bytes as serial).
+    Returns an :class:`ArchiveInfo`.
     """
     if size_px % 6 or size_px < 12:
         raise ValueError(f"size_px must be a positive multiple of 6 (20 m and 60 m grids), got {size_px}")
@@ -1029,7 +1044,7 @@ def make_archive(
     root_uri = _absolute_uri(output)
     blocksize = blocksize or auto_blocksize(size_px)
     with _local_staging(root_uri) as local_root:
-        tiles, infos, items, truth = [], [], [], {}
+        tiles, jobs, truth = [], [], {}
         for e in epsgs:
             tile = default_tile(e, size_px)
             tiles.append(tile)
@@ -1038,97 +1053,40 @@ def make_archive(
             write_cog(tpath, lc, tile.crs, tile.transform(10), nodata=0, blocksize=blocksize)
             truth[tile.name] = _join(root_uri, f"truth/{tile.name}_landcover.tif")
             dates = scene_dates(scenes, year, seed)
+            common = dict(
+                tile=tile, lc=lc, seed=seed, local_root=local_root, root_uri=root_uri, blocksize=blocksize
+            )
             for i, when in enumerate(dates):
-                boa = boa_modes[i % len(boa_modes)]
-                edge = edges[i % len(edges)]
-                cf = float(cloud_fractions[i % len(cloud_fractions)])
-                platform = "sentinel-2a" if i % 2 == 0 else "sentinel-2b"
-                rend = render_s2(
-                    tile,
-                    lc,
-                    when,
-                    seed=seed,
-                    scene_key=f"{i}",
-                    cloud_frac=cf,
-                    edge=edge,
-                    boa=boa,
-                )
-                item = write_s2_scene(
-                    local_root,
-                    root_uri,
-                    tile,
-                    when,
-                    rend.bands_dn,
-                    rend.scl,
-                    boa=boa,
-                    edge=edge,
-                    blocksize=blocksize,
-                    platform=platform,
-                )
-                items.append(item)
-                valid = ~rend.nodata20
-                infos.append(
-                    SceneInfo(
-                        item_id=item["id"],
-                        sensor="s2",
-                        tile=tile.name,
-                        epsg=tile.epsg,
-                        datetime=_iso(when),
-                        hrefs=_hrefs_of(item, S2.bands + (S2_SCL,)),
-                        boa=boa,
-                        cloud_fraction=float((rend.cloud20 | rend.shadow20)[valid].mean())
-                        if valid.any()
-                        else 0.0,
-                        nodata_fraction=float(rend.nodata20.mean()),
-                        edge=edge,
+                jobs.append(
+                    (
+                        _s2_job,
+                        dict(
+                            common,
+                            i=i,
+                            when=when,
+                            boa=boa_modes[i % len(boa_modes)],
+                            edge=edges[i % len(edges)],
+                            cloud_frac=float(cloud_fractions[i % len(cloud_fractions)]),
+                        ),
                     )
                 )
             for j in range(s1_scenes):
                 base = dates[j % len(dates)] if dates else _dt.datetime(year, 6, 1, 5, tzinfo=UTC)
-                when = base.replace(hour=5, minute=1, second=2) + _dt.timedelta(
-                    days=2 + 12 * (j // max(len(dates), 1))
-                )
-                s1_epsg, tr, shp = _s1_grid(tile, j)
-                s1_edge = "east" if j % 2 == 0 else "west"
-                vv, vh, _ = render_s1(
-                    lc,
-                    tile,
-                    s1_epsg,
-                    tr,
-                    shp,
-                    when,
-                    seed=seed,
-                    scene_key=f"{tile.name}/{j}",
-                    edge=s1_edge,
-                )
-                platform = "sentinel-1a" if j % 2 == 0 else "sentinel-1b"
-                item = write_s1_scene(
-                    local_root,
-                    root_uri,
-                    s1_epsg,
-                    tr,
-                    when,
-                    vv,
-                    vh,
-                    blocksize=blocksize,
-                    orbit="descending" if j % 2 == 0 else "ascending",
-                    proj_code=j % 2 == 1,
-                    item_id=s1_item_id(when, platform, 40000 + 100 * j + when.timetuple().tm_yday),
-                    platform=platform,
-                )
-                items.append(item)
-                infos.append(
-                    SceneInfo(
-                        item_id=item["id"],
-                        sensor="s1",
-                        tile=tile.name,
-                        epsg=s1_epsg,
-                        datetime=_iso(when),
-                        hrefs=_hrefs_of(item, S1.bands),
-                        nodata_fraction=float((vv == S1_NODATA).mean()),
-                        edge=s1_edge,
-                    )
-                )
+                when = base.replace(hour=5, minute=1, second=2)
+                when += _dt.timedelta(days=2 + 12 * (j // max(len(dates), 1)))
+                jobs.append((_s1_job, dict(common, j=j, when=when)))
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")  # safe beside threads (Ray, s3fs)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(fn, **kw) for fn, kw in jobs]
+                results = [f.result() for f in futures]
+        else:
+            results = [fn(**kw) for fn, kw in jobs]
+        items = [it for it, _ in results]
+        infos = [info for _, info in results]
         classes = {
             "classes": [
                 {"id": k, "name": v, "scl_when_clear": _SCL_OF.get(v, 4)}
@@ -1151,6 +1109,96 @@ def make_archive(
         seed=seed,
         storage_options=storage_options,
     )
+
+
+def _s2_job(
+    *,
+    tile: TileGrid,
+    lc,
+    seed: int,
+    local_root: Path,
+    root_uri: str,
+    blocksize: int,
+    i: int,
+    when: _dt.datetime,
+    boa: str,
+    edge: str,
+    cloud_frac: float,
+) -> tuple[dict, SceneInfo]:
+    """Render and write S2 scene ``i`` of ``tile``; returns (item, info). Top level: runs in processes."""
+    rend = render_s2(tile, lc, when, seed=seed, scene_key=f"{i}", cloud_frac=cloud_frac, edge=edge, boa=boa)
+    item = write_s2_scene(
+        local_root,
+        root_uri,
+        tile,
+        when,
+        rend.bands_dn,
+        rend.scl,
+        boa=boa,
+        edge=edge,
+        blocksize=blocksize,
+        platform="sentinel-2a" if i % 2 == 0 else "sentinel-2b",
+    )
+    valid = ~rend.nodata20
+    cloud = float((rend.cloud20 | rend.shadow20)[valid].mean()) if valid.any() else 0.0
+    info = SceneInfo(
+        item_id=item["id"],
+        sensor="s2",
+        tile=tile.name,
+        epsg=tile.epsg,
+        datetime=_iso(when),
+        hrefs=_hrefs_of(item, S2.bands + (S2_SCL,)),
+        boa=boa,
+        cloud_fraction=cloud,
+        nodata_fraction=float(rend.nodata20.mean()),
+        edge=edge,
+    )
+    return item, info
+
+
+def _s1_job(
+    *,
+    tile: TileGrid,
+    lc,
+    seed: int,
+    local_root: Path,
+    root_uri: str,
+    blocksize: int,
+    j: int,
+    when: _dt.datetime,
+) -> tuple[dict, SceneInfo]:
+    """Render and write S1 scene ``j`` over ``tile`` (grid from :func:`_s1_grid`); returns (item, info)."""
+    s1_epsg, tr, shp = _s1_grid(tile, j)
+    edge = "east" if j % 2 == 0 else "west"
+    vv, vh, _ = render_s1(
+        lc, tile, s1_epsg, tr, shp, when, seed=seed, scene_key=f"{tile.name}/{j}", edge=edge
+    )
+    platform = "sentinel-1a" if j % 2 == 0 else "sentinel-1b"
+    item = write_s1_scene(
+        local_root,
+        root_uri,
+        s1_epsg,
+        tr,
+        when,
+        vv,
+        vh,
+        blocksize=blocksize,
+        orbit="descending" if j % 2 == 0 else "ascending",
+        proj_code=j % 2 == 1,
+        item_id=s1_item_id(when, platform, 40000 + 100 * j + when.timetuple().tm_yday),
+        platform=platform,
+    )
+    info = SceneInfo(
+        item_id=item["id"],
+        sensor="s1",
+        tile=tile.name,
+        epsg=s1_epsg,
+        datetime=_iso(when),
+        hrefs=_hrefs_of(item, S1.bands),
+        nodata_fraction=float((vv == S1_NODATA).mean()),
+        edge=edge,
+    )
+    return item, info
 
 
 def _hrefs_of(item: dict, bands) -> dict[str, str]:
@@ -1671,6 +1719,7 @@ def main(argv: Sequence[str] | None = None, _print: Callable[[str], None] = prin
     )
     ap.add_argument("--blocksize", type=int, default=None, help="COG block edge (default: by size)")
     ap.add_argument("--year", type=int, default=2022)
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering scenes in parallel")
     args = ap.parse_args(argv)
     info = make_archive(
         args.output,
@@ -1681,6 +1730,7 @@ def main(argv: Sequence[str] | None = None, _print: Callable[[str], None] = prin
         epsg=args.epsg or [32633],
         blocksize=args.blocksize,
         year=args.year,
+        workers=args.workers,
     )
     _print(f"wrote {len(info.s2)} S2 + {len(info.s1)} S1 scenes over {len(info.tiles)} tile(s)")
     _print(f"items: {info.items}")
