@@ -1,0 +1,440 @@
+"""The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
+
+Per unit (one Ray Data task, :func:`process_unit`): every S2 scene of the unit is read once onto the
+unit's 10 m grid (:mod:`pipeline.read`), per tile its cloud+shadow and nodata fractions are measured,
+and a running top-``T`` per tile keeps the best usable slots (least cloudy, then earliest, then scene
+id) in a preallocated ``(tiles, T, 12, H, W)`` array — so memory is one scene window plus the output,
+however many scenes the period holds. S1 likewise (least nodata, then date). Tiles without
+``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud only,
+else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without them.
+Kept slots are stored in date order.
+
+Outputs, all written atomically (temp + rename locally, one PUT on S3):
+
+* ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived);
+* ``<out>/units/<unit_id>.json`` — the unit's sidecar, written *after* its shard: shard size and
+  sha256, band sums, tile/scene rejects, bytes read. Its presence means "unit done": a re-run skips
+  the unit, and the final manifest is built from sidecars alone (no re-read of pixels);
+* ``<out>/manifest.json`` and ``<out>/rejects.parquet`` — rebuilt from the sidecars at the end,
+  deterministic, rewritten only when their bytes change.
+
+So an interrupted run, re-run, equals an uninterrupted one, and re-running a finished one writes
+nothing. Ray Data settings live in :func:`configure_data_context` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from pipeline import shards as S
+from pipeline.config import IngestConfig
+from pipeline.grid import sample_id as make_sample_id
+from pipeline.grid import tile_centres_lonlat
+from pipeline.read import GSD, SceneReadError, UnitGrid, read_s1_scene, read_s2_scene
+from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
+from pipeline.storage import (
+    TransientIOError,
+    exists,
+    join,
+    list_names,
+    rasterio_env,
+    read_bytes,
+    write_bytes_atomic,
+)
+
+log = logging.getLogger("skyray.ingest")
+
+SHARDS_DIR = "shards"
+UNITS_DIR = "units"
+MANIFEST = "manifest.json"
+REJECTS = "rejects.parquet"
+
+
+def sidecar_uri(out_uri: str, unit_id: str) -> str:
+    return join(out_uri, UNITS_DIR, f"{unit_id}.json")
+
+
+def shard_relpath(unit_id: str) -> str:
+    return f"{SHARDS_DIR}/{unit_id}.parquet"
+
+
+# ------------------------------------------------------------------------------------ slot selection
+
+
+class _TopSlots:
+    """Per tile, the best ``T`` slots seen so far by key (smaller is better); pixels live in ``data``."""
+
+    def __init__(self, n_tiles: int, t: int, data: np.ndarray):
+        self.t = t
+        self.data = data  # (n_tiles, T, bands, H, W)
+        self.keys: list[list[tuple | None]] = [[None] * t for _ in range(n_tiles)]
+
+    def offer(self, tile: int, key: tuple) -> int | None:
+        """Slot index to overwrite with a candidate of ``key``, or None if it does not make the top T."""
+        ks = self.keys[tile]
+        for j, k in enumerate(ks):
+            if k is None:
+                ks[j] = key
+                return j
+        worst = max(range(self.t), key=lambda j: ks[j])
+        if key < ks[worst]:
+            ks[worst] = key
+            return worst
+        return None
+
+    def date_order(self, tile: int) -> list[int]:
+        """Filled slots ordered by date (key[1]), then empty ones."""
+        ks = self.keys[tile]
+        filled = sorted((j for j in range(self.t) if ks[j] is not None), key=lambda j: (ks[j][1], ks[j][2]))
+        return filled + [j for j in range(self.t) if ks[j] is None]
+
+
+def _tile_fraction(mask: np.ndarray, offsets: Sequence[tuple[int, int]], h: int) -> np.ndarray:
+    """Fraction of True pixels of ``mask (N, N)`` in each tile whose top-left pixel is ``(px, py)``."""
+    return _tile_count(mask, offsets, h) / (h * h)
+
+
+def _tile_count(mask: np.ndarray, offsets: Sequence[tuple[int, int]], h: int) -> np.ndarray:
+    return np.array([np.count_nonzero(mask[py : py + h, px : px + h]) for px, py in offsets], np.float64)
+
+
+def _scene_reject(scene, e: SceneReadError) -> dict:
+    return {"level": "scene", "id": scene.scene_id, "reason": e.reason, "detail": e.detail}
+
+
+def _doy(scene) -> int:
+    return int(scene.datetime.timetuple().tm_yday)
+
+
+# ---------------------------------------------------------------------------------------- one unit
+
+
+def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
+    """Read, select, write one unit's shard and sidecar; returns the sidecar dict.
+
+    Raises :class:`~pipeline.storage.TransientIOError` on storage errors that survived client retries
+    (Ray Data retries the task); every data problem ends in a reject instead.
+    """
+    t0 = time.perf_counter()
+    h, t = cfg.tile_px, cfg.max_slots
+    tile_m = cfg.tile_m
+    grid = UnitGrid.from_bounds(unit.epsg, unit.bounds)
+    n = grid.size
+    tiles = list(unit.tiles)
+    offsets = [
+        (int(round((c * tile_m - grid.x_min) / GSD)), int(round((grid.y_max - (r + 1) * tile_m) / GSD)))
+        for c, r in tiles
+    ]
+    for px, py in offsets:
+        if not (0 <= px <= n - h and 0 <= py <= n - h):
+            raise ValueError(f"unit {unit.unit_id}: tile offset {(px, py)} outside the {n}-px unit")
+    nt = len(tiles)
+    rejects: list[dict] = []
+    bytes_read = 0
+
+    s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
+    s2_top = _TopSlots(nt, t, s2_out)
+    s2_cloud_of: dict[tuple[int, str], float] = {}
+    failed_on_cloud = np.zeros(nt, bool)
+    s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
+    s1_top = _TopSlots(nt, t, s1_out)
+
+    with rasterio_env(cfg.storage):
+        if unit.s2:
+            buf = np.zeros((len(S2.bands), n, n), np.uint16)
+            scl = np.zeros((n, n), np.uint8)
+            for scene in unit.s2:
+                try:
+                    bytes_read += read_s2_scene(scene, grid, cfg.storage, buf, scl)
+                except SceneReadError as e:
+                    rejects.append(_scene_reject(scene, e))
+                    continue
+                invalid = (scl == SCL_NODATA) | (buf == 0).any(axis=0)
+                cloudy = np.isin(scl, SCL_CLOUD) & ~invalid
+                nodata_f = _tile_fraction(invalid, offsets, h)
+                valid_n = h * h * (1.0 - nodata_f)
+                cloud_f = _tile_count(cloudy, offsets, h) / np.maximum(valid_n, 1.0)
+                when = scene.datetime.isoformat()
+                for i, (px, py) in enumerate(offsets):
+                    if nodata_f[i] > cfg.max_nodata:
+                        continue
+                    if cloud_f[i] > cfg.max_cloud:
+                        failed_on_cloud[i] = True
+                        continue
+                    j = s2_top.offer(i, (float(cloud_f[i]), when, scene.scene_id, _doy(scene)))
+                    if j is not None:
+                        s2_out[i, j] = buf[:, py : py + h, px : px + h]
+                        s2_cloud_of[(i, j)] = float(cloud_f[i])
+            del buf, scl
+        if unit.s1:
+            buf1 = np.zeros((len(S1.bands), n, n), np.float32)
+            for scene in unit.s1:
+                try:
+                    bytes_read += read_s1_scene(scene, grid, cfg.storage, buf1)
+                except SceneReadError as e:
+                    rejects.append(_scene_reject(scene, e))
+                    continue
+                invalid = ~np.isfinite(buf1).all(axis=0)
+                nodata_f = _tile_fraction(invalid, offsets, h)
+                when = scene.datetime.isoformat()
+                for i, (px, py) in enumerate(offsets):
+                    if nodata_f[i] > cfg.max_nodata:
+                        continue
+                    j = s1_top.offer(i, (float(nodata_f[i]), when, scene.scene_id, _doy(scene)))
+                    if j is not None:
+                        s1_out[i, j] = buf1[:, py : py + h, px : px + h]
+            del buf1
+
+    # which tiles survive, their slots in date order
+    keep: list[int] = []
+    for i, (c, r) in enumerate(tiles):
+        n_ok = sum(k is not None for k in s2_top.keys[i])
+        if n_ok >= cfg.min_s2_slots:
+            keep.append(i)
+            continue
+        sid = make_sample_id(unit.epsg, c, r, unit.period)
+        if not unit.s2:
+            reason, detail = "no_scenes", "no Sentinel-2 scene covers the unit in the period"
+        elif failed_on_cloud[i]:
+            reason = "all_cloud"
+            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_cloud={cfg.max_cloud}"
+        else:
+            reason = "all_nodata"
+            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_nodata={cfg.max_nodata}"
+        rejects.append({"level": "tile", "id": sid, "reason": reason, "detail": detail})
+
+    ids = [make_sample_id(unit.epsg, tiles[i][0], tiles[i][1], unit.period) for i in keep]
+    order = [keep[k] for k in sorted(range(len(keep)), key=lambda k: ids[k])]
+    ids = sorted(ids)
+    rows = len(order)
+    s2_sums = S.empty_sums(len(S2.bands), integer=True)
+    s1_sums = S.empty_sums(len(S1.bands), integer=False)
+    shard = None
+    if rows:
+        s2_rows = np.empty((rows, t, len(S2.bands), h, h), np.uint16)
+        s1_rows = np.empty((rows, t, len(S1.bands), h, h), np.float16)
+        meta = {k: np.zeros((rows, t), dt) for k, dt in (("s2_doy", np.int16), ("s2_valid", bool),
+                                                         ("s2_cloud", np.float32), ("s1_doy", np.int16),
+                                                         ("s1_valid", bool))}
+        sources = []
+        for out_i, i in enumerate(order):
+            srcs = []
+            for mod, top, arr in (("s2", s2_top, s2_rows), ("s1", s1_top, s1_rows)):
+                slots = top.date_order(i)
+                arr[out_i] = top.data[i][slots]
+                for new_j, j in enumerate(slots):
+                    k = top.keys[i][j]
+                    if k is None:
+                        continue
+                    meta[f"{mod}_doy"][out_i, new_j] = k[3]
+                    meta[f"{mod}_valid"][out_i, new_j] = True
+                    if mod == "s2":
+                        meta["s2_cloud"][out_i, new_j] = s2_cloud_of[(i, j)]
+                    srcs.append(k[2])
+            sources.append(srcs)
+        cols = np.array([tiles[i][0] for i in order])
+        rws = np.array([tiles[i][1] for i in order])
+        lon, lat = tile_centres_lonlat(unit.epsg, cols, rws, tile_m)
+        table = S.build_table(
+            sample_id=ids, epsg=np.full(rows, unit.epsg), x_min=cols * tile_m, y_max=(rws + 1) * tile_m,
+            gsd=np.full(rows, GSD), lon=lon, lat=lat, s2=s2_rows, s1=s1_rows, sources=sources, **meta,
+        )
+        s2_sums = S.s2_band_sums(s2_rows, meta["s2_valid"])
+        s1_sums = S.s1_band_sums(s1_rows, meta["s1_valid"])
+        data = S.table_to_parquet(table)
+        del table, s2_rows, s1_rows
+        write_bytes_atomic(join(out_uri, shard_relpath(unit.unit_id)), data, cfg.storage)
+        shard = {"path": shard_relpath(unit.unit_id), "rows": rows, "bytes": len(data),
+                 "sha256": S.sha256(data)}
+    sidecar = {
+        "unit_id": unit.unit_id,
+        "shard": shard,
+        "tiles_planned": nt,
+        "tiles_written": rows,
+        "rejects": sorted(rejects, key=lambda r: (r["level"], r["id"], r["reason"])),
+        "s2_sums": s2_sums,
+        "s1_sums": s1_sums,
+        "bytes_read": int(bytes_read),
+    }
+    write_bytes_atomic(sidecar_uri(out_uri, unit.unit_id), _json_bytes(sidecar), cfg.storage)
+    sidecar["seconds"] = time.perf_counter() - t0
+    return sidecar
+
+
+def _json_bytes(d: dict) -> bytes:
+    return (json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
+
+
+def make_process_unit_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0) -> Callable[[dict], dict]:
+    """The per-row function of the Ray Data graph: ``{"unit": WorkUnit JSON}`` -> a small summary row.
+
+    Testable without a cluster. A unit whose sidecar already exists is skipped (a retried or
+    resumed task writes nothing twice). A :class:`TransientIOError` that outlived the storage
+    clients' own retries re-runs the whole unit, up to ``storage.max_retries`` times with exponential
+    back-off; then it fails the job (Ray Data also re-runs tasks whose worker died).
+    """
+    from pipeline.plan import WorkUnit
+
+    retries = cfg.storage.max_retries
+
+    def process(row: dict) -> dict:
+        unit = WorkUnit.from_json(row["unit"])
+        side = sidecar_uri(out_uri, unit.unit_id)
+        if exists(side, cfg.storage):
+            done = json.loads(read_bytes(side, cfg.storage))
+            return _summary_row(done, skipped=True, seconds=0.0)
+        for attempt in range(retries + 1):
+            try:
+                done = process_unit(unit, cfg, out_uri)
+                break
+            except TransientIOError as e:
+                if attempt == retries:
+                    raise
+                wait = min(backoff_s * 2**attempt, 30.0)
+                log.warning("unit %s: transient storage error (%s); retry %d/%d in %.1f s",
+                            unit.unit_id, e, attempt + 1, retries, wait)
+                time.sleep(wait)
+        return _summary_row(done, skipped=False, seconds=done["seconds"])
+
+    return process
+
+
+def _summary_row(side: dict, skipped: bool, seconds: float) -> dict:
+    return {
+        "unit_id": side["unit_id"],
+        "skipped": skipped,
+        "tiles_planned": int(side["tiles_planned"]),
+        "tiles_written": int(side["tiles_written"]),
+        "bytes_read": 0 if skipped else int(side["bytes_read"]),
+        "bytes_written": 0 if skipped or not side["shard"] else int(side["shard"]["bytes"]),
+        "seconds": float(seconds),
+    }
+
+
+# -------------------------------------------------------------------------------------- Ray Data
+
+
+def configure_data_context(cfg: IngestConfig):
+    """Every Ray Data setting of the ingest, in one place."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.enable_operator_progress_bars = True
+    ctx.max_errored_blocks = 0  # a unit that keeps failing fails the job: no silent holes
+    ctx.execution_options.preserve_order = False
+    ctx.execution_options.verbose_progress = False
+    # output rows are a few hundred bytes; no pixel data ever goes through the object store
+    ctx.target_max_block_size = 16 * 1024**2
+    return ctx
+
+
+def run_units(units: Sequence, cfg: IngestConfig, out_uri: str) -> list[dict]:
+    """Process ``units`` with Ray Data (one task per unit, ``num_cpus_per_task`` each); summary rows."""
+    import ray.data
+
+    if not units:
+        return []
+    configure_data_context(cfg)
+    items = [{"unit": u.to_json()} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
+    fn = make_process_unit_fn(cfg, out_uri)
+    ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
+    return sorted(ds.take_all(), key=lambda r: r["unit_id"])
+
+
+def pending_units(units: Iterable, cfg: IngestConfig, out_uri: str) -> tuple[list, list]:
+    """Split planned units into (to do, already done) by the presence of their sidecar."""
+    done_ids = {n[: -len(".json")] for n in list_names(join(out_uri, UNITS_DIR), cfg.storage, ".json")}
+    todo, done = [], []
+    for u in units:
+        (done if u.unit_id in done_ids else todo).append(u)
+    return todo, done
+
+
+# -------------------------------------------------------------------------------------- finalize
+
+
+def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects: Iterable = (),
+             counts: dict | None = None, extra: dict | None = None) -> dict:
+    """Build manifest.json and rejects.parquet from the sidecars of ``units``; write them if changed.
+
+    Returns ``{"manifest": dict, "rejects": pa.Table, "written": [names rewritten]}``.
+    """
+    sidecars = [json.loads(read_bytes(sidecar_uri(out_uri, u.unit_id), cfg.storage))
+                for u in sorted(units, key=lambda u: u.unit_id)]
+    s2 = S.empty_sums(len(S2.bands), integer=True)
+    s1 = S.empty_sums(len(S1.bands), integer=False)
+    shard_list, rejects = [], [_as_dict(r) for r in upstream_rejects]
+    planned = written = 0
+    for sc in sidecars:
+        s2 = S.add_sums(s2, sc["s2_sums"])
+        s1 = S.add_sums(s1, sc["s1_sums"])
+        if sc["shard"]:
+            shard_list.append(sc["shard"])
+        rejects.extend(sc["rejects"])
+        planned += sc["tiles_planned"]
+        written += sc["tiles_written"]
+    table = S.rejects_table(rejects)
+    levels, reasons = table["level"].to_pylist(), table["reason"].to_pylist()
+    tile_rejects = Counter(r for lv, r in zip(levels, reasons, strict=True) if lv in ("tile", "unit"))
+    all_counts = {
+        "units": len(sidecars),
+        "tiles_planned": planned,
+        "tiles_written": written,
+        "tiles_rejected": planned - written,
+        "rejects_by_reason": dict(sorted(Counter(table["reason"].to_pylist()).items())),
+        "tile_rejects_by_reason": dict(sorted(tile_rejects.items())),
+        **(counts or {}),
+    }
+    manifest = S.build_manifest(
+        shards=shard_list, s2_sums=s2, s1_sums=s1, tile_px=cfg.tile_px, max_slots=cfg.max_slots,
+        config=cfg.model_dump(mode="json"), counts=all_counts, extra=extra,
+    )
+    out = {"manifest": manifest, "rejects": table, "written": []}
+    for name, data in ((MANIFEST, S.manifest_bytes(manifest)), (REJECTS, S.rejects_to_parquet(table))):
+        uri = join(out_uri, name)
+        if exists(uri, cfg.storage) and read_bytes(uri, cfg.storage) == data:
+            continue
+        write_bytes_atomic(uri, data, cfg.storage)
+        out["written"].append(name)
+    return out
+
+
+def _as_dict(r) -> dict:
+    if isinstance(r, dict):
+        return r
+    return {"level": r.level, "id": r.id, "reason": r.reason, "detail": r.detail}
+
+
+# --------------------------------------------------------------------------------------- summary
+
+
+def format_summary(summary: dict) -> str:
+    """A human-readable table of an ingest summary (see ``jobs.ingest.run``)."""
+    rows = [
+        ("items", summary["items"]),
+        ("scenes (s2 / s1)", f"{summary['scenes_s2']} / {summary['scenes_s1']}"),
+        ("units planned / processed / already done", f"{summary['units']} / {summary['units_processed']} / "
+                                                     f"{summary['units_skipped']}"),
+        ("tiles planned", summary["tiles_planned"]),
+        ("tiles written", summary["tiles_written"]),
+        ("tiles rejected", summary["tiles_rejected"]),
+    ]
+    for reason, n in summary["rejects_by_reason"].items():
+        rows.append((f"  rejects: {reason}", n))
+    rows += [
+        ("bytes read (decoded)", f"{summary['bytes_read'] / 1e6:.1f} MB"),
+        ("bytes written", f"{summary['bytes_written'] / 1e6:.1f} MB"),
+        ("wall time", f"{summary['seconds']:.1f} s"),
+        ("throughput (decoded)", f"{summary['mb_per_s']:.1f} MB/s"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    lines = ["ingest summary", "-" * (w + 20)] + [f"{k:<{w}}  {v}" for k, v in rows]
+    return "\n".join(lines)

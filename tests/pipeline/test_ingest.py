@@ -1,0 +1,224 @@
+"""pipeline.ingest: one unit end to end on known-pattern scenes (no cluster), then the Ray Data graph.
+
+The unit (256 px, 4 x 4 tiles of 64 px) straddles the west edge of the scenes, so the two western tile
+columns are (partly) outside: rejected all_nodata; the other tiles are written with slots chosen by
+cloud, then date.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import ingest as ING
+from pipeline.config import IngestConfig
+from pipeline.plan import WorkUnit
+from pipeline.sensors import S2
+from pipeline.shards import read_shards
+from pipeline.stac import AssetRef, Reject
+from tests.pipeline import _cogs
+
+UTC = _dt.UTC
+CFG = IngestConfig(tile_px=64, unit_tiles=4, max_slots=2, max_cloud=0.5, max_nodata=0.1)
+B = (2560.0 * 195, 2560.0 * 1951, 2560.0 * 196, 2560.0 * 1952)  # unit (195, 1951) of EPSG:32633
+TILES = tuple((c, r) for c in range(780, 784) for r in range(7804, 7808))
+# tile (782, 7806) is covered by scene B's cloud box: B is unusable there
+CLOUD_TILE = (782, 7806)
+CLOUD_BOX = (782 * 640.0, 7806 * 640.0, 783 * 640.0, 7807 * 640.0)
+
+
+def _when(month, day):
+    return _dt.datetime(2022, month, day, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    a = _cogs.s2_scene(root, "S2_A", _when(5, 3), stored_offset=1000, boa_offset=-1000)
+    b = _cogs.s2_scene(root, "S2_B", _when(4, 20), cloud_box=CLOUD_BOX)
+    c = _cogs.s2_scene(root, "S2_C", _when(6, 10))
+    # a scene whose B04 COG is truncated: rejected at scene level, the unit goes on without it
+    e = _cogs.s2_scene(root, "S2_E", _when(4, 2))
+    path = e.assets["B04"].href
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 3])
+    from rasterio.transform import Affine
+
+    s1 = _cogs.s1_scene(
+        root, "S1_A", _when(5, 5), transform=Affine(10, 0, B[0] - 995, 0, -10, B[3] + 1005), shape=(500, 500)
+    )
+    cloudy = _cogs.s2_scene(root, "S2_CLOUD", _when(5, 1), scl_value=9)
+    return {"a": a, "b": b, "c": c, "e": e, "s1": s1, "cloudy": cloudy}
+
+
+def _unit(s2, s1=(), unit_id="32633_195_1951_2022Q2"):
+    return WorkUnit(
+        unit_id=unit_id,
+        epsg=32633,
+        period="2022Q2",
+        bounds=B,
+        tiles=TILES,
+        s2=tuple(sorted(s2, key=lambda s: (s.datetime, s.scene_id))),
+        s1=tuple(s1),
+    )
+
+
+def test_process_unit_places_selects_and_rejects(tmp_path, scenes):
+    unit = _unit([scenes["a"], scenes["b"], scenes["c"], scenes["e"]], [scenes["s1"]])
+    side = ING.process_unit(unit, CFG, str(tmp_path))
+    assert side["tiles_planned"] == 16 and side["tiles_written"] == 8
+    by_reason = {}
+    for r in side["rejects"]:
+        by_reason.setdefault((r["level"], r["reason"]), []).append(r["id"])
+    assert by_reason[("scene", "unreadable_cog")] == ["S2_E"]
+    assert sorted(by_reason[("tile", "all_nodata")]) == sorted(
+        f"32633_{c}_{r}_2022Q2" for c in (780, 781) for r in range(7804, 7808)
+    )
+    assert set(by_reason) == {("scene", "unreadable_cog"), ("tile", "all_nodata")}
+
+    got = read_shards(tmp_path / "shards" / f"{unit.unit_id}.parquet")
+    assert got["sample_id"] == sorted(got["sample_id"]) and len(got["sample_id"]) == 8
+    assert side["shard"]["rows"] == 8
+    for k, sid in enumerate(got["sample_id"]):
+        _, col, row, _ = sid.split("_")
+        col, row = int(col), int(row)
+        assert got["x_min"][k] == col * 640.0 and got["y_max"][k] == (row + 1) * 640.0
+        assert got["epsg"][k] == 32633 and got["gsd"][k] == 10.0
+        assert 14 < got["lon"][k] < 16 and 44 < got["lat"][k] < 46
+        # slots: least cloudy then earliest, stored by date: B (Apr 20) + A (May 3), or A + C under B's cloud
+        want = ["S2_A", "S2_C"] if (col, row) == CLOUD_TILE else ["S2_B", "S2_A"]
+        assert got["sources"][k] == [*want, "S1_A"]
+        doys = [{"S2_A": 123, "S2_B": 110, "S2_C": 161}[s] for s in want]  # May 3, Apr 20, Jun 10
+        assert list(got["s2_doy"][k]) == doys and got["s2_valid"][k].all()
+        np.testing.assert_array_equal(got["s2_cloud"][k], [0.0, 0.0])
+        # pixel-exact 10 m placement (and the offset of S2_A applied exactly once)
+        tr_x = col * 640.0 + (np.arange(64) + 0.5) * 10
+        tr_y = (row + 1) * 640.0 - (np.arange(64) + 0.5) * 10
+        xs, ys = np.meshgrid(tr_x, tr_y)
+        for i, band in enumerate(S2.bands):
+            if band.resolution_m == 10:
+                for slot in range(2):
+                    want_dn = _cogs.hash10(xs, ys, i)
+                    np.testing.assert_array_equal(got["s2"][k, slot, i], want_dn, err_msg=band.name)
+            else:
+                diff = np.abs(got["s2"][k, 0, i].astype(float) - _cogs.ramp(xs, ys, i))
+                assert diff.max() <= 1.0, band.name
+        # S1 co-registered on the same pixels, in dB
+        assert got["s1_valid"][k].tolist() == [True, False]
+        assert got["s1_doy"][k, 0] == _when(5, 5).timetuple().tm_yday
+        np.testing.assert_allclose(
+            got["s1"][k, 0, 0].astype(float), 10 * np.log10(_cogs.s1_power(xs, ys)), atol=0.02
+        )
+        assert np.isnan(got["s1"][k, 1]).all()
+    # sidecar: what the manifest needs, without re-reading pixels
+    on_disk = json.loads((tmp_path / "units" / f"{unit.unit_id}.json").read_text())
+    assert on_disk["shard"]["sha256"] == side["shard"]["sha256"] and on_disk["bytes_read"] > 0
+    assert on_disk["s2_sums"]["count"][1] == 8 * 2 * 64 * 64
+
+
+def test_all_cloud_and_no_scene_units_are_rejected_with_reasons(tmp_path, scenes):
+    side = ING.process_unit(_unit([scenes["cloudy"]], unit_id="32633_195_1951_2022Q2"), CFG, str(tmp_path))
+    reasons = {r["id"]: r["reason"] for r in side["rejects"]}
+    assert side["tiles_written"] == 0 and side["shard"] is None
+    assert reasons["32633_783_7807_2022Q2"] == "all_cloud"
+    assert reasons["32633_780_7804_2022Q2"] == "all_nodata"
+    assert not (tmp_path / "shards").exists()
+    empty = ING.process_unit(_unit([], unit_id="32633_195_1951_2022Q3"), CFG, str(tmp_path))
+    assert {r["reason"] for r in empty["rejects"]} == {"no_scenes"} and len(empty["rejects"]) == 16
+
+
+def test_min_s2_slots_and_cloud_threshold(tmp_path, scenes):
+    cfg = CFG.model_copy(update={"min_s2_slots": 2})
+    side = ING.process_unit(_unit([scenes["a"], scenes["b"]]), cfg, str(tmp_path))
+    reasons = {r["id"]: r["reason"] for r in side["rejects"] if r["level"] == "tile"}
+    assert reasons[f"32633_{CLOUD_TILE[0]}_{CLOUD_TILE[1]}_2022Q2"] == "all_cloud"  # only A usable there
+    assert side["tiles_written"] == 7
+
+
+def test_process_fn_skips_done_units_and_is_deterministic(tmp_path, scenes):
+    unit = _unit([scenes["a"], scenes["c"]])
+    fn = ING.make_process_unit_fn(CFG, str(tmp_path / "o"))
+    row = fn({"unit": unit.to_json()})
+    assert row["skipped"] is False and row["tiles_written"] == 8 and row["bytes_written"] > 0
+    shard = tmp_path / "o" / "shards" / f"{unit.unit_id}.parquet"
+    first = shard.read_bytes()
+    again = fn({"unit": unit.to_json()})
+    assert again["skipped"] is True and again["bytes_written"] == 0 and shard.read_bytes() == first
+    ING.process_unit(unit, CFG, str(tmp_path / "p"))
+    assert (tmp_path / "p" / "shards" / f"{unit.unit_id}.parquet").read_bytes() == first
+
+
+def test_ray_data_graph_and_finalize(ray_session, tmp_path, scenes):
+    u1 = _unit([scenes["a"], scenes["b"], scenes["c"], scenes["e"]], [scenes["s1"]])
+    u2 = _unit([scenes["cloudy"]], unit_id="32633_195_1951_2022Q1")
+    u2 = WorkUnit(**{**{f: getattr(u2, f) for f in u2.__dataclass_fields__}, "period": "2022Q1"})
+    out = str(tmp_path / "out")
+    rows = ING.run_units([u1, u2], CFG, out)
+    assert [r["unit_id"] for r in rows] == sorted([u1.unit_id, u2.unit_id])
+    assert sum(r["tiles_written"] for r in rows) == 8 and not any(r["skipped"] for r in rows)
+    # same shard as the in-process path
+    ING.process_unit(u1, CFG, str(tmp_path / "direct"))
+    name = f"shards/{u1.unit_id}.parquet"
+    assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()
+
+    upstream = [Reject("item", "bad-item", "malformed_item", "not JSON")]
+    fin = ING.finalize([u1, u2], CFG, out, upstream_rejects=upstream)
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    c = m["counts"]
+    assert c["tiles_planned"] == 32 == c["tiles_written"] + c["tiles_rejected"] and c["tiles_written"] == 8
+    assert m["rows"] == 8 and [s["path"] for s in m["shards"]] == [name]
+    assert c["tile_rejects_by_reason"] == {"all_cloud": 8, "all_nodata": 16}
+    assert m["config"]["tile_px"] == 64 and m["schema_version"] == 1
+    rej = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert {(r["level"], r["reason"]) for r in rej} == {
+        ("item", "malformed_item"),
+        ("scene", "unreadable_cog"),
+        ("tile", "all_nodata"),
+        ("tile", "all_cloud"),
+    }
+    assert len([r for r in rej if r["level"] == "tile"]) == 24
+    assert sorted(fin["written"]) == ["manifest.json", "rejects.parquet"]
+    # nothing changes on a second finalize, nothing is rewritten
+    assert ING.finalize([u1, u2], CFG, out, upstream_rejects=upstream)["written"] == []
+    # all pending units are done
+    todo, done = ING.pending_units([u1, u2], CFG, out)
+    assert todo == [] and len(done) == 2
+
+
+def test_s2_asset_with_bad_scheme_is_a_scene_reject(tmp_path, scenes):
+    a = scenes["a"]
+    assets = dict(a.assets)
+    ref = assets["B03"]
+    assets["B03"] = AssetRef("ftp://example.com/B03.tif", ref.transform, ref.shape, ref.nodata)
+    fields = {f: getattr(a, f) for f in a.__dataclass_fields__}
+    bad = type(a)(**{**fields, "assets": assets, "scene_id": "S2_X"})
+    side = ING.process_unit(_unit([bad, scenes["c"]]), CFG, str(tmp_path))
+    assert [(r["id"], r["reason"]) for r in side["rejects"] if r["level"] == "scene"] == [("S2_X", "bad_uri")]
+    assert side["tiles_written"] == 8
+
+
+def test_transient_errors_rerun_the_unit_then_fail(tmp_path, scenes, monkeypatch):
+    from pipeline.storage import TransientIOError
+
+    unit = _unit([scenes["c"]])
+    real, calls = ING.process_unit, []
+
+    def flaky(u, cfg, out):
+        calls.append(u.unit_id)
+        if len(calls) <= 2:
+            raise TransientIOError("S2_C B02: HTTP response code: 503")
+        return real(u, cfg, out)
+
+    monkeypatch.setattr(ING, "process_unit", flaky)
+    cfg = CFG.model_copy(update={"storage": CFG.storage.model_copy(update={"max_retries": 2})})
+    row = ING.make_process_unit_fn(cfg, str(tmp_path / "a"), backoff_s=0.01)({"unit": unit.to_json()})
+    assert len(calls) == 3 and row["tiles_written"] == 8
+    calls.clear()
+    cfg1 = CFG.model_copy(update={"storage": CFG.storage.model_copy(update={"max_retries": 1})})
+    with pytest.raises(TransientIOError, match="HTTP response code: 503"):
+        ING.make_process_unit_fn(cfg1, str(tmp_path / "b"), backoff_s=0.01)({"unit": unit.to_json()})
+    assert len(calls) == 2 and not (tmp_path / "b" / "units").exists()
