@@ -29,8 +29,9 @@ from tests.pipeline._flaky import FlakyProxy
 ST = StorageConfig()
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/a/b.tif", "/abs/path/x.tif", "rel/x.json", "file:///tmp/x",
-                                 "s3://b/a..b/c.tif"])
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/a/b.tif", "/abs/path/x.tif", "rel/x.json", "file:///tmp/x", "s3://b/a..b/c.tif"]
+)
 def test_allowed_uris(uri):
     assert check_uri(uri, ST) == uri
 
@@ -71,8 +72,15 @@ def test_gdal_path():
 def test_gdal_options_from_config(monkeypatch):
     for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(k, raising=False)
-    o = gdal_options(StorageConfig(endpoint_url="http://127.0.0.1:9000", region="eu-central-1",
-                                   anonymous=True, requester_pays=True, max_retries=5))
+    o = gdal_options(
+        StorageConfig(
+            endpoint_url="http://127.0.0.1:9000",
+            region="eu-central-1",
+            anonymous=True,
+            requester_pays=True,
+            max_retries=5,
+        )
+    )
     assert o["AWS_S3_ENDPOINT"] == "127.0.0.1:9000" and o["AWS_HTTPS"] == "NO"
     assert o["AWS_VIRTUAL_HOSTING"] == "FALSE" and o["AWS_REGION"] == "eu-central-1"
     assert o["AWS_NO_SIGN_REQUEST"] == "YES" and o["AWS_REQUEST_PAYER"] == "requester"
@@ -86,8 +94,9 @@ def test_gdal_options_from_config(monkeypatch):
 def test_storage_options_never_hold_credentials(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-not-to-leak")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-DO-NOT-LOG")
-    st = StorageConfig(endpoint_url="http://127.0.0.1:9000", anonymous=True, requester_pays=True,
-                       max_retries=7)
+    st = StorageConfig(
+        endpoint_url="http://127.0.0.1:9000", anonymous=True, requester_pays=True, max_retries=7
+    )
     o = storage_options(st)
     assert o["anon"] is True and o["requester_pays"] is True
     assert o["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9000"
@@ -136,8 +145,18 @@ def _cog(path):
     from rasterio.transform import from_origin
 
     a = (np.arange(512 * 512) % 5000).astype("uint16").reshape(512, 512)
-    with rasterio.open(path, "w", driver="COG", width=512, height=512, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), blocksize=256) as d:
+    with rasterio.open(
+        path,
+        "w",
+        driver="COG",
+        width=512,
+        height=512,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 10, 10),
+        blocksize=256,
+    ) as d:
         d.write(a, 1)
     return a
 
