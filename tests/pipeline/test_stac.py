@@ -501,6 +501,10 @@ def test_load_errors(tmp_path):
     spec.write_text(json.dumps({"stac_api": "https://example.invalid/v1", "colections": []}))
     with pytest.raises(ValueError, match="unknown STAC search spec keys"):
         load_scenes(str(spec), STORAGE)
+    yaml_spec = tmp_path / "spec.yaml"
+    yaml_spec.write_text("collections: [sentinel-2-l2a]\nbbox: [10, 45, 11, 46]\n")
+    with pytest.raises(ValueError, match="needs a 'stac_api' URL"):
+        load_scenes(str(yaml_spec), STORAGE)
 
 
 def test_load_from_s3_prefix_and_collection(s3_server, s3_bucket):
