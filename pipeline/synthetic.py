@@ -11,10 +11,9 @@ first and then uploaded with fsspec/s3fs, honouring the usual ``AWS_*`` variable
     under ``sentinel-2-l2a/`` as in Earth Search v1.
 ``sentinel-1-rtc/<yyyy>/<m>/<item id>/measurement/{vv,vh}.tif``
     Sentinel-1 RTC gamma0, float32 linear power, 10 m, nodata -32768 (declared in the GeoTIFF and in
-    ``raster:bands``), DEFLATE + predictor 3. Even S1 scenes sit on the S2 zone with a grid shifted by
-    (+3 m, -4 m),
-    odd ones in the neighbouring UTM zone (and say ``proj:code`` instead of ``proj:epsg``), so the ingest's
-    co-registration is exercised.
+    ``raster:bands``), DEFLATE + predictor 3. Even S1 scenes sit in the S2 zone on a grid shifted by
+    (+3 m, -4 m), odd ones in the neighbouring UTM zone (and say ``proj:code`` instead of ``proj:epsg``),
+    so the ingest's co-registration is exercised.
 ``truth/<tile>_landcover.tif`` + ``truth/classes.json``
     the land-cover map every scene of a tile was rendered from (uint8, 10 m, the tile's grid): the ground
     truth for a labelled synthetic benchmark.
@@ -30,7 +29,8 @@ What the pixels carry (so models have something to learn):
   dormant spectrum by a day-of-year phenology curve (NDVI follows the season; shifted by half a year south
   of the equator); texture and noise;
 * clouds (SCL 8/9), thin cirrus (10) and their shadows (3) painted into the reflectance exactly where the
-  SCL says so (masks are drawn on the 20 m SCL grid; a 10/60 m pixel takes its 20 m parent's state);
+  SCL says so (masks are drawn on the 20 m SCL grid; a 10 m pixel takes its 20 m parent's state; 20/60 m
+  bands are block means of the 10 m rendering);
 * partial-nodata swath edges (a diagonal wedge where every band and the SCL are 0; drawn on the 60 m grid
   so all resolutions agree);
 * radiometry as the archives have it, cycling per scene: ``"offset"`` (baseline 05.10, DN carry +1000, no
