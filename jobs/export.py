@@ -108,7 +108,7 @@ def export_checkpoint(ckpt_dir: str, output: str, storage: StorageConfig | None 
 def export(
     checkpoint: str, output: str | None = None, storage: StorageConfig | None = None
 ) -> dict[str, str]:
-    """Export the checkpoint (or a run's latest) at ``checkpoint`` to ``output`` (default ``<run>/export``)."""
+    """Export ``checkpoint`` (a run: its latest) to ``output`` (default ``<run>/export``)."""
     storage = storage or StorageConfig()
     with tempfile.TemporaryDirectory() as tmp:
         local = _local_checkpoint(checkpoint, storage, tmp)

@@ -1,0 +1,191 @@
+"""jobs.pretrain end to end on synthetic shards: 2 CPU workers (gloo, fp32), tiny presets of both
+models, ZeRO-2 and ZeRO-3, progressive stages, resume by relaunch, a killed worker, export.
+
+Uses the session ``ray_session`` (2 CPUs); workers ask for 0.5 CPU each so Ray Data keeps a share.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.cli import ConfigError, load_config
+from jobs.pretrain import NonFiniteLossError, PretrainConfig, run
+from jobs.train_common import DS_TAG, lr_at
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+
+
+def _cfg(preset: str, shards_dir: Path, storage: Path, name: str, *overrides: str) -> PretrainConfig:
+    return load_config(
+        PretrainConfig,
+        REPO / "configs" / "pretrain" / f"{preset}.yaml",
+        [f"data.path={shards_dir}", f"storage={storage}", f"name={name}", "data.cache=true", *overrides],
+    )
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _latest_checkpoint(run_dir: str) -> str:
+    return sorted(glob.glob(f"{run_dir}/checkpoint_2*"))[-1]
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_validates(preset):
+    cfg = load_config(PretrainConfig, preset, [])
+    assert cfg.total_steps > 0 and cfg.model.name
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["stages=[{img_size: 16, steps: 2, batch_size: 15}]"], r"stages\.0\.batch_size.*divisible"),
+        (["deepspeed.zero_stage=5"], r"deepspeed\.zero_stage"),
+        (["optim.lr=0.1"], r"optim\.lr"),
+        (["optim.base_lr=-1"], r"optim\.base_lr"),
+        (["deepspeed.offload_params=true"], r"offload_params needs zero_stage 3"),
+        (["debug.kill_worker_at_step=3"], r"kill_marker is required"),
+        (["model.mask_ratio=1.5"], r"model\.mask_ratio"),
+        (["data.s2_slot=best"], r"data\.s2_slot"),
+    ],
+)
+def test_invalid_config_names_the_field(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(PretrainConfig, REPO / "configs/pretrain/spectralgpt_tiny.yaml", overrides)
+
+
+def test_run_checks_before_any_work(shards_dir, tmp_path):
+    big = "stages=[{img_size: 64, steps: 2, batch_size: 4}]"
+    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "x", big)
+    with pytest.raises(ValueError, match=r"stages\.0\.img_size 64 exceeds the shards' tile_px 32"):
+        run(cfg)
+    cfg = load_config(PretrainConfig, REPO / "configs/pretrain/spectralgpt_tiny.yaml", [f"storage={tmp_path}"])
+    with pytest.raises(ValueError, match=r"data\.path is not set"):
+        run(cfg)
+    cfg = _cfg("spectralgpt_tiny", tmp_path / "nowhere", tmp_path, "x")
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        run(cfg)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.slow
+def test_spectralgpt_zero2_progressive_resume_export(ray_session, shards_dir, tmp_path):
+    """ZeRO-2: loss falls over 24 steps across a 16 px -> 32 px stage switch; the export equals the
+    trained weights; relaunching the same name with a longer schedule resumes at the same step."""
+    stages = "stages=[{img_size: 16, steps: 8, batch_size: 16}, {img_size: 32, steps: 16, batch_size: 16}]"
+    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "sgpt", stages, "checkpoint.every_steps=8",
+               "log.every_steps=4")
+    out = run(cfg)
+    hist = out["history"]
+    assert [h["step"] for h in hist] == list(range(1, 25))
+    assert [h["stage"] for h in hist] == [0] * 8 + [1] * 16
+    assert out["starts"] == [0]
+    losses = [h["loss"] for h in hist]
+    assert _mean(losses[-4:]) < 0.85 * _mean(losses[:4]), losses
+    m = out["metrics"]
+    assert m["step"] == 24 and m["stage"] == 1 and 0.0 <= m["data_wait_frac"] <= 1.0 and m["samples_per_s"] > 0
+    for i, h in enumerate(hist):  # the LR is the pure function of the step
+        assert h["lr"] == pytest.approx(lr_at(i, base_lr=cfg.optim.base_lr, global_batch=16,
+                                              warmup_steps=cfg.optim.warmup_steps, total_steps=24))
+
+    run_dir = out["run_dir"]
+    assert len(glob.glob(f"{run_dir}/checkpoint_2*")) == cfg.checkpoint.keep  # keep the last K
+    for png in ("loss.png", "reconstruction.png"):
+        assert Path(run_dir, "plots", png).stat().st_size > 1000
+    assert glob.glob(f"{run_dir}/tensorboard/events.out.tfevents.*")
+
+    # export round trip: registry + safetensors == the trained (ZeRO-2 module) weights, encoder only
+    from models.registry import create
+
+    ckpt = _latest_checkpoint(run_dir)
+    trained = torch.load(Path(ckpt, DS_TAG, "mp_rank_00_model_states.pt"), weights_only=False)["module"]
+    model = create("spectralgpt_tiny", weights=out["export"]["weights"], img_size=32)
+    sd = model.state_dict()
+    enc = [k for k in trained if not k.startswith(("decoder_", "mask_token"))]
+    assert enc and all(torch.equal(sd[k], trained[k]) for k in enc)
+    from safetensors import safe_open
+
+    with safe_open(out["export"]["weights"], "pt") as f:
+        assert set(f.keys()) == set(enc)  # no decoder in the export
+
+    # relaunch with the same name and a longer second stage: resumes at step 24, same LR function
+    stages2 = "stages=[{img_size: 16, steps: 8, batch_size: 16}, {img_size: 32, steps: 24, batch_size: 16}]"
+    cfg2 = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "sgpt", stages2, "checkpoint.every_steps=8",
+                "log.every_steps=4", "log.plots=false")
+    out2 = run(cfg2)
+    assert out2["starts"] == [0, 24]
+    assert [h["step"] for h in out2["history"]] == list(range(1, 33))
+    assert out2["history"][24]["lr"] == pytest.approx(
+        lr_at(24, base_lr=cfg.optim.base_lr, global_batch=16, warmup_steps=cfg.optim.warmup_steps, total_steps=32)
+    )
+    assert out2["history"][:24] == hist  # the first 24 steps came from the checkpoint, not re-run
+
+
+@pytest.mark.slow
+def test_skysense_zero3_survives_worker_kill(ray_session, shards_dir, tmp_path):
+    """ZeRO-3 + EMA teacher: the last rank SIGKILLs itself at step 6; the run restarts from the
+    step-4 checkpoint (not 0) and finishes; DeepSpeed's own zero_to_fp32 reads our checkpoint."""
+    marker = tmp_path / "killed"
+    cfg = _cfg("skysense_tiny", shards_dir, tmp_path, "sky", "deepspeed.zero_stage=3",
+               "stages=[{img_size: 32, steps: 12, batch_size: 8}]", "checkpoint.every_steps=4",
+               "log.every_steps=4", "debug.kill_worker_at_step=6", f"debug.kill_marker={marker}")
+    out = run(cfg)
+    assert marker.read_text().startswith("killed rank 1 at step 6")
+    assert out["starts"] == [0, 4]  # resumed from the checkpoint at step 4
+    hist = out["history"]
+    assert [h["step"] for h in hist] == list(range(1, 13))
+    assert out["metrics"]["step"] == 12
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    assert {"loss_pixel", "loss_object", "loss_image", "loss_cross_modal", "loss_geo"} <= set(hist[-1])
+    for h in hist:
+        assert h["lr"] == pytest.approx(lr_at(h["step"] - 1, base_lr=cfg.optim.base_lr, global_batch=8,
+                                              warmup_steps=cfg.optim.warmup_steps, total_steps=12))
+
+    # DeepSpeed's zero_to_fp32 script (shipped inside each checkpoint) on our ZeRO-3 checkpoint
+    ckpt = _latest_checkpoint(out["run_dir"])
+    dest = tmp_path / "fp32"
+    subprocess.run(
+        [sys.executable, f"{ckpt}/zero_to_fp32.py", ckpt, str(dest), "--tag", DS_TAG, "--safe_serialization"],
+        check=True, cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True,
+    )
+    from safetensors.torch import load_file
+
+    full = load_file(str(dest / "model.safetensors"))
+    assert any(k.startswith("teacher.") for k in full)  # the whole module, teacher included
+
+    # export round trip: the student encoder, loadable by the registry without pickle
+    from models.registry import create
+
+    model = create("skysense_tiny", weights=out["export"]["weights"], img_size=32)
+    sd = model.state_dict()
+    student = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
+    assert set(student) <= set(sd)
+    for k, v in student.items():
+        torch.testing.assert_close(sd[k], v.float(), rtol=0, atol=0)
+    # the teacher moved by EMA (not frozen at init, not equal to the student)
+    t = {k.removeprefix("teacher."): v for k, v in full.items() if k.startswith("teacher.")}
+    k = next(k for k in student if k.endswith("weight") and student[k].ndim == 2)
+    assert not torch.equal(t[k], student[k])
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step(ray_session, shards_dir, tmp_path):
+    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "nan", "optim.base_lr=1e30", "optim.warmup_steps=0",
+               "optim.grad_clip=0", "stages=[{img_size: 32, steps: 6, batch_size: 8}]", "max_failures=0",
+               "log.plots=false")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(stage 0"):
+        run(cfg)

@@ -1,0 +1,302 @@
+"""Pure parts of the training glue: LR schedule, stages, DeepSpeed config, parameter groups,
+shard decoding, preprocessing and augmentation (no Ray, no cluster)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from pydantic import ValidationError
+
+from jobs.train_common import (
+    SHARD_S2_BANDS,
+    SKYSENSE_S2_BANDS,
+    DeepSpeedConfig,
+    OptimConfig,
+    StageConfig,
+    augment_sample,
+    band_indices,
+    build_deepspeed_config,
+    column_to_numpy,
+    cosine_momentum,
+    local_partitions,
+    lr_at,
+    make_augment_fn,
+    make_skysense_preprocess_fn,
+    make_spectralgpt_preprocess_fn,
+    micro_batch,
+    param_groups,
+    pick_slots,
+    stage_at,
+    warmup_cosine,
+)
+from tests.jobs.conftest import make_rows, rows_to_table
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+@pytest.mark.parametrize(
+    "step, warmup, total, min_ratio, expected",
+    [
+        (0, 4, 20, 0.0, 0.25),  # linear warmup (step + 1) / warmup
+        (3, 4, 20, 0.0, 1.0),  # last warmup step reaches the peak
+        (4, 4, 20, 0.0, 1.0),  # cosine starts at the peak
+        (12, 4, 20, 0.0, 0.5),  # halfway through the cosine
+        (20, 4, 20, 0.0, 0.0),  # the end
+        (99, 4, 20, 0.1, 0.1),  # clamped past the end, floor min_ratio
+        (0, 0, 10, 0.0, 1.0),  # no warmup
+        (5, 0, 10, 0.2, 0.6),  # min + (1 - min) / 2 halfway
+    ],
+)
+def test_warmup_cosine_table(step, warmup, total, min_ratio, expected):
+    assert warmup_cosine(step, warmup, total, min_ratio) == pytest.approx(expected)
+
+
+def test_lr_scales_with_global_batch():
+    kw = dict(base_lr=1.5e-4, warmup_steps=0, total_steps=100)
+    assert lr_at(0, global_batch=256, **kw) == pytest.approx(1.5e-4)
+    assert lr_at(0, global_batch=4096, **kw) == pytest.approx(1.5e-4 * 16)
+    lrs = [lr_at(s, global_batch=512, **kw) for s in range(100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # non-increasing after warmup
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [(0, (0, 0)), (9, (0, 0)), (10, (1, 10)), (29, (1, 10)), (30, (2, 30)), (1000, (2, 30))],
+)
+def test_stage_at_table(step, expected):
+    stages = [StageConfig(img_size=96, steps=10, batch_size=8), StageConfig(img_size=128, steps=20, batch_size=4),
+              StageConfig(img_size=128, steps=5, batch_size=4)]
+    assert stage_at(step, stages) == expected
+
+
+def test_cosine_momentum_goes_to_final():
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert 0.99 < cosine_momentum(50, 100, 0.99) < 1.0
+
+
+def test_micro_batch_error_names_fields():
+    assert micro_batch(32, 2, 4) == 4
+    with pytest.raises(ValueError, match=r"stages.batch_size 30 .* scaling.num_workers × deepspeed.grad_accum = 8"):
+        micro_batch(30, 2, 4)
+
+
+# ------------------------------------------------------------------------------------ DeepSpeed
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_config_stages(stage):
+    ds = DeepSpeedConfig(zero_stage=stage, grad_accum=2)
+    cfg = build_deepspeed_config(ds, OptimConfig(grad_clip=0.5), micro_batch_size=4, world_size=8, use_gpu=False)
+    assert cfg["zero_optimization"]["stage"] == stage
+    assert cfg["train_batch_size"] == 4 * 2 * 8
+    assert cfg["gradient_clipping"] == 0.5
+    assert cfg["bf16"]["enabled"] is False  # fp32 on CPU
+    assert cfg["optimizer"]["type"] == "AdamW"
+    assert "scheduler" not in cfg  # the LR is ours, set every step
+    assert ("stage3_gather_16bit_weights_on_model_save" in cfg["zero_optimization"]) == (stage == 3)
+
+
+def test_deepspeed_config_gpu_offload_and_override(tmp_path):
+    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
+                         override={"zero_optimization": {"stage3_prefetch_bucket_size": 123}, "bf16": {"enabled": False}})
+    cfg = build_deepspeed_config(ds, OptimConfig(), micro_batch_size=2, world_size=1, use_gpu=True)
+    z = cfg["zero_optimization"]
+    assert z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
+    assert z["stage3_prefetch_bucket_size"] == 123 and z["stage"] == 3  # merged, not replaced
+    assert cfg["bf16"]["enabled"] is False  # the user's JSON wins
+    assert "torch_adam" not in cfg["optimizer"]["params"]
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps({"gradient_clipping": 3.0}))
+    cfg = build_deepspeed_config(DeepSpeedConfig(override=str(p)), OptimConfig(), micro_batch_size=2,
+                                 world_size=1, use_gpu=True)
+    assert cfg["gradient_clipping"] == 3.0 and cfg["bf16"]["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"zero_stage": 2, "offload_params": True}, "offload_params needs zero_stage 3"),
+        ({"zero_stage": 0, "offload_optimizer": True}, "offload_optimizer needs zero_stage >= 1"),
+        ({"zero_stage": 4}, "zero_stage"),
+        ({"zero_stage": 2, "zero_init": True}, "zero_init needs zero_stage 3"),
+        ({"grad_accum": 0}, "grad_accum"),
+        ({"stage": 2}, "stage"),  # unknown key
+    ],
+)
+def test_deepspeed_config_errors(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        DeepSpeedConfig(**kwargs)
+
+
+def test_param_groups_decay_only_matrices():
+    from models.registry import create
+
+    model = create("spectralgpt_tiny")
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "pos_embed_spatial" in no_decay_names and "mask_token" in no_decay_names
+    assert any(n.endswith(".bias") for n in no_decay_names) and any("norm" in n for n in no_decay_names)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_param_groups_leave_out_the_frozen_teacher():
+    from models.skysense import build_pretrainer
+
+    model = build_pretrainer("skysense_tiny")
+    groups = param_groups(model, 0.05)
+    ids = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in ids for p in model.teacher.parameters())
+    assert {id(p) for p in model.student.parameters()} <= ids
+
+
+def test_local_partitions_ema_on_slices():
+    """The ZeRO-3 EMA path: with .data pointed at equal-sized flat slices, ``momentum_update``
+    updates exactly those slices (emulated partitions of 2 ranks)."""
+    from models.skysense import build_pretrainer
+
+    torch.manual_seed(0)
+    model = build_pretrainer("skysense_tiny")
+    for p in model.student.parameters():
+        p.data.add_(torch.randn_like(p))
+    full_t = [p.detach().clone() for p in model.teacher.parameters()]
+    full_s = [p.detach().clone() for p in model.student.parameters()]
+    m = 0.9
+    for rank in range(2):  # each "rank" holds half of every flattened parameter
+        parts = {}
+        for p in model.parameters():
+            flat = p.detach().reshape(-1)
+            k = math.ceil(flat.numel() / 2)
+            p.ds_tensor = flat[rank * k : (rank + 1) * k].clone()
+            parts[id(p)] = p.ds_tensor
+        with local_partitions(list(model.parameters())):
+            assert all(p.data.ndim == 1 for p in model.parameters())
+            model.momentum_update(m)
+        for t, t0, s0 in zip(model.teacher.parameters(), full_t, full_s):
+            k = math.ceil(t0.numel() / 2)
+            want = (m * t0 + (1 - m) * s0).reshape(-1)[rank * k : (rank + 1) * k]
+            torch.testing.assert_close(parts[id(t)], want)
+            assert t.shape == t0.shape  # restored afterwards
+    for p in model.parameters():
+        del p.ds_tensor
+
+
+# ------------------------------------------------------------------------------------ shards -> numpy
+
+
+@pytest.fixture(scope="module")
+def table():
+    return rows_to_table(make_rows(np.random.default_rng(1), n=6, px=16, slots=3, start=0))
+
+
+@pytest.fixture(scope="module")
+def stats():
+    return {
+        "s2": {"bands": list(SHARD_S2_BANDS), "mean": [1000.0] * 12, "std": [500.0] * 12},
+        "s1": {"bands": ["VV", "VH"], "mean": [-10.0, -16.0], "std": [4.0, 4.0]},
+    }
+
+
+def test_column_to_numpy_layouts():
+    a = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
+    tensor = pa.ExtensionArray.from_storage(
+        pa.fixed_shape_tensor(pa.uint16(), [3, 4]), pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 12)
+    )
+    nested = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 4), 3)
+    varlist = pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int16()))
+    np.testing.assert_array_equal(column_to_numpy(tensor), a)
+    np.testing.assert_array_equal(column_to_numpy(pa.chunked_array([nested])), a)
+    np.testing.assert_array_equal(column_to_numpy(varlist), [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(column_to_numpy(pa.array([1.5, 2.5])), [1.5, 2.5])
+
+
+def test_band_indices():
+    assert band_indices(SKYSENSE_S2_BANDS) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
+    with pytest.raises(ValueError, match="unknown band"):
+        band_indices(["B10"])
+
+
+def test_pick_slots():
+    valid = np.array([[True, True, False], [False, False, False], [False, True, True]])
+    cloud = np.array([[0.5, 0.1, 0.0], [0, 0, 0], [0, 0.2, 0.1]], np.float32)
+    rng = np.random.default_rng(0)
+    assert pick_slots(valid, cloud, "least_cloudy", rng) == [(0, 1), (1, 0), (2, 2)]
+    assert pick_slots(valid, cloud, "all", rng) == [(0, 0), (0, 1), (2, 1), (2, 2)]
+    picks = pick_slots(valid, cloud, "random", rng)
+    assert picks[0][1] in (0, 1) and picks[2][1] in (1, 2)
+
+
+def test_spectralgpt_preprocess(table, stats):
+    out = make_spectralgpt_preprocess_fn(stats, slot="least_cloudy")(table)
+    x = out["x"]
+    assert x.shape == (6, 12, 16, 16) and x.dtype == np.float32
+    s2 = column_to_numpy(table.column("s2"))
+    valid = column_to_numpy(table.column("s2_valid"))
+    cloud = column_to_numpy(table.column("s2_cloud"))
+    t = pick_slots(valid[:1], cloud[:1], "least_cloudy", np.random.default_rng(0))[0][1]
+    np.testing.assert_allclose(x[0], (s2[0, t].astype(np.float32) - 1000) / 500, rtol=1e-6)
+    n_all = len(make_spectralgpt_preprocess_fn(stats, slot="all")(table)["x"])
+    assert n_all == int(valid.sum())
+
+
+def test_nodata_stays_zero(stats):
+    r = make_rows(np.random.default_rng(2), n=2, px=8, slots=1, start=0)
+    r["s2"][0, 0, :, :2, :2] = 0  # nodata corner
+    out = make_spectralgpt_preprocess_fn(stats)(rows_to_table(r))["x"]
+    assert (out[0, :, :2, :2] == 0).all()
+
+
+def test_skysense_preprocess(table, stats):
+    out = make_skysense_preprocess_fn(stats)(table)
+    assert out["s2"].shape == (6, 3, 10, 16, 16) and out["s1"].shape == (6, 3, 2, 16, 16)
+    assert out["lonlat"].shape == (6, 2) and out["s2_doy"].dtype == np.int64
+    s2 = column_to_numpy(table.column("s2"))
+    valid = out["s2_valid"]
+    i, t = np.argwhere(valid)[0]
+    np.testing.assert_allclose(out["s2"][i, t, 0], (s2[i, t, 1].astype(np.float32) - 1000) / 500, rtol=1e-6)  # B02
+    assert (out["s2"][~valid] == 0).all() and (out["s1"][~out["s1_valid"]] == 0).all()
+    np.testing.assert_allclose(out["lonlat"][:, 0], column_to_numpy(table.column("lon")))
+
+
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def test_augment_identity_without_randomness():
+    x = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
+    out = make_augment_fn(crop=8, flip=False, rot90=False)({"x": x, "id": np.arange(3)})
+    torch.testing.assert_close(out["x"], torch.from_numpy(x))
+    assert out["id"].tolist() == [0, 1, 2]
+
+
+def test_augment_same_transform_for_every_band_date_and_modality():
+    rng = np.random.default_rng(0)
+    s2 = rng.normal(size=(5, 3, 10, 16, 16)).astype(np.float32)
+    s1 = s2[:, :, :2].copy()  # a modality that must stay pixel-aligned with s2
+    valid = np.ones((5, 3), bool)
+    aug = make_augment_fn(crop=8, seed=3, spatial_keys=["s2", "s1"])
+    for _ in range(3):
+        out = aug({"s2": s2, "s1": s1, "s2_valid": valid})
+        assert out["s2"].shape == (5, 3, 10, 8, 8) and out["s1"].shape == (5, 3, 2, 8, 8)
+        torch.testing.assert_close(out["s1"], out["s2"][:, :, :2])
+        assert out["s2_valid"].dtype == torch.bool
+
+
+def test_augment_sample_is_a_dihedral_crop():
+    a = np.arange(16).reshape(4, 4)
+    (r,) = augment_sample([a], 1, 0, 2, 1, False)
+    np.testing.assert_array_equal(r, np.rot90(a[1:3, 0:2]))
+    (f,) = augment_sample([a], 0, 0, 4, 0, True)
+    np.testing.assert_array_equal(f, a[:, ::-1])
+
+
+def test_augment_crop_too_large():
+    with pytest.raises(ValueError, match="crop 32 larger than the tile"):
+        make_augment_fn(crop=32)({"x": np.zeros((1, 2, 16, 16), np.float32)})
