@@ -20,6 +20,7 @@ from jobs.pretrain import NonFiniteLossError, PretrainConfig, run
 from jobs.train_common import DS_TAG, lr_at
 
 REPO = Path(__file__).resolve().parents[2]
+PRESET_SGPT = REPO / "configs" / "pretrain" / "spectralgpt_tiny.yaml"
 PRESETS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
 
 
@@ -33,6 +34,11 @@ def _cfg(preset: str, shards_dir: Path, storage: Path, name: str, *overrides: st
 
 def _mean(xs):
     return sum(xs) / len(xs)
+
+
+def _lr(step: int, cfg: PretrainConfig, batch: int, total: int) -> float:
+    o = cfg.optim
+    return lr_at(step, base_lr=o.base_lr, global_batch=batch, warmup_steps=o.warmup_steps, total_steps=total)
 
 
 def _latest_checkpoint(run_dir: str) -> str:
@@ -71,7 +77,7 @@ def test_run_checks_before_any_work(shards_dir, tmp_path):
     cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "x", big)
     with pytest.raises(ValueError, match=r"stages\.0\.img_size 64 exceeds the shards' tile_px 32"):
         run(cfg)
-    cfg = load_config(PretrainConfig, REPO / "configs/pretrain/spectralgpt_tiny.yaml", [f"storage={tmp_path}"])
+    cfg = load_config(PretrainConfig, PRESET_SGPT, [f"storage={tmp_path}"])
     with pytest.raises(ValueError, match=r"data\.path is not set"):
         run(cfg)
     cfg = _cfg("spectralgpt_tiny", tmp_path / "nowhere", tmp_path, "x")
@@ -97,10 +103,10 @@ def test_spectralgpt_zero2_progressive_resume_export(ray_session, shards_dir, tm
     losses = [h["loss"] for h in hist]
     assert _mean(losses[-4:]) < 0.85 * _mean(losses[:4]), losses
     m = out["metrics"]
-    assert m["step"] == 24 and m["stage"] == 1 and 0.0 <= m["data_wait_frac"] <= 1.0 and m["samples_per_s"] > 0
+    assert m["step"] == 24 and m["stage"] == 1
+    assert 0.0 <= m["data_wait_frac"] <= 1.0 and m["samples_per_s"] > 0
     for i, h in enumerate(hist):  # the LR is the pure function of the step
-        assert h["lr"] == pytest.approx(lr_at(i, base_lr=cfg.optim.base_lr, global_batch=16,
-                                              warmup_steps=cfg.optim.warmup_steps, total_steps=24))
+        assert h["lr"] == pytest.approx(_lr(i, cfg, 16, 24))
 
     run_dir = out["run_dir"]
     assert len(glob.glob(f"{run_dir}/checkpoint_2*")) == cfg.checkpoint.keep  # keep the last K
@@ -129,9 +135,7 @@ def test_spectralgpt_zero2_progressive_resume_export(ray_session, shards_dir, tm
     out2 = run(cfg2)
     assert out2["starts"] == [0, 24]
     assert [h["step"] for h in out2["history"]] == list(range(1, 33))
-    assert out2["history"][24]["lr"] == pytest.approx(
-        lr_at(24, base_lr=cfg.optim.base_lr, global_batch=16, warmup_steps=cfg.optim.warmup_steps, total_steps=32)
-    )
+    assert out2["history"][24]["lr"] == pytest.approx(_lr(24, cfg, 16, 32))
     assert out2["history"][:24] == hist  # the first 24 steps came from the checkpoint, not re-run
 
 
@@ -152,8 +156,7 @@ def test_skysense_zero3_survives_worker_kill(ray_session, shards_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     assert {"loss_pixel", "loss_object", "loss_image", "loss_cross_modal", "loss_geo"} <= set(hist[-1])
     for h in hist:
-        assert h["lr"] == pytest.approx(lr_at(h["step"] - 1, base_lr=cfg.optim.base_lr, global_batch=8,
-                                              warmup_steps=cfg.optim.warmup_steps, total_steps=12))
+        assert h["lr"] == pytest.approx(_lr(h["step"] - 1, cfg, 8, 12))
 
     # DeepSpeed's zero_to_fp32 script (shipped inside each checkpoint) on our ZeRO-3 checkpoint
     ckpt = _latest_checkpoint(out["run_dir"])

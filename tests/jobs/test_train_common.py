@@ -69,8 +69,11 @@ def test_lr_scales_with_global_batch():
     [(0, (0, 0)), (9, (0, 0)), (10, (1, 10)), (29, (1, 10)), (30, (2, 30)), (1000, (2, 30))],
 )
 def test_stage_at_table(step, expected):
-    stages = [StageConfig(img_size=96, steps=10, batch_size=8), StageConfig(img_size=128, steps=20, batch_size=4),
-              StageConfig(img_size=128, steps=5, batch_size=4)]
+    stages = [
+        StageConfig(img_size=96, steps=10, batch_size=8),
+        StageConfig(img_size=128, steps=20, batch_size=4),
+        StageConfig(img_size=128, steps=5, batch_size=4),
+    ]
     assert stage_at(step, stages) == expected
 
 
@@ -82,7 +85,7 @@ def test_cosine_momentum_goes_to_final():
 
 def test_micro_batch_error_names_fields():
     assert micro_batch(32, 2, 4) == 4
-    with pytest.raises(ValueError, match=r"stages.batch_size 30 .* scaling.num_workers × deepspeed.grad_accum = 8"):
+    with pytest.raises(ValueError, match=r"batch_size 30 .* scaling.num_workers × deepspeed.grad_accum = 8"):
         micro_batch(30, 2, 4)
 
 
@@ -92,7 +95,8 @@ def test_micro_batch_error_names_fields():
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_deepspeed_config_stages(stage):
     ds = DeepSpeedConfig(zero_stage=stage, grad_accum=2)
-    cfg = build_deepspeed_config(ds, OptimConfig(grad_clip=0.5), micro_batch_size=4, world_size=8, use_gpu=False)
+    cfg = build_deepspeed_config(ds, OptimConfig(grad_clip=0.5), micro_batch_size=4, world_size=8,
+                                 use_gpu=False)
     assert cfg["zero_optimization"]["stage"] == stage
     assert cfg["train_batch_size"] == 4 * 2 * 8
     assert cfg["gradient_clipping"] == 0.5
@@ -103,8 +107,8 @@ def test_deepspeed_config_stages(stage):
 
 
 def test_deepspeed_config_gpu_offload_and_override(tmp_path):
-    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True,
-                         override={"zero_optimization": {"stage3_prefetch_bucket_size": 123}, "bf16": {"enabled": False}})
+    over = {"zero_optimization": {"stage3_prefetch_bucket_size": 123}, "bf16": {"enabled": False}}
+    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True, override=over)
     cfg = build_deepspeed_config(ds, OptimConfig(), micro_batch_size=2, world_size=1, use_gpu=True)
     z = cfg["zero_optimization"]
     assert z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
@@ -207,10 +211,11 @@ def stats():
 
 def test_column_to_numpy_layouts():
     a = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
+    flat = pa.array(a.reshape(-1))
     tensor = pa.ExtensionArray.from_storage(
-        pa.fixed_shape_tensor(pa.uint16(), [3, 4]), pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 12)
+        pa.fixed_shape_tensor(pa.uint16(), [3, 4]), pa.FixedSizeListArray.from_arrays(flat, 12)
     )
-    nested = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 4), 3)
+    nested = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, 4), 3)
     varlist = pa.array([[1, 2, 3], [4, 5, 6]], pa.list_(pa.int16()))
     np.testing.assert_array_equal(column_to_numpy(tensor), a)
     np.testing.assert_array_equal(column_to_numpy(pa.chunked_array([nested])), a)
@@ -261,7 +266,8 @@ def test_skysense_preprocess(table, stats):
     s2 = column_to_numpy(table.column("s2"))
     valid = out["s2_valid"]
     i, t = np.argwhere(valid)[0]
-    np.testing.assert_allclose(out["s2"][i, t, 0], (s2[i, t, 1].astype(np.float32) - 1000) / 500, rtol=1e-6)  # B02
+    b02 = (s2[i, t, 1].astype(np.float32) - 1000) / 500
+    np.testing.assert_allclose(out["s2"][i, t, 0], b02, rtol=1e-6)
     assert (out["s2"][~valid] == 0).all() and (out["s1"][~out["s1_valid"]] == 0).all()
     np.testing.assert_allclose(out["lonlat"][:, 0], column_to_numpy(table.column("lon")))
 
