@@ -315,3 +315,19 @@ def test_matches_brute_force_reference(seed, window, period):
     assert got == _brute_force(scenes, cfg)
     matched = {s.scene_id for u in units for s in u.s1}
     assert {r.id for r in rejects} == {s.scene_id for s in scenes if s.sensor == "s1"} - matched
+
+
+def test_json_mixed_hrefs_and_version():
+    s = scene("a", day(2024, 1, 5), rel(0, 0, 320, 320))
+    odd = dict(s.assets)
+    odd["SCL"] = AssetRef("s3://other/x/SCL.tif", (20.0, 0.0, 1.0, 0.0, -20.0, 2.0), (3, 4), float("nan"))
+    s = Scene(s.scene_id, "s2", s.datetime, s.epsg, s.bounds, s.lonlat_bbox, odd, -1000, 12.5)
+    units, _ = plan_units([s], CFG)
+    text = units[0].to_json()
+    back = WorkUnit.from_json(text)
+    assert back.s2[0].assets["SCL"].href == "s3://other/x/SCL.tif"
+    assert back.s2[0].assets["B02"] == s.assets["B02"] and back.s2[0].boa_offset == -1000
+    d = json.loads(text)
+    d["v"] = 2
+    with pytest.raises(ValueError, match="unsupported WorkUnit JSON version 2"):
+        WorkUnit.from_json(json.dumps(d))
