@@ -444,7 +444,10 @@ class SkySense(nn.Module):
         )
         self.fusion_norm = nn.LayerNorm(d)
         self.geo = GeoContextPrototypes(cfg.num_regions, cfg.num_prototypes, d, cfg.proto_temperature)
-        self.init_weights()
+        # Nothing to initialise on the meta device or on ZeRO-3 partitions (deepspeed.zero.Init): call
+        # ``init_weights()`` after ``to_empty`` / inside ``zero.GatheredParameters(..., modifier_rank=0)``.
+        if not any(p.is_meta or hasattr(p, "ds_id") for p in self.parameters()):
+            self.init_weights()
 
     @property
     def embed_dim(self) -> int:
@@ -456,6 +459,7 @@ class SkySense(nn.Module):
         return [self.config.s2_dim] * 3 + [self.config.fusion_dim]
 
     def init_weights(self) -> None:
+        """MAE-style init: Linear xavier-uniform (patch embeds flattened), embeddings N(0, 0.02)."""
         self.apply(init_weights_mae)
         for enc in (self.s2_encoder, self.s1_encoder):
             w = enc.patch_embed.weight
