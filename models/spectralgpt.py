@@ -115,7 +115,7 @@ class SpectralGPT(nn.Module):
         dpr = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
 
         # encoder
-        self.patch_embed = nn.Module()
+        self.patch_embed = nn.Module()  # official key layout; applied as a linear map (project_patches)
         self.patch_embed.proj = nn.Conv3d(1, c.embed_dim, kernel_size=(g, p, p), stride=(g, p, p))
         self.pos_embed_spatial = nn.Parameter(torch.zeros(1, c.grid_size**2, c.embed_dim))
         self.pos_embed_temporal = nn.Parameter(torch.zeros(1, c.num_groups, c.embed_dim))
@@ -197,16 +197,28 @@ class SpectralGPT(nn.Module):
         g, p = self.config.spectral_group, self.config.patch_size
         return rearrange(x, "b (t h w) (u p q) -> b (t u) (h p) (w q)", h=hw[0], w=hw[1], u=g, p=p, q=p)
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Tokenise and add position embeddings: (B, C, H, W) -> (B, L, D), grid (t, h, w)."""
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """Token grid (t, h, w) = (C/g, H/p, W/p) of an input (B, C, H, W); ValueError if indivisible."""
         C, H, W = x.shape[-3:]
         g, p = self.config.spectral_group, self.config.patch_size
         if C % g or H % p or W % p:
             raise ValueError(f"input (C, H, W) = {(C, H, W)} must be divisible by {(g, p, p)}")
-        x = self.patch_embed.proj(x.unsqueeze(1))  # (B, D, t, h, w)
-        t, h, w = x.shape[-3:]
-        x = rearrange(x, "b d t h w -> b (t h w) d")  # (B, L, D)
-        return x + self.pos_embed((t, h, w)), (t, h, w)
+        return C // g, H // p, W // p
+
+    def project_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch embedding of patchified cubes: (B, N, g*p*p) -> (B, N, D).
+
+        The Conv3d ``patch_embed.proj`` (kernel = stride = g × p × p, one input channel) is a
+        linear map of each cube; applying it as ``F.linear`` to the (band, row, col)-ordered
+        pixels from ``patchify`` lets the encoder embed only the kept tokens.
+        """
+        w = self.patch_embed.proj.weight  # (D, 1, g, p, p)
+        return F.linear(patches, w.flatten(1), self.patch_embed.proj.bias)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Tokenise all cubes and add position embeddings: (B, C, H, W) -> (B, L, D), grid (t, h, w)."""
+        thw = self.token_grid(x)
+        return self.project_patches(self.patchify(x)) + self.pos_embed(thw), thw
 
     def pos_embed(self, thw: tuple[int, int, int], decoder: bool = False) -> torch.Tensor:
         """Encoder (or decoder) position embedding for a (t, h, w) token grid: (1, t*h*w, D)."""
@@ -254,8 +266,13 @@ class SpectralGPT(nn.Module):
         self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
         """(B, C, H, W) -> latent (B, K, D) of the kept tokens, mask (B, L), ids_restore (B, L), grid."""
-        x, thw = self.embed(x)
-        x, mask, ids_restore, _ = self.random_masking(x, mask_ratio, noise)
+        thw = self.token_grid(x)
+        patches, mask, ids_restore, ids_keep = self.random_masking(self.patchify(x), mask_ratio, noise)
+        pos = self.pos_embed(thw)  # (1, L, D)
+        pos = torch.gather(
+            pos.expand(x.shape[0], -1, -1), 1, ids_keep[..., None].expand(-1, -1, pos.shape[-1])
+        )
+        x = self.project_patches(patches) + pos  # (B, K, D), only the kept cubes are embedded
         x = self.norm(self._run_blocks(self.blocks, x))
         return x, mask, ids_restore, thw
 
