@@ -319,26 +319,35 @@ class WindowBlock(nn.Module):
         return bias[rel[0], rel[1]].permute(2, 0, 1)  # (heads, ws², ws²)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
+        b, h, w, _ = x.shape
         ws = min(self.window, h, w)
-        shift = ws // 2 if self.shift and min(h, w) > ws else 0
+        pad_h, pad_w = (-h) % ws, (-w) % ws  # pad to whole windows; padded keys are masked out
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        hp, wp = h + pad_h, w + pad_w
+        shift = ws // 2 if self.shift and min(hp, wp) > ws else 0
         if shift:
             x = torch.roll(x, (-shift, -shift), dims=(1, 2))
         xw = rearrange(x, "b (nh s1) (nw s2) c -> (b nh nw) (s1 s2) c", s1=ws, s2=ws)  # (B*nW, ws², C)
         mask = self._bias(ws, x.device)[None]  # (1, heads, ws², ws²)
-        if shift:
-            label = torch.zeros(h, w, device=x.device)
-            for i, sl_h in enumerate((slice(0, -ws), slice(-ws, -shift), slice(-shift, None))):
-                for j, sl_w in enumerate((slice(0, -ws), slice(-ws, -shift), slice(-shift, None))):
-                    label[sl_h, sl_w] = i * 3 + j
+        if shift or pad_h or pad_w:
+            label = torch.zeros(hp, wp, device=x.device)  # which shifted sub-window each pixel is in
+            if shift:
+                for i, sl_h in enumerate((slice(0, -ws), slice(-ws, -shift), slice(-shift, None))):
+                    for j, sl_w in enumerate((slice(0, -ws), slice(-ws, -shift), slice(-shift, None))):
+                        label[sl_h, sl_w] = i * 3 + j
+            padded = torch.ones(hp, wp, device=x.device)
+            padded[:h, :w] = 0
+            padded = torch.roll(padded, (-shift, -shift), dims=(0, 1)) if shift else padded
             lw = rearrange(label, "(nh s1) (nw s2) -> (nh nw) (s1 s2)", s1=ws, s2=ws)  # (nW, ws²)
-            cross = (lw[:, :, None] != lw[:, None, :]).float() * -100.0  # (nW, ws², ws²)
-            mask = repeat(mask + cross[:, None], "nw hd i j -> (b nw) hd i j", b=b)
+            pw = rearrange(padded, "(nh s1) (nw s2) -> (nh nw) 1 (s1 s2)", s1=ws, s2=ws)  # (nW, 1, ws²)
+            extra = ((lw[:, :, None] != lw[:, None, :]).float() + pw).clamp(max=1.0) * -100.0  # (nW, N, N)
+            mask = repeat(mask + extra[:, None], "nw hd i j -> (b nw) hd i j", b=b)
         dev = x.device.type  # SDPA wants an additive mask in the dtype of q (the autocast dtype if on)
         mask = mask.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else xw.dtype)
         xw = self.block(xw, attn_mask=mask)
-        x = rearrange(xw, "(b nh nw) (s1 s2) c -> b (nh s1) (nw s2) c", b=b, nh=h // ws, s1=ws)
-        return torch.roll(x, (shift, shift), dims=(1, 2)) if shift else x
+        x = rearrange(xw, "(b nh nw) (s1 s2) c -> b (nh s1) (nw s2) c", b=b, nh=hp // ws, s1=ws)
+        x = torch.roll(x, (shift, shift), dims=(1, 2)) if shift else x
+        return x[:, :h, :w]
 
 
 class PatchMerging(nn.Module):
@@ -350,6 +359,7 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, x.shape[2] % 2, 0, x.shape[1] % 2))  # odd sizes: pad to even
         x = rearrange(x, "b (h i) (w j) c -> b h w (j i c)", i=2, j=2)  # (B, H/2, W/2, 4C)
         return self.norm(self.reduction(x))
 

@@ -169,6 +169,8 @@ def test_hr_branch_and_errors(tiny):
     masked = model(**batch, hr=hr, hr_valid=torch.zeros(2, dtype=torch.bool))["dense"]
     without = model(**batch)["dense"]
     torch.testing.assert_close(masked, without, rtol=0, atol=1e-6)
+    odd = model(**batch, hr=torch.randn(2, 4, 72, 76))["dense"]  # windows and merges pad odd sizes
+    assert odd.shape == out["dense"].shape and torch.isfinite(odd).all()
     with pytest.raises(ValueError, match="hr_enabled=False"):
         tiny(**batch, hr=hr)
     with pytest.raises(ValueError, match="not a multiple of patch"):
