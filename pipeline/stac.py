@@ -540,6 +540,8 @@ def _parse(item: dict, item_id: str, storage: StorageConfig, base: str | None) -
         raise _Bad("missing_crs", "item has no proj:epsg / proj:code")
     if sensor == "s2" and not is_utm_epsg(epsg):
         raise _Bad("missing_crs", f"EPSG:{epsg} is not a UTM zone (S2 scenes define the UTM tile grid)")
+    if not is_utm_epsg(epsg) and not _known_epsg(epsg):
+        raise _Bad("missing_crs", f"EPSG:{epsg} is not a known CRS")
     if not (x1 > x0 and y1 > y0):
         raise _Bad("missing_crs", "assets have an empty extent")
 
@@ -549,6 +551,19 @@ def _parse(item: dict, item_id: str, storage: StorageConfig, base: str | None) -
     boa = s2_boa_offset(props, item_id, when) if sensor == "s2" else 0
     refs = _Assets.build(sensor, hrefs, geos, nodatas)
     return Scene(item_id, sensor, when, epsg, _bounds((x0, y0, x1, y1)), lonlat, refs, boa, cloud)
+
+
+@functools.lru_cache(maxsize=256)
+def _known_epsg(epsg: int) -> bool:
+    """True if PROJ knows the code (checked once per code; S1 may come in any CRS, it is warped)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_epsg(epsg)
+        return True
+    except (CRSError, ValueError):
+        return False
 
 
 def _lonlat_bbox(item: dict, epsg: int, bounds: tuple[float, float, float, float]):

@@ -262,6 +262,12 @@ def test_s1_rtc_item():
     assert scene.cloud_cover is None
 
 
+def test_s1_any_known_crs():
+    for epsg in (3035, 4326):  # not UTM: fine for S1, which is warped onto the S2 grid
+        scene = parse_item(s1_item(epsg=epsg), STORAGE)
+        assert isinstance(scene, Scene) and scene.epsg == epsg
+
+
 def test_s1_proj_code_and_asset_level_proj():
     item = s1_item(epsg=None, **{"proj:code": "EPSG:32634"})
     assert parse_item(item, STORAGE).epsg == 32634
@@ -362,7 +368,8 @@ def test_non_object_items_are_malformed(bad):
 @pytest.mark.parametrize(
     "edit, reason",
     [(_drop("assets.vh"), "missing_asset"), (_drop("properties.proj:epsg"), "missing_crs"),
-     (_drop("properties.proj:shape"), "missing_crs"), (_set("assets.vv.href", "gs://b/vv.tif"), "bad_uri")],
+     (_drop("properties.proj:shape"), "missing_crs"), (_set("assets.vv.href", "gs://b/vv.tif"), "bad_uri"),
+     (_set("properties.proj:epsg", 999999), "missing_crs")],
 )  # fmt: skip
 def test_s1_rejects(edit, reason):
     r = parse_item(edit(s1_item()), STORAGE)
