@@ -27,7 +27,8 @@ and dates; per-band gain and noise; random date dropout). Losses:
 - ``loss_geo``: Geo-Context Prototype Learning: each sample's region (``region_index`` of its
   lon/lat on an ``n_lon × n_lat`` grid) owns ``num_prototypes`` learnable prototypes; features
   attend to their own region's prototypes only, and the prototypes learn from balanced
-  (Sinkhorn) assignments of the teacher's features (swapped prediction).
+  (Sinkhorn) assignments of the teacher's features (swapped prediction) or, with
+  ``proto_momentum=m`` as in the paper, move by EMA toward the features assigned to them.
 
 Interface used by ``jobs/pretrain.py``::
 
@@ -628,12 +629,15 @@ class SkySensePretrainer(nn.Module):
         w_image: float = 1.0,
         w_cross_modal: float = 1.0,
         w_geo: float = 1.0,
+        proto_momentum: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, SkySense):
             raise TypeError(f"SkySensePretrainer wraps a SkySense model, got {type(model).__name__}")
         if num_clusters < 2 or pixel_samples < 2:
             raise ValueError("num_clusters and pixel_samples must be >= 2")
+        if proto_momentum is not None and not 0.0 <= proto_momentum < 1.0:
+            raise ValueError(f"proto_momentum must be in [0, 1) or None, got {proto_momentum}")
         self.student = model
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.heads = _ProjectionHeads(
@@ -647,6 +651,9 @@ class SkySensePretrainer(nn.Module):
         self.weights = dict(
             pixel=w_pixel, object=w_object, image=w_image, cross_modal=w_cross_modal, geo=w_geo
         )
+        self.proto_momentum = proto_momentum
+        if proto_momentum is not None:  # the paper's variant: prototypes move by EMA, not by gradient
+            model.geo.prototypes.requires_grad_(False)
         self.teacher.eval()
         self.teacher_heads.eval()
 
@@ -725,6 +732,32 @@ class SkySensePretrainer(nn.Module):
         logp = F.log_softmax(geo.logits(s, region).flatten(0, 1), dim=-1)
         return -(target * logp).sum(-1).mean()
 
+    @torch.no_grad()
+    def update_prototypes(self, feats: torch.Tensor, region: torch.Tensor, m: float) -> None:
+        """EMA of each region's prototypes toward the mean of the features assigned to them.
+
+        feats: (B, N, D) teacher features, region: (B,). Assignments are balanced (Sinkhorn) over
+        the P prototypes; ``P[r, p] <- m · P[r, p] + (1 - m) · normalize(Σ_m q[m, p] f_m)`` for every
+        prototype that received mass; prototypes of regions absent from the batch do not move.
+        """
+        protos = self.student.geo.prototypes  # (R, P, D)
+        r, p, _ = protos.shape
+        f = F.normalize(feats.float().flatten(0, 1), dim=-1)  # (M, D)
+        q = sinkhorn(
+            self.student.geo.logits(feats, region).flatten(0, 1) * self.student.geo.temperature,
+            self.sinkhorn_iters,
+            self.sinkhorn_eps,
+        )  # (M, P)
+        reg = region[:, None].expand(-1, feats.shape[1]).flatten()  # (M,)
+        sums = torch.zeros(r * p, f.shape[1], device=f.device)
+        mass = torch.zeros(r * p, device=f.device)
+        for j in range(p):
+            sums.index_add_(0, reg * p + j, q[:, j : j + 1] * f)
+            mass.index_add_(0, reg * p + j, q[:, j])
+        target = F.normalize(sums, dim=-1).view(r, p, -1)
+        moved = (mass > 1e-3).view(r, p, 1)
+        protos.copy_(torch.where(moved, m * protos.float() + (1 - m) * target, protos.float()))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [k for k in _INPUT_KEYS if k not in batch]
         if missing:
@@ -764,6 +797,9 @@ class SkySensePretrainer(nn.Module):
         losses["geo"] = (
             sum(self.geo_loss(out_s[i]["aligned"], out_t[j]["aligned"], region) for i, j in pairs) / 2
         )
+        if self.proto_momentum is not None and self.training:
+            feats = torch.cat([o["aligned"] for o in out_t])  # (2B, N, D)
+            self.update_prototypes(feats, region.repeat(2), self.proto_momentum)
         out = {f"loss_{k}": v for k, v in losses.items()}
         out["loss"] = sum(self.weights[k] * v for k, v in losses.items())
         return out

@@ -424,6 +424,25 @@ def test_a_few_steps_lower_the_loss():
     assert last < first - 0.5, losses
 
 
+def test_prototype_ema_moves_only_present_regions_toward_their_features():
+    torch.manual_seed(0)
+    pre = SkySensePretrainer(create("skysense_tiny"), proj_dim=16, proto_momentum=0.5)
+    protos = pre.student.geo.prototypes
+    assert not protos.requires_grad
+    before = protos.detach().clone()
+    batch = make_batch()  # regions of (11.5, 48.1) and (-60, -3) on the 4 x 2 grid
+    region = region_index(batch["lonlat"], 4, 2)
+    pre.train()(batch)["loss"].backward()
+    moved = (protos - before).abs().sum(dim=(1, 2)) > 0
+    assert moved.nonzero().flatten().tolist() == sorted(region.tolist())
+    # with m = 0 every prototype of the region becomes the (normalized) mean of its features
+    f = torch.randn(1, 1, 32).expand(1, 16, 32)
+    pre.update_prototypes(f, torch.tensor([3]), m=0.0)
+    torch.testing.assert_close(protos[3], torch.nn.functional.normalize(f[0, :4], dim=-1))
+    with pytest.raises(ValueError, match="proto_momentum"):
+        SkySensePretrainer(create("skysense_tiny"), proto_momentum=1.0)
+
+
 def test_pretrainer_errors_and_builder():
     torch.manual_seed(0)
     pre = build_pretrainer("skysense_tiny", fusion_depth=2, proj_dim=8, num_clusters=4)
