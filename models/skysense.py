@@ -116,6 +116,8 @@ class SkySenseConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("hr_depths", "hr_heads"):  # yaml/CLI overrides arrive as lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("s2", "s1", "fusion"):
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads != 0 or dim % 4 != 0:

@@ -128,6 +128,17 @@ def test_forward_backward_tiny():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+def test_features_feed_the_heads(tiny):
+    from models.heads import ChangeHead, LinearProbe, SegmentationHead
+
+    out = tiny(**make_batch())
+    seg = SegmentationHead(tiny.level_dims, num_classes=5, channels=16)
+    assert seg(out["levels"], out_size=(32, 32)).shape == (2, 5, 32, 32)
+    assert LinearProbe(tiny.embed_dim, 7)(out["pooled"]).shape == (2, 7)
+    change = ChangeHead(tiny.level_dims, channels=16)
+    assert change(out["levels"], out["levels"], out_size=(32, 32)).shape == (2, 1, 32, 32)
+
+
 def test_invalid_slot_never_influences_output(tiny):
     batch = make_batch()
     ref = tiny(**batch)["dense"]
