@@ -45,6 +45,7 @@ from pipeline.storage import (
     list_names,
     rasterio_env,
     read_bytes,
+    redact,
     write_bytes_atomic,
 )
 
@@ -395,7 +396,7 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
     }
     manifest = S.build_manifest(
         shards=shard_list, s2_sums=s2, s1_sums=s1, tile_px=cfg.tile_px, max_slots=cfg.max_slots,
-        config=cfg.model_dump(mode="json"), counts=all_counts, extra=extra,
+        config=manifest_config(cfg), counts=all_counts, extra=extra,
     )
     out = {"manifest": manifest, "rejects": table, "written": []}
     for name, data in ((MANIFEST, S.manifest_bytes(manifest)), (REJECTS, S.rejects_to_parquet(table))):
@@ -405,6 +406,19 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         write_bytes_atomic(uri, data, cfg.storage)
         out["written"].append(name)
     return out
+
+
+#: config fields that decide how the job runs, not what it writes: left out of the manifest, so re-running
+#: with another parallelism or retry budget (e.g. resuming on a bigger cluster) leaves it byte-identical.
+EXECUTION_ONLY = {"num_cpus_per_task": True, "concurrency": True, "storage": {"max_retries": True}}
+
+
+def manifest_config(cfg: IngestConfig) -> dict:
+    """The resolved config as stored in the manifest (JSON-safe, no credentials, no execution-only fields)."""
+    d = cfg.model_dump(mode="json", exclude=EXECUTION_ONLY)
+    if d["storage"].get("endpoint_url"):
+        d["storage"]["endpoint_url"] = redact(d["storage"]["endpoint_url"])
+    return d
 
 
 def _as_dict(r) -> dict:

@@ -40,7 +40,7 @@ from pipeline.sensors import S1, S1_MIN_POWER, S2, S2_SCL, Band
 from pipeline.storage import BadURIError, TransientIOError, check_uri, gdal_path, is_transient, redact
 
 GSD = 10.0
-_MISSING = re.compile(r"No such file|does not exist|not recognized as being in a supported|404|NoSuchKey",
+_MISSING = re.compile(r"No such file|does not exist|HTTP response code: 404|NoSuchKey",
                       re.IGNORECASE)
 
 
