@@ -127,7 +127,8 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     tile_m = cfg.tile_m
     grid = UnitGrid.from_bounds(unit.epsg, unit.bounds)
     n = grid.size
-    tiles = list(unit.tiles)
+    # tiles in sample_id order from the start, so rows need no reordering later
+    tiles = sorted(unit.tiles, key=lambda cr: make_sample_id(unit.epsg, cr[0], cr[1], unit.period))
     offsets = [
         (int(round((c * tile_m - grid.x_min) / GSD)), int(round((grid.y_max - (r + 1) * tile_m) / GSD)))
         for c, r in tiles
@@ -141,7 +142,6 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
 
     s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
     s2_top = _TopSlots(nt, t, s2_out)
-    s2_cloud_of: dict[tuple[int, str], float] = {}
     failed_on_cloud = np.zeros(nt, bool)
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
     s1_top = _TopSlots(nt, t, s1_out)
@@ -156,7 +156,9 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
                 except SceneReadError as e:
                     rejects.append(_scene_reject(scene, e))
                     continue
-                invalid = (scl == SCL_NODATA) | (buf == 0).any(axis=0)
+                invalid = scl == SCL_NODATA
+                for b in range(buf.shape[0]):  # contiguous passes: cheaper than any(axis=0)
+                    invalid |= buf[b] == 0
                 cloudy = np.isin(scl, SCL_CLOUD) & ~invalid
                 nodata_f = _tile_fraction(invalid, offsets, h)
                 valid_n = h * h * (1.0 - nodata_f)
@@ -171,7 +173,6 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
                     j = s2_top.offer(i, (float(cloud_f[i]), when, scene.scene_id, _doy(scene)))
                     if j is not None:
                         s2_out[i, j] = buf[:, py : py + h, px : px + h]
-                        s2_cloud_of[(i, j)] = float(cloud_f[i])
             del buf, scl
         if unit.s1:
             buf1 = np.zeros((len(S1.bands), n, n), np.float32)
@@ -211,36 +212,37 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         rejects.append({"level": "tile", "id": sid, "reason": reason, "detail": detail})
 
     ids = [make_sample_id(unit.epsg, tiles[i][0], tiles[i][1], unit.period) for i in keep]
-    order = [keep[k] for k in sorted(range(len(keep)), key=lambda k: ids[k])]
-    ids = sorted(ids)
-    rows = len(order)
+    rows = len(keep)
     s2_sums = S.empty_sums(len(S2.bands), integer=True)
     s1_sums = S.empty_sums(len(S1.bands), integer=False)
     shard = None
     if rows:
-        s2_rows = np.empty((rows, t, len(S2.bands), h, h), np.uint16)
-        s1_rows = np.empty((rows, t, len(S1.bands), h, h), np.float16)
         meta = {k: np.zeros((rows, t), dt) for k, dt in (("s2_doy", np.int16), ("s2_valid", bool),
                                                          ("s2_cloud", np.float32), ("s1_doy", np.int16),
                                                          ("s1_valid", bool))}
         sources = []
-        for out_i, i in enumerate(order):
+        for out_i, i in enumerate(keep):
             srcs = []
-            for mod, top, arr in (("s2", s2_top, s2_rows), ("s1", s1_top, s1_rows)):
+            for mod, top in (("s2", s2_top), ("s1", s1_top)):
                 slots = top.date_order(i)
-                arr[out_i] = top.data[i][slots]
-                for new_j, j in enumerate(slots):
-                    k = top.keys[i][j]
+                if slots != list(range(t)):  # put the kept slots in date order (in place, one tile)
+                    top.data[i] = top.data[i][slots]
+                    top.keys[i] = [top.keys[i][j] for j in slots]
+                for j, k in enumerate(top.keys[i]):
                     if k is None:
                         continue
-                    meta[f"{mod}_doy"][out_i, new_j] = k[3]
-                    meta[f"{mod}_valid"][out_i, new_j] = True
+                    meta[f"{mod}_doy"][out_i, j] = k[3]
+                    meta[f"{mod}_valid"][out_i, j] = True
                     if mod == "s2":
-                        meta["s2_cloud"][out_i, new_j] = s2_cloud_of[(i, j)]
+                        meta["s2_cloud"][out_i, j] = k[0]
                     srcs.append(k[2])
             sources.append(srcs)
-        cols = np.array([tiles[i][0] for i in order])
-        rws = np.array([tiles[i][1] for i in order])
+        # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
+        s2_rows = s2_out if rows == nt else s2_out[keep]
+        s1_rows = s1_out if rows == nt else s1_out[keep]
+        del s2_out, s1_out, s2_top, s1_top
+        cols = np.array([tiles[i][0] for i in keep])
+        rws = np.array([tiles[i][1] for i in keep])
         lon, lat = tile_centres_lonlat(unit.epsg, cols, rws, tile_m)
         table = S.build_table(
             sample_id=ids, epsg=np.full(rows, unit.epsg), x_min=cols * tile_m, y_max=(rws + 1) * tile_m,

@@ -144,6 +144,13 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     win = Window(cs, rs, ce - cs, re_ - rs)
     data = ds.read(1, window=win)
     src_nodata = ds.nodata if ds.nodata is not None else nodata
+    factor = _integer_factor(ds.transform)
+    if factor and resampling in (Resampling.bilinear, Resampling.nearest):
+        # grid corner in window pixel units (exact: a multiple of 1/factor)
+        oc, or_ = min(cols) - cs, min(rows) - rs
+        if abs(oc * factor - round(oc * factor)) < 1e-6 and abs(or_ * factor - round(or_ * factor)) < 1e-6:
+            upsample(data, factor, (or_, oc), out, src_nodata, nodata, resampling)
+            return data.size * itemsize
     reproject(
         source=data,
         destination=out,
@@ -157,6 +164,68 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         num_threads=1,
     )
     return data.size * itemsize
+
+
+def _integer_factor(t: Affine) -> int | None:
+    """``k`` when ``t`` is a north-up ``k x 10 m`` grid with integer k >= 2, else None."""
+    if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e):
+        return None
+    k = t.a / GSD
+    return int(round(k)) if abs(k - round(k)) < 1e-9 and round(k) >= 2 else None
+
+
+def _axis(n_out: int, factor: int, off: float, n_src: int) -> tuple[np.ndarray, ...]:
+    """Bilinear taps along one axis: output pixel j has its centre at source coordinate
+    ``u = off + (j + 0.5) / factor`` (pixel units, source pixel i spans [i, i + 1)); it blends source pixels
+    ``i0 = floor(u - 0.5)`` and ``i0 + 1`` with weight ``f = u - 0.5 - i0`` on the second, taps clamped
+    to the source (edge pixels extend to the border). ``inside``: centre within the source."""
+    u = off + (np.arange(n_out) + 0.5) / factor
+    i0 = np.floor(u - 0.5).astype(np.int64)
+    f = (u - 0.5 - i0).astype(np.float32)
+    inside = (u >= 0) & (u < n_src)
+    return np.clip(i0, 0, n_src - 1), np.clip(i0 + 1, 0, n_src - 1), f, inside
+
+
+def upsample(src: np.ndarray, factor: int, offset: tuple[float, float], out: np.ndarray, src_nodata,
+             dst_nodata, resampling: Resampling) -> None:
+    """Upsample ``src`` (a coarse grid) by an integer ``factor`` onto ``out`` whose top-left corner lies at
+    ``offset = (row, col)`` in source pixel units — what ``reproject`` does for aligned grids, in numpy.
+
+    Bilinear: separable, nodata taps get weight 0 and the rest are renormalised (GDAL's rule), rounded
+    to nearest for integer outputs; nearest: the source pixel holding the centre. Outside the source:
+    ``dst_nodata``.
+    """
+    n_r, n_c = out.shape
+    r0, r1, fr, in_r = _axis(n_r, factor, offset[0], src.shape[0])
+    c0, c1, fc, in_c = _axis(n_c, factor, offset[1], src.shape[1])
+    inside = in_r[:, None] & in_c[None, :]
+    # the source pixel holding each output centre
+    ri = np.floor(offset[0] + (np.arange(n_r) + 0.5) / factor).astype(np.int64)
+    ci = np.floor(offset[1] + (np.arange(n_c) + 0.5) / factor).astype(np.int64)
+    ri, ci = np.clip(ri, 0, src.shape[0] - 1), np.clip(ci, 0, src.shape[1] - 1)
+    if resampling == Resampling.nearest:
+        np.copyto(out, np.where(inside, src[np.ix_(ri, ci)], dst_nodata).astype(out.dtype, copy=False))
+        return
+    a = src.astype(np.float32)
+    valid = None if src_nodata is None else (src != src_nodata)
+    if valid is not None and not valid.all():
+        inside &= valid[np.ix_(ri, ci)]  # GDAL: no output where the centre's own source pixel is nodata
+        a *= valid
+        w = valid.astype(np.float32)
+        wt = w[r0] * (1 - fr)[:, None] + w[r1] * fr[:, None]
+        wv = wt[:, c0] * (1 - fc) + wt[:, c1] * fc
+    else:
+        wv = None
+    t = a[r0] * (1 - fr)[:, None] + a[r1] * fr[:, None]
+    v = t[:, c0] * (1 - fc) + t[:, c1] * fc
+    if wv is not None:
+        ok = wv > 1e-6
+        np.divide(v, wv, out=v, where=ok)
+        inside &= ok
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        v = np.clip(np.floor(v + 0.5), info.min, info.max)
+    np.copyto(out, np.where(inside, v, dst_nodata).astype(out.dtype, copy=False))
 
 
 def _band_href(scene, band: Band) -> str:

@@ -149,7 +149,7 @@ def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
         table,
         buf,
         compression="zstd",
-        compression_level=3,
+        compression_level=1,
         use_dictionary=["sample_id"],
         write_statistics=list(SCALAR_COLUMNS),
         row_group_size=max(1, row_group_rows),
