@@ -410,7 +410,6 @@ class GeoContextPrototypes(nn.Module):
         super().__init__()
         self.temperature = temperature
         self.prototypes = nn.Parameter(torch.randn(num_regions, num_prototypes, dim) * 0.02)
-        self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim)
 
     def logits(self, tokens: torch.Tensor, region: torch.Tensor, detach: bool = False) -> torch.Tensor:
@@ -421,7 +420,7 @@ class GeoContextPrototypes(nn.Module):
         return torch.einsum("bnd,bpd->bnp", t, p) / self.temperature
 
     def forward(self, tokens: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self.logits(self.norm(tokens), region).softmax(dim=-1)  # (B, N, P)
+        weights = self.logits(tokens, region).softmax(dim=-1)  # (B, N, P), same scores as the losses
         read = torch.einsum(
             "bnp,bpd->bnd", weights.to(tokens.dtype), self.prototypes[region].to(tokens.dtype)
         )
