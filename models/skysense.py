@@ -33,6 +33,7 @@ and dates; per-band gain and noise; random date dropout). Losses:
 Interface used by ``jobs/pretrain.py``::
 
     model = models.registry.create("skysense_tiny", **overrides)
+    # s2 = shard_s2[:, :, S2_SHARD_INDEX] (12 shard bands -> the 10 used), normalized, float
     pre = SkySensePretrainer(model, **loss_cfg)   # or build_pretrainer("skysense_tiny", **overrides)
     out = pre(batch)      # batch keys: s2 (B,T,10,H,W) float, s2_doy (B,T) int, s2_valid (B,T) bool,
                           #   s1 (B,T1,2,H,W) float, s1_doy (B,T1) int, s1_valid (B,T1) bool,
@@ -63,6 +64,8 @@ from models.registry import create, register_model
 __all__ = [
     "S1_BANDS",
     "S2_BANDS",
+    "S2_SHARD_BANDS",
+    "S2_SHARD_INDEX",
     "GeoContextPrototypes",
     "SkySense",
     "SkySenseConfig",
@@ -77,6 +80,9 @@ __all__ = [
 
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 S1_BANDS = ("VV", "VH")
+#: the shard contract's S2 band order (12 bands); the loader picks ``s2[:, :, S2_SHARD_INDEX]``
+S2_SHARD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+S2_SHARD_INDEX = tuple(S2_SHARD_BANDS.index(b) for b in S2_BANDS)  # (1, 2, ..., 8, 10, 11)
 NUM_DOY = 366  # calendar embedding entries: day of year 1..366
 
 

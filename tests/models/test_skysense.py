@@ -9,6 +9,9 @@ import torch
 
 from models.registry import count_params, create, list_models
 from models.skysense import (
+    S2_BANDS,
+    S2_SHARD_BANDS,
+    S2_SHARD_INDEX,
     GeoContextPrototypes,
     SkySense,
     SkySenseConfig,
@@ -454,6 +457,15 @@ def test_prototype_ema_moves_only_present_regions_toward_their_features():
         SkySensePretrainer(create("skysense_tiny"), proto_momentum=1.0)
 
 
+def test_s2_band_selection_matches_the_shard_contract():
+    from pipeline.sensors import S2
+
+    assert S2.band_names == S2_SHARD_BANDS
+    assert tuple(S2_SHARD_BANDS[i] for i in S2_SHARD_INDEX) == S2_BANDS
+    assert len(S2_BANDS) == SkySenseConfig().s2_in_chans == 10
+    assert "B01" not in S2_BANDS and "B09" not in S2_BANDS
+
+
 def test_pretrainer_errors_and_builder():
     torch.manual_seed(0)
     pre = build_pretrainer("skysense_tiny", fusion_depth=2, proj_dim=8, num_clusters=4)
@@ -465,6 +477,8 @@ def test_pretrainer_errors_and_builder():
         pre({"s2": batch["s2"]})
     with pytest.raises(TypeError, match="unexpected keyword"):
         build_pretrainer("skysense_tiny", not_an_option=1)
+    with pytest.raises(TypeError, match="not a SkySense preset"):
+        build_pretrainer("spectralgpt_tiny")
     with pytest.raises(TypeError, match="wraps a SkySense"):
         SkySensePretrainer(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="num_clusters"):
