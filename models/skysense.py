@@ -615,6 +615,13 @@ class SkySensePretrainer(nn.Module):
     ``forward(batch)`` -> dict with ``loss`` and ``loss_pixel``, ``loss_object``, ``loss_image``,
     ``loss_cross_modal``, ``loss_geo`` (all scalars). Call ``momentum_update(m)`` after every
     optimizer step. The teacher and its heads never require gradients and always run in eval mode.
+
+    Options (``loss_cfg``): ``proj_dim``/``proj_hidden`` of the projection MLPs; ``num_clusters``
+    (object level); ``temperature`` (InfoNCE), ``cluster_temperature`` (swapped prediction);
+    ``sinkhorn_iters``/``sinkhorn_eps``; ``pixel_samples`` (locations per dense InfoNCE, bounds
+    its N² logits); augmentations ``gain_jitter``, ``noise_std``, ``date_drop``; loss weights
+    ``w_pixel``, ``w_object``, ``w_image``, ``w_cross_modal``, ``w_geo``; ``proto_momentum``
+    (None: prototypes learn by gradient; m: paper-style EMA from balanced assignments).
     """
 
     def __init__(
