@@ -477,11 +477,15 @@ class SkySense(nn.Module):
         return [self.config.s2_dim] * 3 + [self.config.fusion_dim]
 
     def init_weights(self) -> None:
-        """MAE-style init: Linear xavier-uniform (patch embeds flattened), embeddings N(0, 0.02)."""
+        """MAE-style init: Linear xavier-uniform (patch embeds flattened), embeddings N(0, 0.02).
+
+        Initialises every parameter, so ``to_empty`` after meta-device construction + this is complete.
+        """
         self.apply(init_weights_mae)
-        for enc in (self.s2_encoder, self.s1_encoder):
-            w = enc.patch_embed.weight
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # the patch embeddings
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.zeros_(m.bias)
         nn.init.normal_(self.doy_embed.weight, std=0.02)
         nn.init.normal_(self.modality_embed, std=0.02)
         nn.init.normal_(self.fusion_token, std=0.02)

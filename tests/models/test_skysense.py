@@ -87,6 +87,19 @@ def test_param_counts_on_meta(name):
     assert isinstance(model.config, SkySenseConfig)
 
 
+def test_meta_construction_then_materialise_and_init():
+    with torch.device("meta"):
+        model = create("skysense_tiny", hr_enabled=True)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))  # whatever to_empty left behind
+    model.init_weights()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    out = model.eval()(**make_batch(), hr=torch.randn(2, 4, 64, 64))
+    assert torch.isfinite(out["dense"]).all()
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible by fusion_heads"):
         create("skysense_tiny", fusion_dim=30, fusion_heads=4)
