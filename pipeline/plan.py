@@ -199,8 +199,9 @@ def plan_units(scenes: list[Scene], cfg: IngestConfig) -> tuple[list[WorkUnit], 
     tile_spans: list[tuple[int, int, int, int]] = []
     group_scenes: list[tuple[Scene, ...]] = []
     group_fp: list[int] = []
-    # unit key (epsg, period index, ucol, urow) -> group ids (ascending)
-    unit_groups: dict[tuple[int, int, int, int], list[int]] = defaultdict(list)
+    # zone -> unit code (period index, ucol, urow; see _code) -> group ids (ascending); int keys keep the
+    # millions of entries small
+    unit_groups: dict[int, dict[int, list[int]]] = defaultdict(dict)
     for gi, ((epsg, bounds, p), members) in enumerate(groups.items()):
         fkey = (epsg, bounds)
         fid = footprint_ids.get(fkey)
@@ -210,19 +211,25 @@ def plan_units(scenes: list[Scene], cfg: IngestConfig) -> tuple[list[WorkUnit], 
         group_scenes.append(tuple(members))
         group_fp.append(fid)
         c0, c1, r0, r1 = cell_span(bounds, unit_m)
-        pi = pidx[p]
+        zone = unit_groups[epsg]
+        pbase = pidx[p] << 48
         for uc in range(c0, c1):
+            cbase = pbase | ((uc + _OFF) << 24)
             for ur in range(r0, r1):
-                unit_groups[(epsg, pi, uc, ur)].append(gi)
+                code = cbase | (ur + _OFF)
+                g = zone.get(code)
+                if g is None:
+                    zone[code] = [gi]
+                else:
+                    g.append(gi)
 
     # ---- build units; tiles and merged scene tuples are shared between units that see the same groups
     tiles_cache: dict[tuple, tuple[tuple[int, int], ...]] = {}
     merge_cache: dict[tuple[int, ...], tuple[Scene, ...]] = {}
-    keys = list(unit_groups)
     built: list[tuple[int, int, int, int, tuple, tuple]] = []  # epsg, pi, uc, ur, tiles, s2
-    for key in keys:
-        epsg, pi, uc, ur = key
-        gids = unit_groups[key]
+    mask = (1 << 24) - 1
+    for epsg, code, gids in ((e, c, g) for e, zone in unit_groups.items() for c, g in zone.items()):
+        pi, uc, ur = code >> 48, ((code >> 24) & mask) - _OFF, (code & mask) - _OFF
         fps = (group_fp[gids[0]],) if len(gids) == 1 else tuple(sorted({group_fp[g] for g in gids}))
         tkey = (epsg, uc, ur, fps)
         tiles = tiles_cache.get(tkey)
@@ -323,9 +330,12 @@ def _match_s1(
         np.asarray([b[2] for b in built], dtype=np.int64),
         np.asarray([b[3] for b in built], dtype=np.int64),
     )
-    pair_unit: list[np.ndarray] = []
-    pair_scene: list[np.ndarray] = []
-    for epsg in np.unique(unit_epsg):
+    matched = np.zeros(len(s1), dtype=bool)
+    s1_arr = np.empty(len(s1), dtype=object)
+    s1_arr[:] = s1
+    for epsg in np.unique(unit_epsg):  # one zone at a time: its (unit, scene) pairs are all in memory once
+        pair_unit: list[np.ndarray] = []
+        pair_scene: list[np.ndarray] = []
         sel_units = np.flatnonzero(unit_epsg == epsg)
         order = np.argsort(unit_code[sel_units], kind="stable")
         codes = unit_code[sel_units][order]
@@ -366,32 +376,11 @@ def _match_s1(
                 pos = np.searchsorted(codes, c)
                 pos[pos >= len(codes)] = 0
                 hit = codes[pos] == c
-                pair_unit.append(uidx[pos[hit]].astype(np.int32))
+                pair_unit.append(pos[hit].astype(np.int32))  # index into this zone's sorted codes
                 pair_scene.append(row_scene[rows[sl]][rep[hit]].astype(np.int32))
             start = stop
-    if pair_unit:
-        pu = np.concatenate(pair_unit)
-        ps = np.concatenate(pair_scene)
-    else:
-        pu = ps = np.zeros(0, dtype=np.int32)
-    order = np.lexsort((ps, pu))  # by unit, then scene order (= (datetime, id))
-    pu, ps = pu[order], ps[order]
-    matched = np.zeros(len(s1), dtype=bool)
-    matched[ps] = True
-    bounds_at = np.flatnonzero(np.diff(pu)) + 1
-    starts = np.concatenate([[0], bounds_at]) if len(pu) else np.zeros(0, dtype=np.int64)
-    ends = np.concatenate([bounds_at, [len(pu)]]) if len(pu) else np.zeros(0, dtype=np.int64)
-    s1_arr = np.empty(len(s1), dtype=object)
-    s1_arr[:] = s1
-    refs = s1_arr[ps].tolist()  # scene references in pair order (no new objects)
-    shared: dict[bytes, tuple[Scene, ...]] = {}  # units that see the same S1 scenes share one tuple
-    for a, b, u in zip(starts.tolist(), ends.tolist(), pu[starts].tolist(), strict=True):
-        k = ps[a:b].tobytes()
-        t = shared.get(k)
-        if t is None:
-            t = shared[k] = tuple(refs[a:b])
-        out[u] = t
-    del refs, shared
+        if pair_unit:
+            _assign(out, uidx, np.concatenate(pair_unit), np.concatenate(pair_scene), s1_arr, matched)
     for i in np.flatnonzero(~matched).tolist():
         rejects.append(
             Reject(
@@ -402,6 +391,37 @@ def _match_s1(
             )
         )
     return out
+
+
+def _assign(
+    out: list, uidx: np.ndarray, pu: np.ndarray, ps: np.ndarray, s1_arr: np.ndarray, matched: np.ndarray
+) -> None:
+    """Store each unit's S1 tuple in ``out[uidx[u]]`` from (unit, scene) pairs of one zone."""
+    counts = np.bincount(pu, minlength=len(uidx))
+    # A unit's pairs arrive in scene order (rows are scanned in scene order and a unit lies in one zone),
+    # so a stable sort by unit alone gives (unit, datetime, id) order.
+    ps = ps[np.argsort(pu, kind="stable")]
+    del pu
+    matched[ps] = True
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    hit = np.flatnonzero(counts)
+    shared: dict[bytes, tuple[Scene, ...]] = {}  # units that see the same S1 scenes share one tuple
+    i = 0
+    while i < len(hit):  # blocks of units, so the list of scene references stays bounded
+        j = int(np.searchsorted(ends[hit], starts[hit[i]] + _S1_CHUNK_PAIRS, side="right"))
+        j = max(j, i + 1)
+        off = int(starts[hit[i]])
+        refs = s1_arr[ps[off : int(ends[hit[j - 1]])]].tolist()  # references only, no new objects
+        for u, a, b in zip(
+            uidx[hit[i:j]].tolist(), starts[hit[i:j]].tolist(), ends[hit[i:j]].tolist(), strict=True
+        ):
+            k = ps[a:b].tobytes()
+            t = shared.get(k)
+            if t is None:
+                t = shared[k] = tuple(refs[a - off : b - off])
+            out[u] = t
+        i = j
 
 
 def _envelopes(s2: list[Scene]) -> dict[int, tuple[float, float, float, float]]:

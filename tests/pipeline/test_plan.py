@@ -331,3 +331,14 @@ def test_json_mixed_hrefs_and_version():
     d["v"] = 2
     with pytest.raises(ValueError, match="unsupported WorkUnit JSON version 2"):
         WorkUnit.from_json(json.dumps(d))
+
+
+def test_negative_grid_indices():
+    """Codes pack negative unit indices correctly (not met in UTM, but the grid allows it)."""
+    s = scene("neg", day(2024, 1, 5), (-500.0, -330.0, 10.0, 5.0), lonlat=(14.0, 45.0, 14.1, 45.1))
+    units, _ = plan_units([s], CFG)
+    assert [u.unit_id for u in units] == sorted(
+        f"32633_{c}_{r}_2024Q1" for c in (-2, -1, 0) for r in (-2, -1, 0)
+    )
+    assert all(grid.bounds_intersect(u.bounds, s.bounds) for u in units)
+    assert count_samples(units) == len(grid.cells_intersecting(s.bounds, CFG.tile_m))
