@@ -392,6 +392,7 @@ def test_pretrainer_outputs_and_gradients(pre):
     assert all(p.grad is None for p in pre.teacher.parameters())
     assert all(not p.requires_grad for p in pre.teacher_heads.parameters())
     grads = {n: p.grad for n, p in pre.named_parameters() if p.requires_grad}
+    assert [n for n, g in grads.items() if g is None] == []  # DDP needs no find_unused_parameters
     for name in (
         "student.s2_encoder.patch_embed.weight",
         "student.s1_encoder.patch_embed.weight",
