@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -157,6 +158,8 @@ class PretrainConfig(Strict):
                 micro_batch(s.batch_size, self.scaling.num_workers, self.deepspeed.grad_accum)
             except ValueError as e:
                 raise ValueError(f"stages.{i}.batch_size: {e}") from None
+        if self.deepspeed.zero_init and self.model.family == "skysense":
+            raise ValueError("deepspeed.zero_init is not supported for SkySense (the teacher is a deepcopy)")
         if self.debug.kill_worker_at_step is not None and not self.debug.kill_marker:
             raise ValueError("debug.kill_marker is required with debug.kill_worker_at_step")
         if self.name is not None and (not self.name or "/" in self.name or ".." in self.name):
@@ -426,12 +429,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         # one all-reduce: mean loss across ranks + a non-finite flag
         red = torch.tensor([loss_sum / cfg.deepspeed.grad_accum, 0.0 if math.isfinite(loss_sum) else 1.0])
         dist.all_reduce(red)
+        # every rank raises: the run fails (after max_failures restarts from the last checkpoint)
         if red[1] > 0:
-            msg = f"non-finite loss at step {step} (stage {si}, lr {lr:.3e}); stopping"
-            if rank == 0:
-                print(f"[pretrain] {msg}", flush=True)
-            ray.train.report({"step": step, "error": msg})
-            return
+            raise NonFiniteLossError(f"non-finite loss at step {step} (stage {si}, lr {lr:.3e})")
         mean_loss = float(red[0]) / world
         history.append({"step": step, "loss": mean_loss, "lr": lr, "stage": si, **comps})
 
@@ -458,6 +458,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 **comps,
             }
             win_t0, win_wait, win_samples = time.perf_counter(), 0.0, 0
+            history[-1].update(samples_per_s=sps, data_wait_frac=metrics["data_wait_frac"])
             if rank == 0:
                 print(f"[pretrain] {format_step_line(metrics)}", flush=True)
                 if writer is not None:
@@ -605,12 +606,16 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         ),
         datasets={"train": ds},
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as e:
+        m = re.search(r"non-finite loss at step \d+[^\n]*", str(e))
+        if m:
+            raise NonFiniteLossError(m.group(0)) from e
+        raise
     metrics = result.metrics or {}
-    if metrics.get("error"):
-        raise NonFiniteLossError(metrics["error"])
     out: dict[str, Any] = {"name": name, "run_dir": _join(cfg.storage, name), "metrics": metrics}
     ckpt = result.checkpoint
     out["checkpoint"] = ckpt.path if ckpt else None

@@ -282,9 +282,33 @@ def ema_update(model: torch.nn.Module, momentum: float) -> None:
     like the student; updating the local slices needs no communication and no full copy, unlike
     ``GatheredParameters`` (two all-gathers of the whole model per step) or keeping an unsharded
     teacher outside the engine (4 B × params on every rank).
+
+    Precision: with bf16 parameters an update ``(1 − m)(s − t)`` with m ≥ 0.99 is mostly below
+    bf16's resolution and would be lost, so the teacher's (local) values are accumulated in an
+    fp32 shadow kept on the parameter (``_ema_fp32``, 4 B × teacher params / world size) and
+    rounded into the bf16 parameter after each update. Teacher = parameters without grad.
     """
-    with local_partitions(list(model.parameters())):
-        model.momentum_update(momentum)
+    params = list(model.parameters())
+    with local_partitions(params):
+        swapped = []
+        for p in params:
+            if p.dtype == torch.float32:
+                continue
+            if p.requires_grad:  # student: an fp32 copy of its current value
+                tmp = p.data.float()
+            else:  # teacher: the persistent fp32 accumulator
+                tmp = getattr(p, "_ema_fp32", None)
+                if tmp is None or tmp.shape != p.data.shape:
+                    tmp = p._ema_fp32 = p.data.float()
+            swapped.append((p, p.data))
+            p.data = tmp
+        try:
+            model.momentum_update(momentum)
+        finally:
+            for p, d in swapped:
+                if not p.requires_grad:
+                    d.copy_(p.data)
+                p.data = d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,16 +158,22 @@ def test_skysense_zero3_survives_worker_kill(ray_session, shards_dir, tmp_path):
     for h in hist:
         assert h["lr"] == pytest.approx(_lr(h["step"] - 1, cfg, 8, 12))
 
-    # DeepSpeed's zero_to_fp32 script (shipped inside each checkpoint) on our ZeRO-3 checkpoint
+    # DeepSpeed's own zero_to_fp32 (the script shipped inside each checkpoint) on our ZeRO-3 checkpoint.
+    # Its CLI needs huggingface_hub to write files, so call the script's function in a subprocess.
     ckpt = _latest_checkpoint(out["run_dir"])
-    dest = tmp_path / "fp32"
-    subprocess.run(
-        [sys.executable, f"{ckpt}/zero_to_fp32.py", ckpt, str(dest), "--tag", DS_TAG, "--safe_serialization"],
-        check=True, cwd=tmp_path, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True,
+    dest = tmp_path / "fp32.safetensors"
+    code = (
+        "import importlib.util, sys; from safetensors.torch import save_file; "
+        "spec = importlib.util.spec_from_file_location('z', sys.argv[1] + '/zero_to_fp32.py'); "
+        "z = importlib.util.module_from_spec(spec); spec.loader.exec_module(z); "
+        "sd = z.get_fp32_state_dict_from_zero_checkpoint(sys.argv[1], tag=sys.argv[3]); "
+        "save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])"
     )
+    subprocess.run([sys.executable, "-c", code, ckpt, str(dest), DS_TAG], check=True, cwd=tmp_path,
+                   env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True)
     from safetensors.torch import load_file
 
-    full = load_file(str(dest / "model.safetensors"))
+    full = load_file(str(dest))
     assert any(k.startswith("teacher.") for k in full)  # the whole module, teacher included
 
     # export round trip: the student encoder, loadable by the registry without pickle

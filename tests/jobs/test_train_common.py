@@ -23,6 +23,7 @@ from jobs.train_common import (
     build_deepspeed_config,
     column_to_numpy,
     cosine_momentum,
+    ema_update,
     local_partitions,
     lr_at,
     make_augment_fn,
@@ -191,6 +192,28 @@ def test_local_partitions_ema_on_slices():
             assert t.shape == t0.shape  # restored afterwards
     for p in model.parameters():
         del p.ds_tensor
+
+
+def test_ema_update_bf16_accumulates_in_fp32():
+    """In bf16 a 0.999-momentum EMA step is below the format's resolution; ``ema_update`` keeps
+    an fp32 accumulator so the teacher follows the fp32 reference."""
+    from models.skysense import build_pretrainer
+
+    torch.manual_seed(0)
+    model = build_pretrainer("skysense_tiny")
+    for p in model.student.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    ref_t = [p.detach().clone().to(torch.bfloat16).float() for p in model.teacher.parameters()]
+    ref_s = [p.detach().clone().to(torch.bfloat16).float() for p in model.student.parameters()]
+    model.to(torch.bfloat16)
+    t0 = [p.detach().clone() for p in model.teacher.parameters()]
+    for _ in range(20):
+        ema_update(model, 0.999)
+        ref_t = [0.999 * t + 0.001 * s for t, s in zip(ref_t, ref_s)]
+    moved = [p for p, p0 in zip(model.teacher.parameters(), t0) if not torch.equal(p, p0)]
+    assert len(moved) > len(t0) // 2  # a plain bf16 EMA would leave most of them unchanged
+    for p, r in zip(model.teacher.parameters(), ref_t):
+        torch.testing.assert_close(p._ema_fp32, r.reshape(p.shape), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ shards -> numpy
