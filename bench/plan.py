@@ -272,8 +272,8 @@ def _write(fig: dict, argv: list[str], cfg: IngestConfig) -> None:
         "`parse_s`: item dict -> Scene; `plan_s`: `plan_units`; `json_s`: json round trip (with --json);",
         "`gen_s`: synthetic item generation (not part of the goal). `cpu_*`: the same in CPU seconds of the",
         "process (time.process_time), the fair figure when other jobs share the cores; wall figures include",
-        "waiting for a core. `rss_*`: max RSS of the process (the",
-        "scenes and units stay in memory). Goal (issue 2): parse + plan of 1 M items <= 5 min on one core.",
+        "waiting for a core. `rss_*`: max RSS of the process (the scenes and units stay in memory).",
+        "Goal (issue 2): parse + plan of 1 M items <= 5 min on one core.",
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
