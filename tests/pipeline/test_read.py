@@ -229,11 +229,18 @@ def test_unreachable_endpoint_is_transient(scene, monkeypatch):
         read_s2_scene(remote, GRID, st, out, scl)
 
 
-@pytest.mark.parametrize("res", [20, 60])
+@pytest.mark.parametrize("res, dtype, nodata, origin", [
+    (20, "uint16", 0, (499980.0, 5000040.0)),
+    (60, "uint16", 0, (499980.0, 5000040.0)),
+    (10, "float32", -32768.0, (499983.0, 5000036.0)),  # S1 RTC: same zone, grid shifted by (+3, -4) m
+    (10, "float32", float("nan"), (499983.0, 5000036.0)),
+])
 @pytest.mark.parametrize("resampling", ["bilinear", "nearest"])
 @pytest.mark.parametrize("corner", [(499200.0, 4997120.0), (499980.0, 5000040.0), (500010.0, 4999970.0)])
-def test_numpy_upsampling_matches_gdal_reproject(tmp_path, monkeypatch, res, resampling, corner):
-    """The aligned integer-factor fast path gives GDAL's answer (nodata rule included), +-1 DN of rounding."""
+def test_numpy_resampling_matches_gdal_reproject(
+    tmp_path, monkeypatch, res, dtype, nodata, origin, resampling, corner
+):
+    """The separable numpy path gives GDAL's answer (nodata rule included): exact, or +-1 DN of rounding."""
     import rasterio
     from rasterio.enums import Resampling
 
@@ -241,17 +248,22 @@ def test_numpy_upsampling_matches_gdal_reproject(tmp_path, monkeypatch, res, res
 
     rng = np.random.default_rng(res)
     n = 7680 // res
-    a = rng.integers(1, 5000, (n, n)).astype(np.uint16)
-    a[5:40, 7:30] = 0
-    a[:, :3] = 0
+    a = rng.integers(1, 5000, (n, n)).astype(dtype)
+    a[5:40, 7:30] = nodata
+    a[:, :3] = nodata
     path = tmp_path / "c.tif"
-    _cogs.write_cog(path, a, Affine(res, 0, 499980, 0, -res, 5000040), 32633, 0)
+    _cogs.write_cog(path, a, Affine(res, 0, origin[0], 0, -res, origin[1]), 32633, nodata)
     grid = R.UnitGrid(32633, corner[0], corner[1], 256)
+    out_nodata = 0 if dtype == "uint16" else np.nan
     with rasterio.open(path) as ds:
-        fast = np.zeros((256, 256), np.uint16)
-        R._read_band(ds, grid, Resampling[resampling], fast, 0)
-        monkeypatch.setattr(R, "_integer_factor", lambda t: None)
-        slow = np.zeros((256, 256), np.uint16)
-        R._read_band(ds, grid, Resampling[resampling], slow, 0)
-    np.testing.assert_array_equal(fast == 0, slow == 0)
-    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= (1 if resampling == "bilinear" else 0)
+        fast = np.zeros((256, 256), dtype)
+        R._read_band(ds, grid, Resampling[resampling], fast, out_nodata)
+        monkeypatch.setattr(R, "_scale_factor", lambda t: None)
+        slow = np.zeros((256, 256), dtype)
+        R._read_band(ds, grid, Resampling[resampling], slow, out_nodata)
+    if dtype == "uint16":
+        np.testing.assert_array_equal(fast == 0, slow == 0)
+        assert np.abs(fast.astype(int) - slow.astype(int)).max() <= (1 if resampling == "bilinear" else 0)
+    else:
+        np.testing.assert_array_equal(np.isnan(fast), np.isnan(slow))
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, equal_nan=True)

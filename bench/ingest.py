@@ -1,0 +1,224 @@
+"""Ingest throughput vs the decode limit, and peak worker memory at 1x and 4x the archive size.
+
+    python bench/ingest.py                           # 2 CPUs, default preset (1024-px units)
+    python bench/ingest.py --cpus 16 --size-px 4104  # a 16-core machine (scaling: --cpus 1, 2, 4, 8, 16)
+    python bench/ingest.py --config configs/ingest/tiny.yaml --size-px 1026 --scenes 2   # quick look
+
+What it measures, in one process and one run:
+
+1. the *decode limit*: plain rasterio full-resolution reads of every COG of the 1x archive on one core
+   (``ds.read()`` of each file; MB = decoded pixel bytes);
+2. the ingest of the 1x archive (``jobs.ingest.run`` under a local Ray with ``--cpus`` CPUs): decoded
+   archive MB per second per core, tiles/s; the ratio ingest-per-core / decode-limit (goal >= 0.6);
+3. the same ingest of the 4x archive (4x the scenes over the same tile, so every unit holds 4x the
+   acquisitions) — peak RSS of the Ray worker processes must stay flat: units stream scene by scene
+   into fixed-size outputs.
+
+Peak worker memory is sampled with psutil every 0.1 s over the processes of the Ray session (``ray::``
+workers) and cross-checked with their kernel high-water mark (VmHWM) at the end; each scale runs in a
+fresh Ray instance so high-water marks do not carry over. Archives are cached under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import rasterio  # noqa: E402
+
+from jobs.cli import load_config  # noqa: E402
+from pipeline import synthetic  # noqa: E402
+from pipeline.config import IngestConfig  # noqa: E402
+
+
+def archive(workdir: Path, scale: int, args) -> synthetic.ArchiveInfo:
+    root = workdir / f"archive_s{args.scenes * scale}_{args.size_px}px"
+    done = root / ".complete"
+    kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=1, size_px=args.size_px,
+              epsg=32633)
+    if not done.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        synthetic.make_archive(root, workers=args.gen_workers, **kw)
+        done.write_text(json.dumps(kw))
+        print(f"  wrote {root} in {time.perf_counter() - t:.0f} s", flush=True)
+    return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
+                                 truth={}, classes="", seed=1)
+
+
+def cog_paths(root: str) -> list[str]:
+    return sorted(p for p in glob.glob(f"{root}/sentinel-*/**/*.tif", recursive=True))
+
+
+def decoded_mb(paths: list[str]) -> float:
+    total = 0
+    for p in paths:
+        with rasterio.open(p) as ds:
+            total += ds.width * ds.height * ds.count * np.dtype(ds.dtypes[0]).itemsize
+    return total / 1e6
+
+
+def decode_limit(paths: list[str], repeats: int = 2) -> tuple[float, float, float]:
+    """Best-of-``repeats`` full-resolution reads of every COG on this core (GDAL single-threaded):
+    (MB/s wall, MB per CPU-second, MB)."""
+    mb = decoded_mb(paths)
+    best, best_cpu = float("inf"), float("inf")
+    with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_CACHEMAX=64):
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.process_time()
+            for p in paths:
+                with rasterio.open(p) as ds:
+                    ds.read()
+            best = min(best, time.perf_counter() - t)
+            best_cpu = min(best_cpu, time.process_time() - c)
+    return mb / best, mb / best_cpu, mb
+
+
+class WorkerMemory:
+    """Samples the RSS of ``ray::`` worker processes (and their VmHWM) while a run is going on."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_hwm = 0
+        self.pids: set[int] = set()
+        self.cpu_first: dict[int, float] = {}
+        self.cpu_last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _workers():
+        me = os.getuid()
+        for p in psutil.process_iter(["name", "cmdline", "uids"]):
+            try:
+                if p.info["uids"].real != me:
+                    continue
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::") or "default_worker.py" in cmd:
+                    yield p
+            except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+                continue
+
+    def _sample(self):
+        for p in self._workers():
+            try:
+                rss = p.memory_info().rss
+                ct = p.cpu_times()
+                self.cpu_first.setdefault(p.pid, ct.user + ct.system)
+                self.cpu_last[p.pid] = ct.user + ct.system
+                self.pids.add(p.pid)
+                self.peak_rss = max(self.peak_rss, rss)
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            self.peak_hwm = max(self.peak_hwm, int(line.split()[1]) * 1024)
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+                continue
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the workers spent during the run (user + system)."""
+        return sum(self.cpu_last[p] - self.cpu_first[p] for p in self.cpu_last)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._sample()
+        self._stop.set()
+        self._t.join()
+
+
+def ingest(info, cfg: IngestConfig, out: Path, cpus: int) -> dict:
+    import ray
+
+    from jobs.ingest import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    ray.init(num_cpus=cpus, object_store_memory=256 * 1024**2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=False)
+    try:
+        # warm the worker pool so start-up is not billed to the ingest (a long job amortises it)
+        ray.get([ray.remote(num_cpus=1)(lambda: __import__("pipeline.ingest")).remote() for _ in range(cpus)])
+        with WorkerMemory() as mem:
+            t = time.perf_counter()
+            s = run(cfg, info.items, str(out))
+            s["wall"] = time.perf_counter() - t
+        s["peak_rss"], s["peak_hwm"], s["workers_seen"] = mem.peak_rss, mem.peak_hwm, len(mem.pids)
+        s["worker_cpu_s"] = mem.cpu_seconds
+    finally:
+        ray.shutdown()
+    return s
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs given to the local Ray (scaling runs: 1..16)")
+    ap.add_argument("--config", default=str(REPO / "configs" / "ingest" / "default.yaml"))
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[])
+    ap.add_argument("--scenes", type=int, default=4, help="S2 scenes of the 1x archive (4x: four times more)")
+    ap.add_argument("--s1-scenes", type=int, default=2)
+    ap.add_argument("--size-px", type=int, default=2052, help="tile edge in 10 m pixels (multiple of 6)")
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--workdir", default="/tmp/skyray_bench_ingest")
+    ap.add_argument("--gen-workers", type=int, default=1)
+    args = ap.parse_args(argv)
+    cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"bench/ingest: {args.cpus} CPUs, tile_px={cfg.tile_px}, unit={cfg.tile_px * cfg.unit_tiles} px, "
+          f"archive {args.scenes} S2 + {args.s1_scenes} S1 scenes of {args.size_px} px (x{args.scales})",
+          flush=True)
+    infos = {k: archive(work, k, args) for k in args.scales}
+    base = infos[args.scales[0]]
+    paths = cog_paths(base.root)
+    limit, limit_cpu, mb = decode_limit(paths)
+    print(f"decode limit (1 core, rasterio full reads of {len(paths)} COGs, {mb:.0f} MB): "
+          f"{limit:.1f} MB/s wall, {limit_cpu:.1f} MB per CPU-second", flush=True)
+    rows = []
+    for k in args.scales:
+        info = infos[k]
+        mb_k = decoded_mb(cog_paths(info.root))
+        s = ingest(info, cfg, work / f"out_x{k}", args.cpus)
+        per_core = mb_k / s["wall"] / args.cpus
+        per_cpu_s = mb_k / max(s["worker_cpu_s"], 1e-9)
+        rows.append((k, mb_k, s, per_core, per_cpu_s))
+        print(f"x{k}: {s['units']} units, {s['tiles_written']}/{s['tiles_planned']} tiles written in "
+              f"{s['wall']:.1f} s: {mb_k / s['wall']:.1f} MB/s = {per_core:.1f} MB/s/core, "
+              f"{s['tiles_written'] / s['wall']:.2f} tiles/s, {per_cpu_s:.1f} MB per worker CPU-second; "
+              f"window bytes read {s['bytes_read'] / 1e6:.0f} MB, written {s['bytes_written'] / 1e6:.0f} MB; "
+              f"peak worker RSS {s['peak_rss'] / 2**20:.0f} MiB (VmHWM {s['peak_hwm'] / 2**20:.0f} MiB, "
+              f"{s['workers_seen']} workers)", flush=True)
+    print()
+    for k, _, _, pc, pcs in rows:
+        print(f"x{k} ratio ingest/decode per core: {pc / limit:.2f} wall-clock, "
+              f"{pcs / limit_cpu:.2f} CPU-time (goal >= 0.6)")
+    k0, _, s0, _, _ = rows[0]
+    if len(rows) > 1:
+        k1, _, s1, _, _ = rows[-1]
+        print(f"peak worker memory x{k1} / x{k0}: {s1['peak_hwm'] / max(s0['peak_hwm'], 1):.2f} "
+              f"({s0['peak_hwm'] / 2**20:.0f} -> {s1['peak_hwm'] / 2**20:.0f} MiB; flat = ~1.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
