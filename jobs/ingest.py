@@ -80,6 +80,7 @@ def run(cfg: IngestConfig, items: str, output: str) -> dict:
         "tiles_rejected": c["tiles_rejected"],
         "rejects_by_reason": c["rejects_by_reason"],
         "tile_rejects_by_reason": c["tile_rejects_by_reason"],
+        "item_scene_rejects_by_reason": c["item_scene_rejects_by_reason"],
         "rows": m["rows"],
         "shards": len(m["shards"]),
         "bytes_read": bytes_read,

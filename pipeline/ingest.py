@@ -387,6 +387,8 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
     table = S.rejects_table(rejects)
     levels, reasons = table["level"].to_pylist(), table["reason"].to_pylist()
     tile_rejects = Counter(r for lv, r in zip(levels, reasons, strict=True) if lv in ("tile", "unit"))
+    other_rejects = Counter(f"{lv}:{r}" for lv, r in zip(levels, reasons, strict=True)
+                            if lv in ("item", "scene"))
     all_counts = {
         "units": len(sidecars),
         "tiles_planned": planned,
@@ -394,6 +396,7 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         "tiles_rejected": planned - written,
         "rejects_by_reason": dict(sorted(Counter(table["reason"].to_pylist()).items())),
         "tile_rejects_by_reason": dict(sorted(tile_rejects.items())),
+        "item_scene_rejects_by_reason": dict(sorted(other_rejects.items())),
         **(counts or {}),
     }
     manifest = S.build_manifest(
@@ -439,17 +442,21 @@ def format_summary(summary: dict) -> str:
         ("scenes (s2 / s1)", f"{summary['scenes_s2']} / {summary['scenes_s1']}"),
         ("units planned / processed / already done", f"{summary['units']} / {summary['units_processed']} / "
                                                      f"{summary['units_skipped']}"),
-        ("tiles planned", summary["tiles_planned"]),
+        ("tiles planned = written + rejected", f"{summary['tiles_planned']} = {summary['tiles_written']} + "
+                                               f"{summary['tiles_rejected']}"),
         ("tiles written", summary["tiles_written"]),
         ("tiles rejected", summary["tiles_rejected"]),
     ]
-    for reason, n in summary["rejects_by_reason"].items():
-        rows.append((f"  rejects: {reason}", n))
+    for reason, n in summary["tile_rejects_by_reason"].items():
+        rows.append((f"  tile rejects: {reason}", n))
+    for reason, n in summary.get("item_scene_rejects_by_reason", {}).items():
+        rows.append((f"  {reason.split(':')[0]} rejects: {reason.split(':')[1]}", n))
     rows += [
         ("bytes read (decoded)", f"{summary['bytes_read'] / 1e6:.1f} MB"),
         ("bytes written", f"{summary['bytes_written'] / 1e6:.1f} MB"),
         ("wall time", f"{summary['seconds']:.1f} s"),
         ("throughput (decoded)", f"{summary['mb_per_s']:.1f} MB/s"),
+        ("shards / rows", f"{summary['shards']} / {summary['rows']} under {summary['output']}"),
     ]
     w = max(len(k) for k, _ in rows)
     lines = ["ingest summary", "-" * (w + 20)] + [f"{k:<{w}}  {v}" for k, v in rows]
