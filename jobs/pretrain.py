@@ -66,6 +66,7 @@ from jobs.train_common import (
     peak_memory_gb,
     read_state,
     stage_at,
+    use_bf16,
     write_state,
 )
 from pipeline.config import StorageConfig
@@ -342,6 +343,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 
         writer = SummaryWriter(tb_dir)
 
+    bf16 = use_bf16(cfg.deepspeed, cfg.scaling.use_gpu)
     shard = ray.train.get_dataset_shard("train")
     peak = peak_flops(torch.cuda.get_device_name(device) if cfg.scaling.use_gpu else None)
     total = cfg.total_steps
@@ -407,8 +409,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                     it = None
             win_wait += time.perf_counter() - t_wait
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            if cfg.model.family == "spectralgpt" and use_bf16_input(cfg):
-                batch["x"] = batch["x"].to(torch.bfloat16)
+            if bf16:  # image tensors in the engine's dtype; lon/lat, days of year stay as they are
+                batch.update({k: batch[k].to(torch.bfloat16) for k in ("x", "s2", "s1") if k in batch})
             last_batch = batch
             if flops_per_sample is None and rank == 0 and cfg.scaling.use_gpu:
                 flops_per_sample = (
@@ -470,9 +472,6 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             else:
                 ray.train.report(metrics)
 
-    if step >= total and metrics.get("step") != step:  # relaunched after the end: nothing new ran
-        save_checkpoint({"step": step, "loss": history[-1]["loss"] if history else float("nan")})
-
     # pictures (every rank runs the forward: under ZeRO-3 the parameters are gathered collectively)
     if cfg.log.plots and last_batch is not None:
         recon = None
@@ -492,12 +491,6 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         writer.close()
         _upload_dir(tb_dir, "tensorboard")
     shutil.rmtree(tb_dir, ignore_errors=True)
-
-
-def use_bf16_input(cfg: PretrainConfig) -> bool:
-    from jobs.train_common import use_bf16
-
-    return use_bf16(cfg.deepspeed, cfg.scaling.use_gpu)
 
 
 # ---------------------------------------------------------------------------------------------

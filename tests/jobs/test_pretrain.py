@@ -7,6 +7,7 @@ Uses the session ``ray_session`` (2 CPUs); workers ask for 0.5 CPU each so Ray D
 from __future__ import annotations
 
 import glob
+import math
 import os
 import subprocess
 import sys
@@ -198,3 +199,23 @@ def test_non_finite_loss_stops_naming_the_step(ray_session, shards_dir, tmp_path
                "log.plots=false")
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(stage 0"):
         run(cfg)
+
+
+@pytest.mark.slow
+def test_end_to_end_synthetic_archive_ingest_pretrain(ray_session, tmp_path):
+    """The real flow: synthetic COG archive -> jobs.ingest shards -> jobs.pretrain -> export."""
+    from jobs import ingest
+    from pipeline import synthetic
+    from pipeline.config import IngestConfig
+
+    archive = synthetic.make_archive(tmp_path / "archive", scenes=3, s1_scenes=2, seed=11, size_px=516)
+    icfg = load_config(IngestConfig, REPO / "configs" / "ingest" / "tiny.yaml")
+    ingest.run(icfg, archive.items, str(tmp_path / "shards"))
+    stages = "stages=[{img_size: 16, steps: 3, batch_size: 8}, {img_size: 32, steps: 3, batch_size: 8}]"
+    out = run(_cfg("spectralgpt_tiny", tmp_path / "shards", tmp_path / "runs", "e2e", stages,
+                   "log.every_steps=3", "checkpoint.every_steps=3", "log.plots=false"))
+    assert [h["stage"] for h in out["history"]] == [0, 0, 0, 1, 1, 1]
+    assert all(math.isfinite(h["loss"]) for h in out["history"])
+    from models.registry import create
+
+    create("spectralgpt_tiny", weights=out["export"]["weights"], img_size=32)
