@@ -14,9 +14,11 @@ What it measures, in one process and one run:
    acquisitions) — peak RSS of the Ray worker processes must stay flat: units stream scene by scene
    into fixed-size outputs.
 
-Peak worker memory is sampled with psutil every 0.1 s over the processes of the Ray session (``ray::``
-workers) and cross-checked with their kernel high-water mark (VmHWM) at the end; each scale runs in a
-fresh Ray instance so high-water marks do not carry over. Archives are cached under ``--workdir``.
+Peak worker memory is sampled with psutil every 0.1 s over the worker processes of this run's own Ray
+instance (descendants of this process, so other Ray instances on a shared machine do not count) and
+cross-checked with their kernel high-water mark (VmHWM); each scale runs in a fresh Ray instance so
+high-water marks do not carry over. Worker CPU time (user + system) over the run gives a second,
+contention-free throughput figure. Archives are cached under ``--workdir``.
 """
 
 from __future__ import annotations
@@ -101,15 +103,14 @@ class WorkerMemory:
 
     @staticmethod
     def _workers():
-        me = os.getuid()
-        for p in psutil.process_iter(["name", "cmdline", "uids"]):
+        """Worker processes of *this* Ray session: descendants of this driver (its raylet's children),
+        never other Ray instances on the machine."""
+        for p in psutil.Process(os.getpid()).children(recursive=True):
             try:
-                if p.info["uids"].real != me:
-                    continue
-                cmd = " ".join(p.info["cmdline"] or [])
-                if cmd.startswith("ray::") or "default_worker.py" in cmd:
-                    yield p
-            except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
+                cmd = " ".join(p.cmdline())
+                if (cmd.startswith("ray::") or "default_worker.py" in cmd) and "Agent" not in cmd:
+                    yield p  # task workers (ray::IDLE, ray::Map(...)), not the dashboard/runtime-env agents
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
 
     def _sample(self):
