@@ -367,19 +367,21 @@ def _stats(
 
 def normalize_s2(dn: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """uint16 DN ``(..., C, H, W)`` -> float32 ``(DN − mean) / std`` per band; nodata (0) -> 0."""
-    x = dn.astype(np.float32)
     shape = (len(mean), 1, 1)
-    out = (x - mean.reshape(shape)) / std.reshape(shape)
-    out[dn == 0] = 0.0
+    out = dn.astype(np.float32)  # one allocation, then in place
+    out -= mean.reshape(shape)
+    out *= (1.0 / std).reshape(shape)
+    np.putmask(out, dn == 0, 0.0)
     return out
 
 
 def normalize_s1(db: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """dB ``(..., 2, H, W)`` -> float32 standardised; non-finite -> 0."""
-    x = db.astype(np.float32)
     shape = (len(mean), 1, 1)
-    out = (x - mean.reshape(shape)) / std.reshape(shape)
-    out[~np.isfinite(out)] = 0.0
+    out = db.astype(np.float32)
+    out -= mean.reshape(shape)
+    out *= (1.0 / std).reshape(shape)
+    np.putmask(out, ~np.isfinite(out), 0.0)
     return out
 
 
