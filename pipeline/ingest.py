@@ -45,6 +45,7 @@ from pipeline.storage import (
     list_names,
     rasterio_env,
     read_bytes,
+    read_many,
     redact,
     write_bytes_atomic,
 )
@@ -120,7 +121,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     """Read, select, write one unit's shard and sidecar; returns the sidecar dict.
 
     Raises :class:`~pipeline.storage.TransientIOError` on storage errors that survived client retries
-    (Ray Data retries the task); every data problem ends in a reject instead.
+    (:func:`make_process_unit_fn` re-runs the unit); every data problem ends in a reject instead.
     """
     t0 = time.perf_counter()
     h, t = cfg.tile_px, cfg.max_slots
@@ -370,8 +371,10 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
 
     Returns ``{"manifest": dict, "rejects": pa.Table, "written": [names rewritten]}``.
     """
-    sidecars = [json.loads(read_bytes(sidecar_uri(out_uri, u.unit_id), cfg.storage))
-                for u in sorted(units, key=lambda u: u.unit_id)]
+    uris = [sidecar_uri(out_uri, u.unit_id) for u in sorted(units, key=lambda u: u.unit_id)]
+    sidecars = []
+    for i in range(0, len(uris), 10_000):  # concurrent GETs on S3, bounded memory
+        sidecars += [json.loads(b) for b in read_many(uris[i : i + 10_000], cfg.storage)]
     s2 = S.empty_sums(len(S2.bands), integer=True)
     s1 = S.empty_sums(len(S1.bands), integer=False)
     shard_list, rejects = [], [_as_dict(r) for r in upstream_rejects]

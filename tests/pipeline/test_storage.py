@@ -20,6 +20,7 @@ from pipeline.storage import (
     list_names,
     rasterio_env,
     read_bytes,
+    read_many,
     redact,
     storage_options,
     write_bytes_atomic,
@@ -117,6 +118,8 @@ def test_storage_options_never_hold_credentials(monkeypatch):
         ("We encountered an internal error. Please try again.", True),
         ("The specified key does not exist.", False),
         ("TIFFReadEncodedTile() failed.", False),
+        ("TIFFFillTile: Read error at row 4294967295, col 500, tile 3", False),
+        ("An error occurred (InternalError) when calling the GetObject operation", True),
     ],
 )
 def test_is_transient(msg, transient):
@@ -139,6 +142,13 @@ def test_s3_round_trip(s3_server, s3_bucket):
     write_bytes_atomic(uri, b"{}", ST)
     assert read_bytes(uri, ST) == b"{}" and exists(uri, ST)
     assert list_names(f"s3://{s3_bucket}/p", ST, ".json") == ["x.json"]
+    uris = [f"s3://{s3_bucket}/p/{i}.json" for i in range(5)]
+    for i, u in enumerate(uris):
+        write_bytes_atomic(u, str(i).encode(), ST)
+    assert read_many(list(reversed(uris)), ST) == [b"4", b"3", b"2", b"1", b"0"]
+    assert read_many(uris[:1], ST) == [b"0"] and read_many([], ST) == []
+    with pytest.raises(FileNotFoundError):
+        read_many([f"s3://{s3_bucket}/p/none.json"], ST)
 
 
 def _cog(path):
