@@ -56,6 +56,8 @@ def run(cfg: IngestConfig, items: str, output: str) -> dict:
     n_items = len(scenes) + sum(1 for r in item_rejects if r.level == "item")
     log.info("planned %d units (%d tiles) from %d scenes", len(units), sum(len(u.tiles) for u in units),
              len(scenes))
+    if ING.remove_partial_files(output, cfg):
+        log.info("removed temp files of an interrupted run")
     todo, done = ING.pending_units(units, cfg, output)
     if done:
         log.info("resuming: %d of %d units already done", len(done), len(units))

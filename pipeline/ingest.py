@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -351,6 +352,28 @@ def run_units(units: Sequence, cfg: IngestConfig, out_uri: str) -> list[dict]:
     fn = make_process_unit_fn(cfg, out_uri)
     ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
     return sorted(ds.take_all(), key=lambda r: r["unit_id"])
+
+
+def remove_partial_files(out_uri: str, cfg: IngestConfig) -> int:
+    """Delete temp files a killed run left behind (local outputs only: on S3 a PUT is all or nothing).
+
+    Must not run while another job writes to the same output. Returns how many were removed.
+    """
+    from pipeline.storage import filesystem, scheme_of
+
+    if scheme_of(out_uri) != "file":
+        return 0
+    fs, root = filesystem(out_uri, cfg.storage)
+    n = 0
+    for sub in (SHARDS_DIR, UNITS_DIR, ""):
+        d = os.path.join(root, sub) if sub else root
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(d, name))
+                n += 1
+    return n
 
 
 def pending_units(units: Iterable, cfg: IngestConfig, out_uri: str) -> tuple[list, list]:

@@ -222,3 +222,14 @@ def test_transient_errors_rerun_the_unit_then_fail(tmp_path, scenes, monkeypatch
     with pytest.raises(TransientIOError, match="HTTP response code: 503"):
         ING.make_process_unit_fn(cfg1, str(tmp_path / "b"), backoff_s=0.01)({"unit": unit.to_json()})
     assert len(calls) == 2 and not (tmp_path / "b" / "units").exists()
+
+
+def test_remove_partial_files(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "units").mkdir()
+    (tmp_path / "shards" / ".u.parquet.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "units" / ".u.json.abc.tmp").write_bytes(b"partial")
+    (tmp_path / "shards" / "u.parquet").write_bytes(b"whole")
+    assert ING.remove_partial_files(str(tmp_path), CFG) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["u.parquet"]
+    assert ING.remove_partial_files("s3://bucket/out", CFG) == 0
