@@ -340,18 +340,30 @@ def configure_data_context(cfg: IngestConfig):
     return ctx
 
 
-def run_units(units: Sequence, cfg: IngestConfig, out_uri: str) -> list[dict]:
+#: units serialised per Ray Data dataset: a unit's JSON is up to ~60 KB, so a 1 M-item plan (~2 M units)
+#: goes out in waves instead of ~100 GB of task payloads on the driver at once.
+WAVE_UNITS = 20_000
+
+
+def run_units(units: Sequence, cfg: IngestConfig, out_uri: str, wave_units: int = WAVE_UNITS) -> list[dict]:
     """Process ``units`` with Ray Data (one task per unit, ``num_cpus_per_task`` each); summary rows."""
     import ray.data
 
     if not units:
         return []
     configure_data_context(cfg)
-    items = [{"unit": u.to_json()} for u in units]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
     fn = make_process_unit_fn(cfg, out_uri)
-    ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
-    return sorted(ds.take_all(), key=lambda r: r["unit_id"])
+    n_waves = -(-len(units) // wave_units)
+    rows: list[dict] = []
+    for w, start in enumerate(range(0, len(units), wave_units)):
+        items = [{"unit": u.to_json()} for u in units[start : start + wave_units]]
+        if n_waves > 1:
+            log.info("wave %d/%d: %d units", w + 1, n_waves, len(items))
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
+        ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
+        rows.extend(ds.take_all())
+        del items
+    return sorted(rows, key=lambda r: r["unit_id"])
 
 
 def remove_partial_files(out_uri: str, cfg: IngestConfig) -> int:

@@ -187,6 +187,12 @@ def test_ray_data_graph_and_finalize(ray_session, tmp_path, scenes):
     # all pending units are done
     todo, done = ING.pending_units([u1, u2], CFG, out)
     assert todo == [] and len(done) == 2
+    # in waves of one unit (how huge plans go out): the same rows and the same shard bytes
+    waves = str(tmp_path / "waves")
+    rows_w = ING.run_units([u1, u2], CFG, waves, wave_units=1)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows_w) == strip(rows)
+    assert (tmp_path / "waves" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
 
 
 def test_s2_asset_with_bad_scheme_is_a_scene_reject(tmp_path, scenes):
