@@ -509,7 +509,8 @@ def false_colour(x, bands=(7, 3, 2)):
 
 def write_plots(out_dir: str, history: list[dict], recon, cfg: PretrainConfig) -> list[str]:
     """``loss.png`` (loss and LR per step) and, for SpectralGPT, ``reconstruction.png``
-    (input / masked input / reconstruction in false colour, NIR-red-green)."""
+    (input / masked input / reconstruction with the visible tokens pasted back, in false colour
+    NIR-red-green; masking is per spectral group, so a masked cell can keep some bands)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -536,8 +537,10 @@ def write_plots(out_dir: str, history: list[dict], recon, cfg: PretrainConfig) -
         import torch
 
         hw = (x.shape[-2] // model.config.patch_size, x.shape[-1] // model.config.patch_size)
-        rec = model.unpatchify(pred, hw)  # (B, C, H, W)
-        masked = model.unpatchify(model.patchify(x) * (1 - mask)[..., None], hw)
+        tokens = model.patchify(x)  # (B, L, g*p*p)
+        masked = model.unpatchify(tokens * (1 - mask)[..., None], hw)  # (B, C, H, W)
+        # MAE-style: visible tokens as they were, masked ones from the prediction
+        rec = model.unpatchify(tokens * (1 - mask)[..., None] + pred * mask[..., None], hw)
         n = x.shape[0]
         fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n), squeeze=False)
         for i in range(n):
