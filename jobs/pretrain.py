@@ -39,7 +39,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from jobs.cli import add_config_args, config_json, init_ray, load_config, log_config, setup_logging
+from jobs.cli import (
+    ConfigError,
+    add_config_args,
+    config_json,
+    init_ray,
+    load_config,
+    log_config,
+    setup_logging,
+)
 from jobs.train_common import (
     CONFIG_FILE,
     DS_TAG,
@@ -644,4 +652,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
