@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import sys
 import time
@@ -206,10 +207,15 @@ def compare_reference(args: argparse.Namespace, device: torch.device) -> None:
         order = [("ref", step_ref, ref), ("ours", step_ours, ours)]
         if i % 2:
             order.reverse()
-        t = {tag: time_steps(f, m, 1, amp, device)[0] for tag, f, m in order}
+        t, sys_t = {}, {}
+        for tag, f, m in order:
+            r0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            t[tag] = time_steps(f, m, 1, amp, device)[0]
+            sys_t[tag] = resource.getrusage(resource.RUSAGE_SELF).ru_stime - r0  # page faults etc.
         rows.append((t["ref"], t["ours"], t["ours"] / t["ref"]))
         print(
-            f"pair {i}: reference {t['ref']:.3f} s, ours {t['ours']:.3f} s, ratio {t['ours'] / t['ref']:.3f}"
+            f"pair {i}: reference {t['ref']:.3f} s (sys {sys_t['ref']:.2f}), "
+            f"ours {t['ours']:.3f} s (sys {sys_t['ours']:.2f}), ratio {t['ours'] / t['ref']:.3f}"
         )
     ref_t, our_t, ratios = (statistics.median(c) for c in zip(*rows))
     ref_min, our_min = min(r[0] for r in rows), min(r[1] for r in rows)
