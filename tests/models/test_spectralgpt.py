@@ -208,3 +208,12 @@ def test_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0], losses
+
+
+def test_torch_compile_fullgraph_capture(model):
+    """No graph breaks (Dynamo capture only, backend="eager": fast, no codegen), resampling included."""
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    loss, _, _ = compiled(sample(1, 12, 48))
+    loss.backward()
+    features = torch.compile(model.forward_features, backend="eager", fullgraph=True)
+    assert features(sample(1)).shape == (1, 64, TINY.embed_dim)
