@@ -145,29 +145,40 @@ class SpectralGPT(nn.Module):
     def initialize_weights(self) -> None:
         """Official init: pos embeds ~ trunc N(0, .02), mask token ~ N(0, .02), patch embed and
         Linear weights xavier-uniform (q, k, v each on its own, as the official separate Linears),
-        biases 0, LayerNorm 1/0."""
+        biases 0, LayerNorm 1/0.
+
+        Tensors without storage here are skipped: meta tensors, and parameters that
+        ``deepspeed.zero.Init`` has already partitioned (numel 0). Under ZeRO-3 construction, call
+        this again inside ``deepspeed.zero.GatheredParameters(list(model.parameters()),
+        modifier_rank=0)`` so rank 0 initialises the full tensors.
+        """
+
+        def init(fn, t: torch.Tensor, *args, **kw) -> None:
+            if t is not None and t.numel() > 0 and not t.is_meta:
+                fn(t, *args, **kw)
+
         for pe in (
             self.pos_embed_spatial,
             self.pos_embed_temporal,
             self.decoder_pos_embed_spatial,
             self.decoder_pos_embed_temporal,
         ):
-            nn.init.trunc_normal_(pe, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
+            init(nn.init.trunc_normal_, pe, std=0.02)
+        init(nn.init.normal_, self.mask_token, std=0.02)
         w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if w.numel() > 0 and not w.is_meta:
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        init(nn.init.zeros_, self.patch_embed.proj.bias)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init(nn.init.xavier_uniform_, m.weight)
+                init(nn.init.zeros_, m.bias)
             elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                init(nn.init.ones_, m.weight)
+                init(nn.init.zeros_, m.bias)
         for m in self.modules():
-            if isinstance(m, Attention):
-                for chunk in m.qkv.weight.data.chunk(3, dim=0):
+            if isinstance(m, Attention) and m.qkv.weight.numel() > 0 and not m.qkv.weight.is_meta:
+                for chunk in m.qkv.weight.data.chunk(3, dim=0):  # fused qkv: xavier per q, k, v
                     nn.init.xavier_uniform_(chunk)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
