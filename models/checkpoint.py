@@ -204,7 +204,8 @@ def load_weights(
     sd = checkpoint_filter(raw, model)
     optional = _model_prefixes(model, "checkpoint_optional_prefixes", DEFAULT_OPTIONAL_PREFIXES)
     ignored = _model_prefixes(model, "checkpoint_ignored_prefixes", DEFAULT_IGNORED_PREFIXES)
-    unexpected = [k for k in sd if k not in model.state_dict()]
+    model_keys = set(model.state_dict())
+    unexpected = [k for k in sd if k not in model_keys]
     bad_unexpected = [k for k in unexpected if not k.startswith(ignored)]
     if bad_unexpected:
         raise RuntimeError(
