@@ -208,14 +208,24 @@ def resample_pos_embed_2d(
     return pos.squeeze(0) if squeeze else pos
 
 
+def _has_storage(t: torch.Tensor | None) -> bool:
+    """False for None, meta tensors and ZeRO-3-partitioned parameters (numel 0)."""
+    return t is not None and t.numel() > 0 and not t.is_meta
+
+
 def init_weights_mae(module: nn.Module) -> None:
-    """MAE init, for ``model.apply``: Linear weights xavier-uniform, biases 0; LayerNorm 1/0."""
+    """MAE init, for ``model.apply``: Linear weights xavier-uniform, biases 0; LayerNorm 1/0.
+
+    Skips tensors without storage (meta, or already partitioned by ``deepspeed.zero.Init``);
+    re-apply inside ``deepspeed.zero.GatheredParameters`` to initialise those.
+    """
     if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
+        if _has_storage(module.weight):
+            nn.init.xavier_uniform_(module.weight)
+        if _has_storage(module.bias):
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
-        if module.weight is not None:
+        if _has_storage(module.weight):
             nn.init.ones_(module.weight)
-        if module.bias is not None:
+        if _has_storage(module.bias):
             nn.init.zeros_(module.bias)

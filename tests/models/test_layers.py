@@ -14,6 +14,7 @@ from models.layers import (
     DropPath,
     Mlp,
     checkpoint_blocks,
+    init_weights_mae,
     resample_pos_embed_2d,
     sincos_pos_embed_1d,
     sincos_pos_embed_2d,
@@ -131,3 +132,17 @@ def test_checkpoint_blocks_same_output_and_grads():
         grads.append((out.detach(), x.grad.clone(), blocks[0].attn.qkv.weight.grad.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_init_weights_mae_skips_storage_less_params():
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    meta.apply(init_weights_mae)  # no error on meta
+    lin = nn.Linear(4, 4)
+    lin.weight.data = torch.empty(0)  # as deepspeed.zero.Init leaves a partitioned parameter
+    init_weights_mae(lin)
+    assert torch.equal(lin.bias, torch.zeros(4))
+    ln = nn.LayerNorm(4)
+    nn.init.constant_(ln.weight, 3.0)
+    init_weights_mae(ln)
+    assert torch.equal(ln.weight, torch.ones(4))
