@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,16 +44,31 @@ def ray_head(tmp_path):
         "port": _port(), "dashboard-agent-listen-port": _port(), "dashboard-agent-grpc-port": _port(),
         "runtime-env-agent-port": _port(), "metrics-export-port": _port(), "ray-client-server-port": _port(),
     }
-    subprocess.run(
-        [RAY, "start", "--head", "--num-cpus=1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp}",
+    # `--block` keeps the head's processes under this one, in a session of their own: teardown stops exactly
+    # them (`ray stop` would kill every Ray on the machine, the test session's own included).
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--num-cpus=1", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+         f"--temp-dir={temp}",
          *(f"--{k}={v}" for k, v in ports.items())],
-        env=env, check=True, capture_output=True, timeout=180,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+    address = f"http://127.0.0.1:{dash}"
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        deadline = time.time() + 180
+        probe = [RAY, "job", "list", "--address", address]
+        while subprocess.run(probe, env=env, capture_output=True).returncode:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray head's job server did not come up"
+            time.sleep(2)
+        yield address, env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         shutil.rmtree(temp, ignore_errors=True)
 
 
