@@ -448,6 +448,10 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         kill = cfg.debug.kill_worker_at_step == step and rank == world - 1
         if kill and not os.path.exists(cfg.debug.kill_marker):
             Path(cfg.debug.kill_marker).write_text(f"killed rank {rank} at step {step}\n")
+            # Ray Train collects reports when it polls the workers (every health-check interval); a
+            # worker killed before that poll takes its last report, and so that checkpoint, with it.
+            # The drill waits for the poll so it tests resuming from the last checkpoint reported.
+            time.sleep(3 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
             os.kill(os.getpid(), signal.SIGKILL)
 
         do_log = step % cfg.log.every_steps == 0 or step == total
