@@ -60,6 +60,7 @@ from jobs.train_common import (
     StageConfig,
     Strict,
     build_deepspeed_config,
+    build_partitioned,
     cosine_momentum,
     count_flops,
     ema_update,
@@ -319,8 +320,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         use_gpu=cfg.scaling.use_gpu,
     )
     if cfg.deepspeed.zero_init:
-        with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = build_model(cfg)
+        model = build_partitioned(lambda: build_model(cfg), ds_config)
     else:
         model = build_model(cfg)
     if cfg.deepspeed.activation_checkpointing:

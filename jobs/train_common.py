@@ -237,6 +237,23 @@ def build_deepspeed_config(
     return cfg
 
 
+def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
+    """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
+    its own ``initialize_weights()`` on the gathered parameters.
+
+    ``zero.Init`` partitions each submodule as soon as it is built, so the model's init in
+    ``__init__`` saw empty tensors and skipped them (their values would be PyTorch's defaults, not
+    the model's init). Rank 0's initialised values are broadcast when the gather exits.
+    """
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
+        model = build()
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+        model.initialize_weights()
+    return model
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay only ≥ 2-D weights not named by ``model.no_weight_decay()``; biases,
     norms, position embeddings and tokens get none. Frozen parameters (an EMA teacher) are left out.

@@ -329,3 +329,36 @@ def test_augment_sample_is_a_dihedral_crop():
 def test_augment_crop_too_large():
     with pytest.raises(ValueError, match="crop 32 larger than the tile"):
         make_augment_fn(crop=32)({"x": np.zeros((1, 2, 16, 16), np.float32)})
+
+
+ZERO_INIT_SCRIPT = """
+import os, socket, torch, torch.distributed as dist
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+dist.init_process_group("gloo", rank=0, world_size=1)
+import deepspeed
+from jobs.train_common import build_partitioned
+from models.registry import create
+torch.manual_seed(0)
+ds = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
+m = build_partitioned(lambda: create("spectralgpt_tiny"), ds)
+w = m.blocks[0].mlp.fc1.weight
+assert w.numel() == 0, w.shape  # still partitioned
+with deepspeed.zero.GatheredParameters([w, m.blocks[0].mlp.fc1.bias]):
+    bound = (6 / sum(w.shape)) ** 0.5  # xavier-uniform, the model's own init (PyTorch's default differs)
+    assert w.abs().max().item() <= bound + 1e-6 and w.std().item() > 0.5 * bound / 3 ** 0.5
+    assert torch.count_nonzero(m.blocks[0].mlp.fc1.bias).item() == 0
+print("ok")
+"""
+
+
+def test_zero_init_construction_runs_the_models_own_init(tmp_path):
+    """ZeRO-3 `zero_init`: parameters stay partitioned and carry the model's init, not PyTorch's defaults."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", ZERO_INIT_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
