@@ -219,3 +219,44 @@ def test_end_to_end_synthetic_archive_ingest_pretrain(ray_session, tmp_path):
     from models.registry import create
 
     create("spectralgpt_tiny", weights=out["export"]["weights"], img_size=32)
+
+
+# ------------------------------------------------------------------------------------ object storage
+
+
+@pytest.mark.slow
+def test_s3_data_and_checkpoints_through_the_cli(s3_server, s3_bucket, shards_dir, tmp_path):
+    """`python -m jobs.pretrain` with --data and --storage on the loopback S3 server: shards are read
+    from S3, checkpoints and the export land in S3, and a relaunch with the same --name resumes.
+
+    A subprocess, so its own local Ray starts with the S3 server's AWS_* settings in the environment
+    (on a cluster the nodes carry them); the test session's Ray predates the server."""
+    import json
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server["endpoint_url"]})
+    fs.put(str(shards_dir) + "/", f"{s3_bucket}/shards/", recursive=True)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    env.pop("RAY_ADDRESS", None)
+
+    def launch(steps: int) -> str:
+        cmd = [sys.executable, "-m", "jobs.pretrain", "--config", str(PRESET_SGPT),
+               "--data", f"s3://{s3_bucket}/shards", "--storage", f"s3://{s3_bucket}/runs", "--name", "s3run",
+               "--set", f"stages=[{{img_size: 16, steps: {steps}, batch_size: 8}}]",
+               "checkpoint.every_steps=2", "log.every_steps=2", "log.plots=false", "scaling.num_workers=1",
+               "data.cache=true"]
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+        return p.stdout + p.stderr
+
+    launch(4)
+    ckpts = sorted(k for k in fs.ls(f"{s3_bucket}/runs/s3run", refresh=True) if "/checkpoint_2" in k)
+    assert ckpts, fs.ls(f"{s3_bucket}/runs/s3run")
+    state = json.loads(fs.cat(f"{ckpts[-1]}/skyray_state.json"))
+    assert state["step"] == 4 and state["starts"] == [0]
+    assert fs.ls(f"{s3_bucket}/runs/s3run/export")
+    log = launch(6)  # same --name: resumes at step 4
+    assert "start at step 4" in log, log[-3000:]
+    ckpts = sorted(k for k in fs.ls(f"{s3_bucket}/runs/s3run", refresh=True) if "/checkpoint_2" in k)
+    assert json.loads(fs.cat(f"{ckpts[-1]}/skyray_state.json"))["starts"] == [0, 4]
