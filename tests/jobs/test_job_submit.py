@@ -37,6 +37,8 @@ def ray_head(tmp_path):
     temp = Path("/tmp") / f"rjs{os.getpid()}"  # Ray's socket paths must stay short
     shutil.rmtree(temp, ignore_errors=True)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # the job's `python` is this interpreter, as on a node whose image has the packages
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("RAY_ADDRESS", None)
     dash = _port()
     # Every port explicit and free: another Ray on this machine (the test session's own) holds the defaults.
