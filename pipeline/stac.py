@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from pipeline.config import StorageConfig
 from pipeline.grid import is_utm_epsg
 from pipeline.sensors import S1, S2, S2_BOA_OFFSET, S2_OFFSET_BASELINE, S2_SCL, Band
+from pipeline.storage import filesystem
 
 log = logging.getLogger("skyray.stac")
 
@@ -612,40 +613,6 @@ def parse_items(
 # ---------------------------------------------------------------------------------------- loading
 
 
-def storage_options(storage: StorageConfig) -> dict:
-    """fsspec/s3fs options from the storage config; unset fields fall back to the AWS environment."""
-    opts: dict[str, Any] = {"anon": storage.anonymous}
-    if storage.requester_pays:
-        opts["requester_pays"] = True
-    client: dict[str, Any] = {}
-    if storage.endpoint_url:
-        opts["endpoint_url"] = storage.endpoint_url
-    if storage.region:
-        client["region_name"] = storage.region
-    if client:
-        opts["client_kwargs"] = client
-    opts["config_kwargs"] = {"retries": {"max_attempts": storage.max_retries, "mode": "adaptive"}}
-    return opts
-
-
-def _fs(source: str, storage: StorageConfig):
-    """(filesystem, path without scheme) for a local path, file:// or s3:// URI."""
-    import fsspec
-
-    scheme = href_scheme(source)
-    if scheme not in storage.allowed_schemes:
-        allowed = list(storage.allowed_schemes)
-        raise ValueError(f"source scheme {scheme!r} is not in allowed_schemes {allowed}")
-    if scheme == "s3":
-        import s3fs
-
-        return s3fs.S3FileSystem(**storage_options(storage)), source[len("s3://") :]
-    if scheme == "file":
-        path = source[len("file://") :] if source.startswith("file://") else source
-        return fsspec.filesystem("file"), os.path.abspath(path)
-    return fsspec.filesystem(scheme), source
-
-
 def _items_of(doc: Any) -> tuple[list[Any], bool]:
     """Items in a parsed JSON document: a FeatureCollection's features, one Feature, or a list of items."""
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
@@ -669,7 +636,7 @@ def load_scenes(source: str, storage: StorageConfig) -> tuple[list[Scene], list[
     JSON become ``malformed_item`` rejects named by file; a source that cannot be read at all raises
     (that is a usage error, not bad input). Scenes come back in input order.
     """
-    fs, path = _fs(source, storage)
+    fs, path = filesystem(source, storage)  # BadURIError (a ValueError) for schemes not allowed
     prefix = "s3://" if href_scheme(source) == "s3" else ""
     lower = path.lower()
     if fs.isfile(path):

@@ -498,7 +498,7 @@ def test_load_single_non_json_file(tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no STAC items"):
         load_scenes(str(tmp_path / "missing"), STORAGE)
-    with pytest.raises(ValueError, match="not in allowed_schemes"):
+    with pytest.raises(ValueError, match="scheme 'gs' not allowed"):
         load_scenes("gs://bucket/items.json", STORAGE)
     with pytest.raises(ValueError, match="needs a 'stac_api' URL"):
         search_scenes({"collections": ["sentinel-2-l2a"]}, STORAGE)
