@@ -510,12 +510,15 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def false_colour(x, bands=(7, 3, 2)):
-    """(C, H, W) normalised -> (H, W, 3) in [0, 1] from the given band indices (2-98 % stretch)."""
+def false_colour(x, bands=(7, 3, 2), stretch=None):
+    """(C, H, W) normalised -> (H, W, 3) in [0, 1] from the given band indices.
+
+    ``stretch`` = (lo, hi) maps values to [0, 1]; None: the image's own 2-98 % percentiles.
+    """
     import numpy as np
 
     img = np.stack([x[b] for b in bands], -1).astype("float32")
-    lo, hi = np.percentile(img, 2), np.percentile(img, 98)
+    lo, hi = stretch if stretch is not None else (np.percentile(img, 2), np.percentile(img, 98))
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
@@ -546,6 +549,7 @@ def write_plots(out_dir: str, history: list[dict], recon, cfg: PretrainConfig) -
         written.append(path)
     if recon is not None:
         x, pred, mask, model = recon
+        import numpy as np
         import torch
 
         hw = (x.shape[-2] // model.config.patch_size, x.shape[-1] // model.config.patch_size)
@@ -556,8 +560,11 @@ def write_plots(out_dir: str, history: list[dict], recon, cfg: PretrainConfig) -
         n = x.shape[0]
         fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n), squeeze=False)
         for i in range(n):
+            # one stretch per row, the input's, so the three panels share a colour scale
+            bands = torch.as_tensor(x[i]).numpy()[[7, 3, 2]]
+            stretch = (float(np.percentile(bands, 2)), float(np.percentile(bands, 98)))
             for j, (img, title) in enumerate(((x, "input"), (masked, "masked"), (rec, "reconstruction"))):
-                axes[i, j].imshow(false_colour(torch.as_tensor(img[i]).numpy()))
+                axes[i, j].imshow(false_colour(torch.as_tensor(img[i]).numpy(), stretch=stretch))
                 axes[i, j].set_axis_off()
                 if i == 0:
                     axes[i, j].set_title(title)
