@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 from pipeline.config import StorageConfig
 from pipeline.grid import is_utm_epsg
 from pipeline.sensors import S1, S2, S2_BOA_OFFSET, S2_OFFSET_BASELINE, S2_SCL, Band
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, redact
 
 log = logging.getLogger("skyray.stac")
 
@@ -307,17 +307,6 @@ def detect_sensor(item: Mapping[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------------------- hrefs
 
 
-def _redact(href: str) -> str:
-    """An href safe for logs: no query string (SAS tokens, signatures), fragment or user info."""
-    try:
-        p = urlsplit(href)
-    except ValueError:
-        return "<unparseable href>"
-    if p.scheme and p.netloc:
-        return f"{p.scheme}://{p.hostname or ''}{p.path}"
-    return p.path
-
-
 def href_scheme(href: str) -> str:
     """URI scheme of an href; plain paths are ``"file"``."""
     m = _SCHEME_RE.match(href)
@@ -334,13 +323,13 @@ def resolve_href(href: str, base: str | None, storage: StorageConfig) -> str:
         raise ValueError("empty or non-string href")
     path_part = urlsplit(href).path if _SCHEME_RE.match(href) else href
     if ".." in unquote(path_part).replace("\\", "/").split("/"):
-        raise ValueError(f"href escapes with '..': {_redact(href)}")
+        raise ValueError(f"href escapes with '..': {redact(href)}")
     if _SCHEME_RE.match(href):
         out = href
     elif href.startswith("/"):
         out = href
     elif base is None:
-        raise ValueError(f"relative href without a base location: {_redact(href)}")
+        raise ValueError(f"relative href without a base location: {redact(href)}")
     elif _SCHEME_RE.match(base):
         out = base.rstrip("/") + "/" + posixpath.normpath(href).lstrip("/")
     else:
@@ -348,7 +337,7 @@ def resolve_href(href: str, base: str | None, storage: StorageConfig) -> str:
     scheme = href_scheme(out)
     if scheme not in storage.allowed_schemes:
         allowed = list(storage.allowed_schemes)
-        raise ValueError(f"scheme {scheme!r} not in allowed_schemes {allowed}: {_redact(out)}")
+        raise ValueError(f"scheme {scheme!r} not in allowed_schemes {allowed}: {redact(out)}")
     return out
 
 
@@ -654,7 +643,7 @@ def load_scenes(source: str, storage: StorageConfig) -> tuple[list[Scene], list[
         items, _ = _items_of(doc)
         return parse_items(items, storage, prefix + posixpath.dirname(path), os.path.basename(path))
     if not fs.isdir(path):
-        raise FileNotFoundError(f"no STAC items at {_redact(source)}")
+        raise FileNotFoundError(f"no STAC items at {redact(source)}")
     files = sorted(p for p in fs.find(path) if p.lower().endswith((".json", ".geojson")))
     scenes: list[Scene] = []
     rejects: list[Reject] = []
