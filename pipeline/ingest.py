@@ -115,6 +115,86 @@ def _doy(scene) -> int:
     return int(scene.datetime.timetuple().tm_yday)
 
 
+# ------------------------------------------------------------------------------ S2 in two passes
+
+
+def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: list):
+    """Pass 1: read every S2 scene's SCL (one uint8 band at 20 m) and list, per tile, the usable slots
+    as keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
+
+    A slot is usable when its nodata fraction (SCL 0, or outside the scene) is at most ``max_nodata``
+    and its cloud+shadow fraction (SCL 3, 8, 9, 10) of the valid pixels at most ``max_cloud``. Returns
+    ``(candidates per tile, failed_on_cloud per tile, decoded bytes)``.
+    """
+    h, n = cfg.tile_px, grid.size
+    cands: list[list[tuple]] = [[] for _ in offsets]
+    failed_on_cloud = np.zeros(len(offsets), bool)
+    nbytes = 0
+    scl = np.zeros((n, n), np.uint8)
+    for si, scene in enumerate(unit.s2):
+        try:
+            nbytes += read_s2_scene(scene, grid, cfg.storage, None, scl)
+        except SceneReadError as e:
+            rejects.append(_scene_reject(scene, e))
+            continue
+        nodata_f = _tile_fraction(scl == SCL_NODATA, offsets, h)
+        cloud_f = _tile_count(np.isin(scl, SCL_CLOUD), offsets, h) / np.maximum(h * h * (1.0 - nodata_f), 1.0)
+        when = scene.datetime.isoformat()
+        for i in range(len(offsets)):
+            if nodata_f[i] > cfg.max_nodata:
+                continue
+            if cloud_f[i] > cfg.max_cloud:
+                failed_on_cloud[i] = True
+                continue
+            cands[i].append((float(cloud_f[i]), when, scene.scene_id, _doy(scene), si))
+    return cands, failed_on_cloud, nbytes
+
+
+def _choose(cands: list[list[tuple]], t: int, bad: set[int]) -> list[list[tuple]]:
+    """Per tile the best ``t`` candidates not from a ``bad`` scene, in date order (then scene id)."""
+    return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=lambda k: (k[1], k[2])) for c in cands]
+
+
+def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.ndarray, rejects: list):
+    """Pass 2: read the bands of every chosen scene once, over the square spanning the tiles that chose
+    it, and copy each tile's part into its date-ordered slot of ``out (tiles, T, 12, H, W)``.
+
+    A scene whose bands turn out unreadable is rejected and the choice is made again without it (its
+    slots go to the next candidates). Returns ``(chosen keys per tile, decoded bytes)``.
+    """
+    h = cfg.tile_px
+    bad: set[int] = set()
+    nbytes = 0
+    while True:
+        chosen = _choose(cands, cfg.max_slots, bad)
+        users: dict[int, list[tuple[int, int]]] = {}
+        for i, keys in enumerate(chosen):
+            for j, k in enumerate(keys):
+                users.setdefault(k[4], []).append((i, j))
+        failed = False
+        for si in sorted(users):
+            scene = unit.s2[si]
+            xs = [offsets[i][0] for i, _ in users[si]]
+            ys = [offsets[i][1] for i, _ in users[si]]
+            x0, y0 = min(xs), min(ys)
+            side = max(max(xs) - x0, max(ys) - y0) + h
+            sub = UnitGrid(grid.epsg, grid.x_min + x0 * GSD, grid.y_max - y0 * GSD, side)
+            buf = np.empty((len(S2.bands), side, side), np.uint16)
+            try:
+                nbytes += read_s2_scene(scene, sub, cfg.storage, buf, None)
+            except SceneReadError as e:
+                rejects.append(_scene_reject(scene, e))
+                bad.add(si)
+                failed = True
+                break
+            for i, j in users[si]:
+                px, py = offsets[i][0] - x0, offsets[i][1] - y0
+                out[i, j] = buf[:, py : py + h, px : px + h]
+        if not failed:
+            return chosen, nbytes
+        out.fill(0)  # slots move to other scenes: start the copy again
+
+
 # ---------------------------------------------------------------------------------------- one unit
 
 
@@ -143,39 +223,16 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     bytes_read = 0
 
     s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
-    s2_top = _TopSlots(nt, t, s2_out)
-    failed_on_cloud = np.zeros(nt, bool)
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
     s1_top = _TopSlots(nt, t, s1_out)
 
     with rasterio_env(cfg.storage):
-        if unit.s2:
-            buf = np.zeros((len(S2.bands), n, n), np.uint16)
-            scl = np.zeros((n, n), np.uint8)
-            for scene in unit.s2:
-                try:
-                    bytes_read += read_s2_scene(scene, grid, cfg.storage, buf, scl)
-                except SceneReadError as e:
-                    rejects.append(_scene_reject(scene, e))
-                    continue
-                invalid = scl == SCL_NODATA
-                for b in range(buf.shape[0]):  # contiguous passes: cheaper than any(axis=0)
-                    invalid |= buf[b] == 0
-                cloudy = np.isin(scl, SCL_CLOUD) & ~invalid
-                nodata_f = _tile_fraction(invalid, offsets, h)
-                valid_n = h * h * (1.0 - nodata_f)
-                cloud_f = _tile_count(cloudy, offsets, h) / np.maximum(valid_n, 1.0)
-                when = scene.datetime.isoformat()
-                for i, (px, py) in enumerate(offsets):
-                    if nodata_f[i] > cfg.max_nodata:
-                        continue
-                    if cloud_f[i] > cfg.max_cloud:
-                        failed_on_cloud[i] = True
-                        continue
-                    j = s2_top.offer(i, (float(cloud_f[i]), when, scene.scene_id, _doy(scene)))
-                    if j is not None:
-                        s2_out[i, j] = buf[:, py : py + h, px : px + h]
-            del buf, scl
+        # S2 pass 1: the SCL alone decides every tile's candidate slots (cloud, nodata)
+        cands, failed_on_cloud, nb = _s2_candidates(unit, grid, offsets, cfg, rejects)
+        bytes_read += nb
+        # S2 pass 2: bands of the chosen scenes only, each read once over the tiles that chose it
+        s2_keys, nb = _s2_fill(unit, grid, offsets, cfg, cands, s2_out, rejects)
+        bytes_read += nb
         if unit.s1:
             buf1 = np.zeros((len(S1.bands), n, n), np.float32)
             for scene in unit.s1:
@@ -198,7 +255,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     # which tiles survive, their slots in date order
     keep: list[int] = []
     for i, (c, r) in enumerate(tiles):
-        n_ok = sum(k is not None for k in s2_top.keys[i])
+        n_ok = len(s2_keys[i])
         if n_ok >= cfg.min_s2_slots:
             keep.append(i)
             continue
@@ -225,12 +282,12 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         sources = []
         for out_i, i in enumerate(keep):
             srcs = []
-            for mod, top in (("s2", s2_top), ("s1", s1_top)):
-                slots = top.date_order(i)
-                if slots != list(range(t)):  # put the kept slots in date order (in place, one tile)
-                    top.data[i] = top.data[i][slots]
-                    top.keys[i] = [top.keys[i][j] for j in slots]
-                for j, k in enumerate(top.keys[i]):
+            slots = s1_top.date_order(i)
+            if slots != list(range(t)):  # put the kept S1 slots in date order (in place, one tile)
+                s1_out[i] = s1_out[i][slots]
+                s1_top.keys[i] = [s1_top.keys[i][j] for j in slots]
+            for mod, keys in (("s2", s2_keys[i]), ("s1", s1_top.keys[i])):
+                for j, k in enumerate(keys):
                     if k is None:
                         continue
                     meta[f"{mod}_doy"][out_i, j] = k[3]
@@ -242,7 +299,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
         s2_rows = s2_out if rows == nt else s2_out[keep]
         s1_rows = s1_out if rows == nt else s1_out[keep]
-        del s2_out, s1_out, s2_top, s1_top
+        del s2_out, s1_out, s1_top
         cols = np.array([tiles[i][0] for i in keep])
         rws = np.array([tiles[i][1] for i in keep])
         lon, lat = tile_centres_lonlat(unit.epsg, cols, rws, tile_m)

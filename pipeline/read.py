@@ -153,8 +153,14 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     src_nodata = nodata if src_nodata is None else src_nodata
     factor = _scale_factor(ds.transform)
     if factor and resampling in (Resampling.bilinear, Resampling.nearest):
-        # the grid's top-left corner in window pixel units
-        upsample(data, factor, (min(rows) - rs, min(cols) - cs), out, src_nodata, nodata, resampling)
+        # the grid's top-left corner in window pixel units; only output pixels whose centre lies in the
+        # window can get a value, so resample just that rectangle (edge units: the rest stays nodata)
+        off_r, off_c = min(rows) - rs, min(cols) - cs
+        r0, r1 = _covered(n, factor, off_r, win.height)
+        c0, c1 = _covered(n, factor, off_c, win.width)
+        if r1 > r0 and c1 > c0:
+            upsample(data, factor, (off_r + r0 / factor, off_c + c0 / factor), out[r0:r1, c0:c1],
+                     src_nodata, nodata, resampling)
         return data.size * itemsize
     reproject(
         source=data,
@@ -169,6 +175,13 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         num_threads=1,
     )
     return data.size * itemsize
+
+
+def _covered(n_out: int, factor: float, off: float, n_src: int) -> tuple[int, int]:
+    """Output pixels ``[j0, j1)`` whose centre ``off + (j + 0.5) / factor`` lies in ``[0, n_src)``."""
+    u = off + (np.arange(n_out) + 0.5) / factor
+    idx = np.flatnonzero((u >= 0) & (u < n_src))
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
 
 
 def _scale_factor(t: Affine) -> float | None:
@@ -240,9 +253,12 @@ def upsample(src: np.ndarray, factor: float, offset: tuple[float, float], out: n
         inside &= ok
     if np.issubdtype(out.dtype, np.integer):
         info = np.iinfo(out.dtype)
-        v += 0.5
-        np.floor(v, out=v)
-        np.clip(v, info.min, info.max, out=v)
+        v += 0.5  # round half up, as GDAL: floor(v + 0.5)
+        if info.min < 0 or src.dtype != out.dtype:
+            np.floor(v, out=v)
+            np.clip(v, info.min, info.max, out=v)
+        # else: bilinear weights are convex, so v lies in the source's (unsigned) range and the cast's
+        # truncation of the non-negative v + 0.5 is the floor: two passes saved
     if inside.all():
         np.copyto(out, v, casting="unsafe")
     else:
@@ -272,18 +288,21 @@ def _band_href(scene, band: Band) -> str:
     return ref.href
 
 
-def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray, scl: np.ndarray) -> int:
-    """Read every S2 band and SCL of ``scene`` onto ``grid``, harmonised; returns decoded bytes.
+def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray | None,
+                  scl: np.ndarray | None) -> int:
+    """Read the S2 bands and/or the SCL of ``scene`` onto ``grid``, harmonised; returns decoded bytes.
 
     ``out (12, N, N) uint16`` receives DN (0 = nodata) in the pre-04.00 convention: the scene's
     ``boa_offset`` is added to valid pixels exactly once and results are clipped to ``[1, 65535]``.
-    ``scl (N, N) uint8`` receives the scene classification (nearest, 0 = nodata).
+    ``scl (N, N) uint8`` receives the scene classification (nearest, 0 = nodata). Either may be None
+    to skip it (the ingest selects slots from the SCL alone, then reads the bands of chosen scenes).
     """
     if scene.epsg != grid.epsg:
         msg = f"{scene.scene_id}: EPSG:{scene.epsg} is not the unit's {grid.epsg}"
         raise SceneReadError("unreadable_cog", msg)
     nbytes = 0
-    for i, band in enumerate((*S2.bands, S2_SCL)):
+    jobs = ([] if out is None else list(enumerate(S2.bands))) + ([] if scl is None else [(-1, S2_SCL)])
+    for i, band in jobs:
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
         target = scl if band is S2_SCL else out[i]
@@ -298,18 +317,30 @@ def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
             raise _classify(e, what) from None
         if buf is not target:
             np.copyto(target, buf, casting="unsafe")
-    if scene.boa_offset:
+    if scene.boa_offset and out is not None:
         harmonise(out, scene.boa_offset)
     return nbytes
 
 
 def harmonise(dn: np.ndarray, offset: int) -> None:
-    """In place: ``dn + offset`` on valid (non-zero) pixels, clipped to ``[1, 65535]`` (0 stays nodata)."""
+    """In place: ``dn + offset`` on valid (non-zero) pixels, clipped to ``[1, 65535]`` (0 stays nodata).
+
+    In uint16 throughout: ``max(dn, 1 - offset) + offset`` for a negative offset (``min(dn, 65535 - offset)
+    + offset`` for a positive one), then the nodata zeros are put back.
+    """
+    off = int(offset)
+    if off == 0:
+        return
     for b in range(dn.shape[0]):
         band = dn[b]
-        valid = band != 0
-        shifted = np.clip(band.astype(np.int32) + int(offset), 1, 65535).astype(np.uint16)
-        np.copyto(band, shifted, where=valid)
+        zero = band == 0
+        if off < 0:
+            np.maximum(band, 1 - off, out=band)
+            band -= np.uint16(-off)
+        else:
+            np.minimum(band, 65535 - off, out=band)
+            band += np.uint16(off)
+        band[zero] = 0
 
 
 def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray) -> int:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import ingest as ING
+from pipeline import shards as S
 from pipeline.config import IngestConfig
 from pipeline.plan import WorkUnit
 from pipeline.sensors import S2
@@ -172,7 +173,7 @@ def test_ray_data_graph_and_finalize(ray_session, tmp_path, scenes):
     assert c["tiles_planned"] == 32 == c["tiles_written"] + c["tiles_rejected"] and c["tiles_written"] == 8
     assert m["rows"] == 8 and [s["path"] for s in m["shards"]] == [name]
     assert c["tile_rejects_by_reason"] == {"all_cloud": 8, "all_nodata": 16}
-    assert m["config"]["tile_px"] == 64 and m["schema_version"] == 1
+    assert m["config"]["tile_px"] == 64 and m["schema_version"] == S.SCHEMA_VERSION
     rej = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     assert {(r["level"], r["reason"]) for r in rej} == {
         ("item", "malformed_item"),
@@ -239,3 +240,27 @@ def test_remove_partial_files(tmp_path):
     assert ING.remove_partial_files(str(tmp_path), CFG) == 2
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["u.parquet"]
     assert ING.remove_partial_files("s3://bucket/out", CFG) == 0
+
+
+def test_bands_are_read_only_for_chosen_scenes_over_their_tiles(tmp_path, scenes, monkeypatch):
+    """Pass 1 reads every scene's SCL; pass 2 decodes bands only of scenes that won a slot, over the
+    square spanning the tiles that chose them (T = 1: B everywhere but under its cloud, where A wins)."""
+    calls = []
+    real = ING.read_s2_scene
+
+    def spy(scene, grid, storage, out, scl):
+        calls.append((scene.scene_id, "bands" if out is not None else "scl", grid.size))
+        return real(scene, grid, storage, out, scl)
+
+    monkeypatch.setattr(ING, "read_s2_scene", spy)
+    cfg = CFG.model_copy(update={"max_slots": 1})
+    side = ING.process_unit(_unit([scenes["a"], scenes["b"], scenes["c"]]), cfg, str(tmp_path))
+    assert side["tiles_written"] == 8
+    assert sorted(c for c in calls if c[1] == "scl") == [("S2_A", "scl", 256), ("S2_B", "scl", 256),
+                                                       ("S2_C", "scl", 256)]
+    # B: the 8 eastern tiles less the cloud tile span 2 x 4 tiles -> a 256-px square; A: one 64-px tile
+    assert sorted(c for c in calls if c[1] == "bands") == [("S2_A", "bands", 64), ("S2_B", "bands", 256)]
+    got = read_shards(tmp_path / "shards" / "32633_195_1951_2022Q2.parquet")
+    for k, sid in enumerate(got["sample_id"]):
+        want = "S2_A" if sid == f"32633_{CLOUD_TILE[0]}_{CLOUD_TILE[1]}_2022Q2" else "S2_B"
+        assert got["sources"][k] == [want]
