@@ -78,7 +78,7 @@ def make_s2_fn(stats: dict):
     std = np.maximum(np.asarray(stats["s2"]["std"], np.float32), 1e-6)
 
     def fn(batch):
-        s2 = column_to_numpy(batch.column("s2"))  # (N, T, 12, H, W) uint16
+        s2 = column_to_numpy(batch.column("s2"), batch.schema.field("s2"))  # (N, T, 12, H, W) uint16
         valid = column_to_numpy(batch.column("s2_valid")).astype(bool)
         x = normalize_s2(s2, mean, std)
         x *= valid[:, :, None, None, None]

@@ -29,6 +29,8 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.shards import tensor_field, tensor_to_numpy
+
 # ---------------------------------------------------------------------------------------------
 # sensors as data: the shard's S2 band order and the subsets each model consumes
 # ---------------------------------------------------------------------------------------------
@@ -333,17 +335,19 @@ def ema_update(model: torch.nn.Module, momentum: float) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def column_to_numpy(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def column_to_numpy(col: pa.Array | pa.ChunkedArray, field: pa.Field | None = None) -> np.ndarray:
     """An Arrow column holding fixed-shape tensors -> one ndarray ``(N, *shape)``.
 
-    Accepts pyarrow ``FixedShapeTensor`` extension arrays, Ray's tensor extension, nested
-    (fixed-size) lists and plain primitive columns.
+    Accepts the shard contract's tensor columns: v2 ``fixed_size_binary`` with the dtype/shape in
+    ``field``'s metadata (required for those; see ``pipeline.shards.tensor_to_numpy``) and v1 pyarrow
+    ``FixedShapeTensor``; also Ray's tensor extension, nested (fixed-size) lists and plain primitive
+    columns.
     """
+    if isinstance(col.type, pa.FixedShapeTensorType) or pa.types.is_fixed_size_binary(col.type):
+        return tensor_to_numpy(col, field)
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     n = len(col)
-    if isinstance(col.type, pa.FixedShapeTensorType):
-        return col.to_numpy_ndarray()
     if isinstance(col.type, pa.ExtensionType):
         if hasattr(col, "to_numpy"):
             try:
@@ -366,8 +370,11 @@ def column_to_numpy(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _table_col(batch: pa.Table | Mapping[str, Any], name: str) -> np.ndarray:
+    """Column ``name`` of a batch as numpy. For a ``pa.Table`` the field travels along (the v2 tensor
+    columns' dtype/shape metadata); should a reader have dropped that metadata, ``tensor_field``
+    rebuilds it from the byte width and the ``{name}_valid`` column's T."""
     if isinstance(batch, pa.Table):
-        return column_to_numpy(batch.column(name))
+        return column_to_numpy(batch.column(name), tensor_field(batch.schema, name))
     return np.asarray(batch[name])
 
 

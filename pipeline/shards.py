@@ -1,20 +1,31 @@
-"""The shard contract v1 as pure functions: Arrow schema, table building, band statistics, manifest, rejects.
+"""The shard contract v2 as pure functions: Arrow schema, table building, band statistics, manifest, rejects.
 
-No Ray and no storage I/O here (callers write the bytes these functions return). One row = one sample;
-array columns are canonical Arrow ``FixedShapeTensor`` extension types, so any Arrow reader gets the
-shapes back. Reading shards back needs nothing but pyarrow and numpy::
+No Ray and no storage I/O here (callers write the bytes these functions return). One row = one sample.
+The array columns ``s2``/``s1`` are stored as one ``fixed_size_binary`` value per row (the C-order bytes
+of the ``[T, C, H, W]`` tensor) with the element dtype and per-row shape in the field's metadata
+(``skyray.dtype``, ``skyray.shape``), because Parquet writes a list type (v1's ``FixedShapeTensor``)
+element by element with levels and uint16 widened to INT32: 0.63 CPU-s to write and 0.46 s to read back a
+99 MB table, against 0.13 s and 0.07 s for the same bytes as one binary value per row. Reading shards back
+needs nothing but pyarrow and numpy::
 
-    import numpy as np, pyarrow.parquet as pq
+    import json, numpy as np, pyarrow.parquet as pq
 
     t = pq.read_table("out/shards")                   # a directory of shards, or one .parquet file
-    s2 = t["s2"].combine_chunks().to_numpy_ndarray()  # (N, T, 12, H, W) uint16, DN = reflectance x 1e4
-    s1 = t["s1"].combine_chunks().to_numpy_ndarray()  # (N, T, 2, H, W) float16, VV/VH dB (NaN = nodata)
+
+    def tensor(t, name):  # one fixed_size_binary value per row -> (N, *shape), dtype/shape from the field
+        f, col = t.schema.field(name), t[name].combine_chunks()
+        shape = json.loads(f.metadata[b"skyray.shape"])
+        return np.frombuffer(col.buffers()[1], f.metadata[b"skyray.dtype"].decode()).reshape(-1, *shape)
+
+    s2 = tensor(t, "s2")  # (N, T, 12, H, W) uint16, DN = reflectance x 1e4
+    s1 = tensor(t, "s1")  # (N, T, 2, H, W) float16, VV/VH dB (NaN = nodata)
     s2_valid = np.stack(t["s2_valid"].to_numpy(zero_copy_only=False))   # (N, T) bool: slot holds a scene
     s2_doy = np.stack(t["s2_doy"].to_numpy(zero_copy_only=False))       # (N, T) int16 day of year
     ids = t["sample_id"].to_pylist()                          # "32633_1234_5678_2024Q1"
     bands = t.schema.metadata[b"skyray.s2_bands"].decode().split(",")  # B01 ... B12
 
-:func:`read_shards` does exactly that and returns a dict of numpy arrays.
+:func:`read_shards` does the same through :func:`tensor_to_numpy` and returns a dict of numpy arrays; it
+also reads v1 shards, whose ``FixedShapeTensor`` columns give their arrays with ``to_numpy_ndarray()``.
 
 Manifest and band statistics are deterministic: S2 sums are exact integers, S1 sums are float64 added in
 unit-id order, JSON is written with sorted keys and no timestamps, so re-running an ingest reproduces
@@ -35,16 +46,19 @@ import pyarrow.parquet as pq
 
 from pipeline.sensors import S1, S2
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 S2_BANDS = S2.band_names
 S1_BANDS = S1.band_names
+#: the tensor columns: little-endian element dtype and channels (the ``C`` of ``[T, C, H, W]``)
+TENSOR_COLUMNS = {"s2": (np.dtype("<u2"), len(S2_BANDS)), "s1": (np.dtype("<f2"), len(S1_BANDS))}
+DTYPE_KEY, SHAPE_KEY = b"skyray.dtype", b"skyray.shape"
 #: columns holding per-sample scalars (everything else is an array or lineage)
 SCALAR_COLUMNS = ("sample_id", "epsg", "x_min", "y_max", "gsd", "lon", "lat")
 REJECT_COLUMNS = ("level", "id", "reason", "detail")
 
 
 def shard_schema(max_slots: int, tile_px: int) -> pa.Schema:
-    """Arrow schema of contract v1 for ``T = max_slots`` slots and ``H = W = tile_px``."""
+    """Arrow schema of contract v2 for ``T = max_slots`` slots and ``H = W = tile_px``."""
     t, h = max_slots, tile_px
     fields = [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -54,11 +68,11 @@ def shard_schema(max_slots: int, tile_px: int) -> pa.Schema:
         pa.field("gsd", pa.float32(), nullable=False),
         pa.field("lon", pa.float32(), nullable=False),
         pa.field("lat", pa.float32(), nullable=False),
-        pa.field("s2", pa.fixed_shape_tensor(pa.uint16(), [t, len(S2_BANDS), h, h]), nullable=False),
+        _tensor_field("s2", t, h),
         pa.field("s2_doy", pa.list_(pa.int16(), t), nullable=False),
         pa.field("s2_valid", pa.list_(pa.bool_(), t), nullable=False),
         pa.field("s2_cloud", pa.list_(pa.float32(), t), nullable=False),
-        pa.field("s1", pa.fixed_shape_tensor(pa.float16(), [t, len(S1_BANDS), h, h]), nullable=False),
+        _tensor_field("s1", t, h),
         pa.field("s1_doy", pa.list_(pa.int16(), t), nullable=False),
         pa.field("s1_valid", pa.list_(pa.bool_(), t), nullable=False),
         pa.field("sources", pa.list_(pa.string()), nullable=False),
@@ -73,6 +87,78 @@ def shard_schema(max_slots: int, tile_px: int) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
+def _tensor_field(name: str, slots: int, tile_px: int) -> pa.Field:
+    dtype, channels = TENSOR_COLUMNS[name]
+    shape = [slots, channels, tile_px, tile_px]
+    meta = {DTYPE_KEY: dtype.str.encode(), SHAPE_KEY: json.dumps(shape).encode()}
+    return pa.field(name, pa.binary(dtype.itemsize * math.prod(shape)), nullable=False, metadata=meta)
+
+
+def tensor_field(schema: pa.Schema, name: str) -> pa.Field:
+    """The field of tensor column ``name`` (``s2``/``s1``) with its dtype/shape metadata.
+
+    If a reader dropped the field metadata, it is rebuilt from the contract: the byte width, the
+    column's dtype and channels, ``T`` = the list size of the ``{name}_valid`` column and ``H = W``.
+    """
+    field = schema.field(name)
+    if not pa.types.is_fixed_size_binary(field.type) or _has_tensor_meta(field):
+        return field
+    if name not in TENSOR_COLUMNS:
+        raise ValueError(f"{name}: fixed_size_binary column without "
+                         f"{DTYPE_KEY.decode()}/{SHAPE_KEY.decode()} metadata")
+    valid = f"{name}_valid"
+    if valid not in schema.names:
+        raise ValueError(f"{name}: no dtype/shape metadata and no {valid!r} column to take T from")
+    dtype, channels = TENSOR_COLUMNS[name]
+    slots = schema.field(valid).type.list_size
+    px2, rest = divmod(field.type.byte_width, dtype.itemsize * slots * channels)
+    h = math.isqrt(px2)
+    if rest or h * h != px2:
+        raise ValueError(f"{name}: {field.type.byte_width} bytes per row are not "
+                         f"T={slots} x {channels} x H x H of {dtype}")
+    return _tensor_field(name, slots, h)
+
+
+def _has_tensor_meta(field: pa.Field) -> bool:
+    return bool(field.metadata) and DTYPE_KEY in field.metadata and SHAPE_KEY in field.metadata
+
+
+def tensor_to_numpy(column: pa.Array | pa.ChunkedArray, field: pa.Field | None) -> np.ndarray:
+    """A tensor column -> ``(N, *shape)`` ndarray, without a copy when ``column`` is one chunk.
+
+    v2: ``fixed_size_binary`` values, dtype and shape from ``field``'s metadata (see :func:`tensor_field`
+    when it may be missing); any number of chunks, sliced arrays, ``N = 0``. v1: a ``FixedShapeTensor``
+    column (``field`` is not needed). The result is read-only when it views Arrow memory.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    typ = column.type
+    if isinstance(typ, pa.FixedShapeTensorType):
+        dtype, shape = np.dtype(typ.value_type.to_pandas_dtype()), tuple(typ.shape)
+        parts = [c.to_numpy_ndarray() for c in chunks if len(c)]
+    elif pa.types.is_fixed_size_binary(typ):
+        if field is None or not _has_tensor_meta(field):
+            raise ValueError(f"fixed_size_binary tensor column needs its field's {DTYPE_KEY.decode()} and "
+                             f"{SHAPE_KEY.decode()} metadata")
+        dtype = np.dtype(field.metadata[DTYPE_KEY].decode())
+        shape = tuple(json.loads(field.metadata[SHAPE_KEY]))
+        width = typ.byte_width
+        if width != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"{field.name}: {width} bytes per row do not hold {shape} of {dtype}")
+        parts = []
+        for c in chunks:
+            if not len(c):
+                continue
+            if c.null_count:
+                raise ValueError(f"{field.name}: tensor column with nulls")
+            raw = np.frombuffer(c.buffers()[1], np.uint8, count=len(c) * width, offset=c.offset * width)
+            parts.append(raw.view(dtype).reshape(-1, *shape))
+    else:
+        raise TypeError(f"not a tensor column: {typ}")
+    if not parts:
+        return np.zeros((0, *shape), dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _fixed_list(values: np.ndarray, typ: pa.DataType) -> pa.FixedSizeListArray:
     values = np.ascontiguousarray(values)
     n, t = values.shape
@@ -80,11 +166,13 @@ def _fixed_list(values: np.ndarray, typ: pa.DataType) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, t)
 
 
-def _tensor(values: np.ndarray, typ: pa.DataType) -> pa.ExtensionArray:
-    values = np.ascontiguousarray(values)
-    flat = pa.array(values.reshape(-1), type=typ)
-    storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(values.shape[1:])))
-    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(values.shape[1:])), storage)
+def _binary_tensor(values: np.ndarray, dtype: np.dtype) -> pa.FixedSizeBinaryArray:
+    """``(N, ...)`` -> one fixed_size_binary value per row, viewing the numpy memory (no copy when ``values``
+    is already C-contiguous ``dtype``)."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    width = dtype.itemsize * math.prod(values.shape[1:])
+    buf = pa.py_buffer(values.reshape(-1).view(np.uint8))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, buf])
 
 
 def build_table(
@@ -105,7 +193,7 @@ def build_table(
     s1_valid: np.ndarray,
     sources: Sequence[Sequence[str]],
 ) -> pa.Table:
-    """A contract-v1 table from numpy arrays, rows in the given order (callers sort by sample_id).
+    """A contract-v2 table from numpy arrays, rows in the given order (callers sort by sample_id).
 
     Shapes: ``s2 (N, T, 12, H, W) uint16``, ``s1 (N, T, 2, H, W) float16``, ``*_doy (N, T) int16``,
     ``*_valid (N, T) bool``, ``s2_cloud (N, T) float32``; scalars ``(N,)``.
@@ -130,11 +218,11 @@ def build_table(
         pa.array(np.asarray(gsd, np.float32)),
         pa.array(np.asarray(lon, np.float32)),
         pa.array(np.asarray(lat, np.float32)),
-        _tensor(s2.astype(np.uint16, copy=False), pa.uint16()),
+        _binary_tensor(s2, TENSOR_COLUMNS["s2"][0]),
         _fixed_list(s2_doy.astype(np.int16, copy=False), pa.int16()),
         _fixed_list(s2_valid.astype(bool, copy=False), pa.bool_()),
         _fixed_list(s2_cloud.astype(np.float32, copy=False), pa.float32()),
-        _tensor(s1.astype(np.float16, copy=False), pa.float16()),
+        _binary_tensor(s1, TENSOR_COLUMNS["s1"][0]),
         _fixed_list(s1_doy.astype(np.int16, copy=False), pa.int16()),
         _fixed_list(s1_valid.astype(bool, copy=False), pa.bool_()),
         pa.array([list(s) for s in sources], pa.list_(pa.string())),
@@ -143,7 +231,10 @@ def build_table(
 
 
 def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
-    """Serialise a shard deterministically (same table + same pyarrow -> same bytes)."""
+    """Serialise a shard deterministically (same table + same pyarrow -> same bytes).
+
+    zstd level 1, dictionary only for ``sample_id``, statistics only for :data:`SCALAR_COLUMNS`, the Arrow
+    schema stored (so the tensor fields keep their dtype/shape metadata)."""
     buf = io.BytesIO()
     pq.write_table(
         table,
@@ -165,7 +256,8 @@ def sha256(data: bytes) -> str:
 def read_shards(path) -> dict[str, np.ndarray | list]:
     """Read shards (a file, a directory of ``*.parquet``, or an open file) with plain pyarrow into numpy.
 
-    Returns ``sample_id`` (list), scalars as 1-D arrays, ``s2 (N, T, 12, H, W)``, ``s1 (N, T, 2, H, W)``,
+    v2 and v1 shards both read (not mixed in one directory: their schemas differ). Returns ``sample_id``
+    (list), scalars as 1-D arrays, ``s2 (N, T, 12, H, W)``, ``s1 (N, T, 2, H, W)``,
     ``*_doy/*_valid/s2_cloud (N, T)`` and ``sources`` (list of lists). See the module docstring.
     """
     t = pq.read_table(path)
@@ -174,7 +266,7 @@ def read_shards(path) -> dict[str, np.ndarray | list]:
         out[c] = t[c].to_numpy()
     n = t.num_rows
     for c in ("s2", "s1"):
-        out[c] = t[c].combine_chunks().to_numpy_ndarray() if n else np.zeros((0,), np.uint16)
+        out[c] = tensor_to_numpy(t[c], tensor_field(t.schema, c))
     for c in ("s2_doy", "s2_valid", "s2_cloud", "s1_doy", "s1_valid"):
         col = t[c].combine_chunks()
         out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))

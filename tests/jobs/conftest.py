@@ -1,9 +1,11 @@
-"""Fixtures for job tests: small contract-conforming shards + manifest (shard contract v1).
+"""Fixtures for job tests: small contract-conforming shards + manifest (shard contract v2).
 
-``make_shards(out, rows=..., shards=..., tile_px=..., slots=...)`` writes Parquet shards with
-pyarrow ``FixedShapeTensor`` columns for ``s2``/``s1`` (as the ingest does) and a manifest with
-band statistics. Pixels are seeded random but structured (a few land-cover classes with their own
-spectra, smooth blobs, seasonal change), so a model's loss can fall within a few dozen steps.
+``make_shards(out, rows=..., shards=..., tile_px=..., slots=...)`` writes Parquet shards built and
+serialised by ``pipeline.shards`` (``build_table`` / ``table_to_parquet``, as the ingest does: ``s2``,
+``s1`` as ``fixed_size_binary`` with dtype/shape field metadata) and a manifest with band statistics;
+``rows_to_table_v1`` builds the old v1 layout (``FixedShapeTensor`` columns) for compatibility tests.
+Pixels are seeded random but structured (a few land-cover classes with their own spectra, smooth
+blobs, seasonal change), so a model's loss can fall within a few dozen steps.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from pipeline import shards as S
 
 S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 # class spectra in DN (×10000 reflectance): water, forest, crop, urban, bare
@@ -89,7 +92,12 @@ def make_rows(rng: np.random.Generator, n: int, px: int, slots: int, start: int)
     )
 
 
-def _tensor_col(a: np.ndarray, pa_type: pa.DataType) -> pa.Array:
+def rows_to_table(r: dict) -> pa.Table:
+    """Contract v2, through ``pipeline.shards.build_table`` (the ingest's own code)."""
+    return S.build_table(**r, sources=[["synthetic"]] * len(r["sample_id"]))
+
+
+def _tensor_col_v1(a: np.ndarray, pa_type: pa.DataType) -> pa.Array:
     ttype = pa.fixed_shape_tensor(pa_type, list(a.shape[1:]))
     storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), int(np.prod(a.shape[1:])))
     return pa.ExtensionArray.from_storage(ttype, storage)
@@ -99,7 +107,8 @@ def _list_col(a: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
-def rows_to_table(r: dict) -> pa.Table:
+def rows_to_table_v1(r: dict) -> pa.Table:
+    """The contract-v1 layout: ``s2``/``s1`` as pyarrow ``FixedShapeTensor`` columns."""
     return pa.table(
         {
             "sample_id": pa.array(r["sample_id"], pa.string()),
@@ -109,15 +118,16 @@ def rows_to_table(r: dict) -> pa.Table:
             "gsd": r["gsd"],
             "lon": r["lon"],
             "lat": r["lat"],
-            "s2": _tensor_col(r["s2"], pa.uint16()),
+            "s2": _tensor_col_v1(r["s2"], pa.uint16()),
             "s2_doy": _list_col(r["s2_doy"]),
             "s2_valid": _list_col(r["s2_valid"]),
             "s2_cloud": _list_col(r["s2_cloud"]),
-            "s1": _tensor_col(r["s1"], pa.float16()),
+            "s1": _tensor_col_v1(r["s1"], pa.float16()),
             "s1_doy": _list_col(r["s1_doy"]),
             "s1_valid": _list_col(r["s1_valid"]),
             "sources": pa.array([["synthetic"]] * len(r["sample_id"]), pa.list_(pa.string())),
-        }
+        },
+        metadata={"skyray.schema_version": "1"},
     )
 
 
@@ -131,8 +141,8 @@ def make_shards(
     for k in range(shards):
         r = make_rows(rng, rows, tile_px, slots, start=k * rows)
         path = out / "shards" / f"part-{k:05d}.parquet"
-        pq.write_table(rows_to_table(r), path, row_group_size=16)
-        data = path.read_bytes()
+        data = S.table_to_parquet(rows_to_table(r), row_group_rows=16)
+        path.write_bytes(data)
         sha = hashlib.sha256(data).hexdigest()
         entries.append({"path": f"shards/{path.name}", "rows": rows, "bytes": len(data), "sha256": sha})
         v2 = r["s2"][r["s2_valid"]]  # (k, 12, H, W)
@@ -140,7 +150,7 @@ def make_shards(
         s1_px.append(r["s1"][r["s1_valid"]].transpose(1, 0, 2, 3).reshape(2, -1).astype(np.float64))
     s2_all, s1_all = np.concatenate(s2_px, 1), np.concatenate(s1_px, 1)
     manifest = {
-        "schema_version": 1,
+        "schema_version": S.SCHEMA_VERSION,
         "rows": rows * shards,
         "tile_px": tile_px,
         "max_slots": slots,

@@ -1,5 +1,6 @@
 """Pure parts of the training glue: LR schedule, stages, DeepSpeed config, parameter groups,
-shard decoding, preprocessing and augmentation (no Ray, no cluster)."""
+shard decoding, preprocessing and augmentation (no cluster; one test reads shards through the session's
+local Ray Data, as ``jobs.pretrain`` does)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from jobs.train_common import (
     stage_at,
     warmup_cosine,
 )
-from tests.jobs.conftest import make_rows, rows_to_table
+from pipeline import shards as S
+from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
 
 # ------------------------------------------------------------------------------------ schedule
 
@@ -244,6 +246,67 @@ def test_column_to_numpy_layouts():
     np.testing.assert_array_equal(column_to_numpy(pa.chunked_array([nested])), a)
     np.testing.assert_array_equal(column_to_numpy(varlist), [[1, 2, 3], [4, 5, 6]])
     np.testing.assert_array_equal(column_to_numpy(pa.array([1.5, 2.5])), [1.5, 2.5])
+    # shard contract v2: one fixed_size_binary value per row, dtype/shape in the field's metadata
+    binary = pa.FixedSizeBinaryArray.from_buffers(pa.binary(24), 2, [None, pa.py_buffer(a)])
+    field = pa.field("x", binary.type, metadata={"skyray.dtype": "<u2", "skyray.shape": "[3, 4]"})
+    np.testing.assert_array_equal(column_to_numpy(binary, field), a)
+    np.testing.assert_array_equal(column_to_numpy(pa.chunked_array([binary[:1], binary[1:]]), field), a)
+    with pytest.raises(ValueError, match="metadata"):
+        column_to_numpy(binary)
+
+
+def _bare(table: pa.Table) -> pa.Table:
+    """The table as a reader that dropped the field metadata would hand it over."""
+    return pa.Table.from_arrays(table.columns, schema=pa.schema([f.remove_metadata() for f in table.schema]))
+
+
+@pytest.mark.parametrize("layout", ["v1", "v2 without field metadata"])
+def test_preprocess_same_for_every_shard_layout(layout, stats):
+    r = make_rows(np.random.default_rng(3), n=5, px=16, slots=3, start=0)
+    v2 = rows_to_table(r)
+    other = rows_to_table_v1(r) if layout == "v1" else _bare(v2)
+    if layout == "v1":
+        assert isinstance(other.schema.field("s2").type, pa.FixedShapeTensorType)
+    else:
+        f = other.schema.field("s2")
+        assert pa.types.is_fixed_size_binary(f.type) and not f.metadata
+    for name in ("s2", "s1"):
+        np.testing.assert_array_equal(column_to_numpy(v2.column(name), v2.schema.field(name)), r[name])
+    for make in (make_spectralgpt_preprocess_fn, make_skysense_preprocess_fn):
+        want, got = make(stats)(v2), make(stats)(other)
+        assert set(want) == set(got)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{make.__name__} {k}")
+
+
+def test_ray_data_hands_the_field_metadata_to_pyarrow_batches(ray_session, shards_dir):
+    """The read jobs.pretrain.build_dataset does (projected read_parquet -> map_batches on pyarrow
+    batches): the s2/s1 fields keep their dtype/shape metadata, and the decoded arrays are the shards'."""
+    import ray.data
+
+    paths = sorted(str(p) for p in (shards_dir / "shards").glob("*.parquet"))
+
+    def fn(batch: pa.Table) -> dict:
+        meta = [bool(batch.schema.field(c).metadata) and b"skyray.shape" in batch.schema.field(c).metadata
+                for c in ("s2", "s1")]
+        s2 = column_to_numpy(batch.column("s2"), batch.schema.field("s2"))
+        s1 = column_to_numpy(batch.column("s1"), batch.schema.field("s1"))
+        return {
+            "sample_id": np.asarray(batch.column("sample_id").to_pylist()),
+            "meta": np.full(batch.num_rows, all(meta)),
+            "s2_sum": s2.reshape(len(s2), -1).sum(1, dtype=np.uint64),
+            "s1_sum": np.nansum(s1.reshape(len(s1), -1).astype(np.float64), 1),
+        }
+
+    ds = ray.data.read_parquet(paths, columns=["sample_id", "s2", "s2_valid", "s1", "s1_valid"])
+    rows = ds.map_batches(fn, batch_format="pyarrow", batch_size=24).take_all()
+    ref = S.read_shards(shards_dir / "shards")
+    assert len(rows) == len(ref["sample_id"]) and all(r["meta"] for r in rows)
+    idx = {sid: i for i, sid in enumerate(ref["sample_id"])}
+    for r in rows:
+        i = idx[r["sample_id"]]
+        assert r["s2_sum"] == ref["s2"][i].sum(dtype=np.uint64)
+        assert r["s1_sum"] == pytest.approx(np.nansum(ref["s1"][i].astype(np.float64)))
 
 
 def test_band_indices():
@@ -266,7 +329,7 @@ def test_spectralgpt_preprocess(table, stats):
     out = make_spectralgpt_preprocess_fn(stats, slot="least_cloudy")(table)
     x = out["x"]
     assert x.shape == (6, 12, 16, 16) and x.dtype == np.float32
-    s2 = column_to_numpy(table.column("s2"))
+    s2 = column_to_numpy(table.column("s2"), table.schema.field("s2"))
     valid = column_to_numpy(table.column("s2_valid"))
     cloud = column_to_numpy(table.column("s2_cloud"))
     t = pick_slots(valid[:1], cloud[:1], "least_cloudy", np.random.default_rng(0))[0][1]
@@ -286,7 +349,7 @@ def test_skysense_preprocess(table, stats):
     out = make_skysense_preprocess_fn(stats)(table)
     assert out["s2"].shape == (6, 3, 10, 16, 16) and out["s1"].shape == (6, 3, 2, 16, 16)
     assert out["lonlat"].shape == (6, 2) and out["s2_doy"].dtype == np.int64
-    s2 = column_to_numpy(table.column("s2"))
+    s2 = column_to_numpy(table.column("s2"), table.schema.field("s2"))
     valid = out["s2_valid"]
     i, t = np.argwhere(valid)[0]
     b02 = (s2[i, t, 1].astype(np.float32) - 1000) / 500
