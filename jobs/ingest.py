@@ -59,6 +59,10 @@ def run(cfg: IngestConfig, items: str, output: str) -> dict:
     if ING.remove_partial_files(output, cfg):
         log.info("removed temp files of an interrupted run")
     todo, done = ING.pending_units(units, cfg, output)
+    try:
+        ING.check_output_version(output, cfg, done)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if done:
         log.info("resuming: %d of %d units already done", len(done), len(units))
     rows = ING.run_units(todo, cfg, output)

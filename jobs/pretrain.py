@@ -206,16 +206,21 @@ def pyarrow_fs(uri: str, storage: StorageConfig):
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+#: v1 stored s2/s1 as FixedShapeTensor, v2 as fixed_size_binary; both decode the same (train_common)
+READABLE_SCHEMA_VERSIONS = (1, 2)
+
+
 def read_manifest(data_uri: str, storage: StorageConfig) -> dict:
-    """The ingest's manifest; ValueError if it is not shard contract v1."""
+    """The ingest's manifest; ValueError if its shard contract is not one this code reads (v1 or v2)."""
     from pipeline.storage import filesystem
 
     fs, path = filesystem(_join(data_uri, "manifest.json"), storage)
     if not fs.exists(path):
         raise FileNotFoundError(f"no manifest.json under data.path {data_uri!r}")
     manifest = json.loads(fs.cat_file(path))
-    if manifest.get("schema_version") != 1:
-        raise ValueError(f"manifest schema_version {manifest.get('schema_version')!r} is not 1")
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"manifest schema_version {manifest.get('schema_version')!r} is not one of "
+                         f"{READABLE_SCHEMA_VERSIONS} (shard contract versions this code reads)")
     return manifest
 
 

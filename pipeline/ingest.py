@@ -1,13 +1,15 @@
 """The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
 
-Per unit (one Ray Data task, :func:`process_unit`): every S2 scene of the unit is read once onto the
-unit's 10 m grid (:mod:`pipeline.read`), per tile its cloud+shadow and nodata fractions are measured,
-and a running top-``T`` per tile keeps the best usable slots (least cloudy, then earliest, then scene
-id) in a preallocated ``(tiles, T, 12, H, W)`` array — so memory is one scene window plus the output,
-however many scenes the period holds. S1 likewise (least nodata, then date). Tiles without
-``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud only,
-else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without them.
-Kept slots are stored in date order.
+Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each
+scene's SCL alone onto the unit's 10 m grid and measures, per tile, its cloud+shadow and nodata (SCL 0 or
+outside the scene) fractions; every tile keeps its best usable slots (least cloudy, then earliest, then
+scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the square
+spanning the tiles that chose it — and copies them into a preallocated ``(tiles, T, 12, H, W)`` array in
+date order. Scenes that won nothing are never decoded beyond their SCL, so memory is one scene window plus
+the output, and decode work follows what is kept. S1 is read in one pass (least nodata, then date).
+Tiles without ``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud
+only, else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without
+them (a band that fails in pass 2 re-runs the choice without its scene).
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
@@ -315,6 +317,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         shard = {"path": shard_relpath(unit.unit_id), "rows": rows, "bytes": len(data),
                  "sha256": S.sha256(data)}
     sidecar = {
+        "schema_version": S.SCHEMA_VERSION,
         "unit_id": unit.unit_id,
         "shard": shard,
         "tiles_planned": nt,
@@ -452,6 +455,21 @@ def pending_units(units: Iterable, cfg: IngestConfig, out_uri: str) -> tuple[lis
     for u in units:
         (done if u.unit_id in done_ids else todo).append(u)
     return todo, done
+
+
+def check_output_version(out_uri: str, cfg: IngestConfig, done: Sequence) -> None:
+    """ValueError if ``out_uri`` already holds shards of another contract version (a resume would mix
+    two layouts in one dataset). Looks at the manifest and at one finished unit's sidecar only."""
+    found = None
+    uri = join(out_uri, MANIFEST)
+    if exists(uri, cfg.storage):
+        found = json.loads(read_bytes(uri, cfg.storage)).get("schema_version")
+    elif done:
+        side = json.loads(read_bytes(sidecar_uri(out_uri, done[0].unit_id), cfg.storage))
+        found = side.get("schema_version", 1)  # v1 sidecars carried no version
+    if found is not None and found != S.SCHEMA_VERSION:
+        raise ValueError(f"--output {redact(out_uri)} holds shards of contract v{found}; this ingest writes "
+                         f"v{S.SCHEMA_VERSION}: use a new output (or delete the old one) instead of resuming")
 
 
 # -------------------------------------------------------------------------------------- finalize

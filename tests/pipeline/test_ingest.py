@@ -264,3 +264,17 @@ def test_bands_are_read_only_for_chosen_scenes_over_their_tiles(tmp_path, scenes
     for k, sid in enumerate(got["sample_id"]):
         want = "S2_A" if sid == f"32633_{CLOUD_TILE[0]}_{CLOUD_TILE[1]}_2022Q2" else "S2_B"
         assert got["sources"][k] == [want]
+
+
+def test_resuming_into_an_output_of_another_contract_version_fails(tmp_path):
+    unit = _unit([])
+    ING.check_output_version(str(tmp_path), CFG, [])  # empty output: fine
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / f"{unit.unit_id}.json").write_text(json.dumps({"unit_id": unit.unit_id}))
+    with pytest.raises(ValueError, match=r"holds shards of contract v1; this ingest writes v2"):
+        ING.check_output_version(str(tmp_path), CFG, [unit])  # a v1 sidecar (no version field)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": S.SCHEMA_VERSION}))
+    ING.check_output_version(str(tmp_path), CFG, [unit])  # the manifest speaks for the output
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(ValueError, match=r"contract v1"):
+        ING.check_output_version(str(tmp_path), CFG, [])
