@@ -285,12 +285,12 @@ def s2_band_sums(s2: np.ndarray, valid: np.ndarray) -> dict[str, list[int]]:
     """
     nb = s2.shape[2]
     count, total, sq = [0] * nb, [0] * nb, [0] * nb
-    sel = s2[np.asarray(valid, bool)]  # (K, 12, H, W)
-    for b in range(nb):
-        v = sel[:, b].astype(np.uint64)
-        count[b] = int(np.count_nonzero(v))
-        total[b] = int(v.sum())
-        sq[b] = int((v * v).sum())
+    valid = np.asarray(valid, bool)
+    for b in range(nb):  # reduce per (sample, slot), then keep the valid slots: no copy of the tensor
+        v = s2[:, :, b]  # (N, T, H, W) uint16 view
+        count[b] = int(np.count_nonzero(v, axis=(2, 3))[valid].sum())
+        total[b] = int(v.sum(axis=(2, 3), dtype=np.uint64)[valid].sum())
+        sq[b] = int(np.square(v, dtype=np.uint32).sum(axis=(2, 3), dtype=np.uint64)[valid].sum())  # < 2**32
     return {"count": count, "sum": total, "sumsq": sq}
 
 
