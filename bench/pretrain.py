@@ -4,7 +4,7 @@
     python -m bench.pretrain --engine --device cuda --models skysense_1b:3:8 spectralgpt_huge:3:32
     python -m bench.pretrain --engine --device cpu --models spectralgpt_tiny:3:8   # same path on CPU
 
-Job mode runs ``jobs.pretrain.run`` on synthetic contract-v1 shards (streaming from Parquet, no
+Job mode runs ``jobs.pretrain.run`` on synthetic shards (contract v2) (streaming from Parquet, no
 cache) and prints the median samples/s and data-wait fraction over the logged windows after the
 first (warm-up). Engine mode builds one DeepSpeed engine in this process (world size 1, no Ray,
 random inputs of the model's native shape) and prints samples/s, MFU (FLOPs counted by torch's
