@@ -205,8 +205,10 @@ def main(argv=None) -> int:
         rows.append((k, mb_k, s, per_core, per_cpu_s))
         print(f"x{k}: {s['units']} units, {s['tiles_written']}/{s['tiles_planned']} tiles written in "
               f"{s['wall']:.1f} s: {mb_k / s['wall']:.1f} MB/s = {per_core:.1f} MB/s/core, "
-              f"{s['tiles_written'] / s['wall']:.2f} tiles/s, {per_cpu_s:.1f} MB per worker CPU-second; "
-              f"window bytes read {s['bytes_read'] / 1e6:.0f} MB, written {s['bytes_written'] / 1e6:.0f} MB; "
+              f"{s['tiles_written'] / s['wall']:.2f} tiles/s, {per_cpu_s:.1f} MB per worker CPU-second "
+              f"({s['task_seconds']:.1f} s inside unit tasks); "
+              f"decoded by the ingest {s['bytes_read'] / 1e6:.0f} MB (every SCL, bands of chosen scenes), "
+              f"written {s['bytes_written'] / 1e6:.0f} MB; "
               f"peak worker RSS {s['peak_rss'] / 2**20:.0f} MiB (VmHWM {s['peak_hwm'] / 2**20:.0f} MiB, "
               f"{s['workers_seen']} workers)", flush=True)
     print()

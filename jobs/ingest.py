@@ -92,6 +92,7 @@ def run(cfg: IngestConfig, items: str, output: str) -> dict:
         "bytes_read": bytes_read,
         "bytes_written": sum(r["bytes_written"] for r in rows),
         "seconds": seconds,
+        "task_seconds": sum(r["seconds"] for r in rows),
         "mb_per_s": bytes_read / 1e6 / max(seconds, 1e-9),
         "files_written": fin["written"],
         "output": redact(output),

@@ -568,6 +568,7 @@ def format_summary(summary: dict) -> str:
         ("bytes read (decoded)", f"{summary['bytes_read'] / 1e6:.1f} MB"),
         ("bytes written", f"{summary['bytes_written'] / 1e6:.1f} MB"),
         ("wall time", f"{summary['seconds']:.1f} s"),
+        ("unit task time (sum)", f"{summary.get('task_seconds', 0.0):.1f} s"),
         ("throughput (decoded)", f"{summary['mb_per_s']:.1f} MB/s"),
         ("shards / rows", f"{summary['shards']} / {summary['rows']} under {summary['output']}"),
     ]
