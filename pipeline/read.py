@@ -133,9 +133,12 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         ce, re_ = min(c0 + n, ds.width), min(r0 + n, ds.height)
         if ce <= cs or re_ <= rs:
             return 0
-        data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs))
         dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
-        dst[...] = data
+        if dst.flags.c_contiguous and dst.dtype == np.dtype(ds.dtypes[0]):
+            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs), out=dst)  # no temporary, no copy
+        else:
+            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs))
+            dst[...] = data
         if src_nodata is not None and not _same_nodata(src_nodata, nodata):
             dst[_is_nodata(data, src_nodata)] = nodata
         return data.size * itemsize
