@@ -1,7 +1,8 @@
 """Read one scene's window covering a work unit onto the unit's 10 m grid.
 
 A unit is a square of ``N = unit_tiles * tile_px`` pixels at 10 m whose corners are multiples of
-``unit_m`` on the fixed per-UTM-zone grid (:mod:`pipeline.grid`). For each scene the unit's extent is
+``unit_m`` on the fixed per-UTM-zone grid (:mod:`pipeline.grid`); a caller may also pass a square part of
+it (the ingest reads a chosen scene only over the tiles that chose it). For each scene that extent is
 read once per band with a single windowed read (GDAL fetches and decodes each touched COG block once:
 one HTTP range per block, adjacent ranges merged), never the whole scene, and never one small window
 per tile. Results land in caller-owned preallocated arrays, so a unit streams scene by scene in
