@@ -26,17 +26,6 @@ sys.path.insert(0, str(REPO))
 from pipeline import shards as S  # noqa: E402
 
 
-def v1_table(arrays: dict) -> pa.Table:
-    """The same rows with v1's FixedShapeTensor s2/s1 columns."""
-    t = S.build_table(**arrays)
-    for name, typ in (("s2", pa.uint16()), ("s1", pa.float16())):
-        a = np.ascontiguousarray(arrays[name])
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), typ), a[0].size)
-        col = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(a.shape[1:])), storage)
-        t = t.set_column(t.schema.get_field_index(name), pa.field(name, col.type, nullable=False), col)
-    return t
-
-
 def best_cpu(fn, repeat: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -68,7 +57,8 @@ def main(argv=None) -> dict:
 
         arrays = make_rows(np.random.default_rng(0), args.rows, args.tile_px, args.slots, start=0)
         arrays["sources"] = [["synthetic"]] * args.rows
-    tables = {"v1 FixedShapeTensor": v1_table(arrays), "v2 fixed_size_binary": S.build_table(**arrays)}
+    v2 = S.build_table(**arrays)
+    tables = {"v1 FixedShapeTensor": S.as_v1(v2), "v2 fixed_size_binary": v2}
     print(f"{len(arrays['sample_id'])} rows, s2 {arrays['s2'].shape}, "
           f"{tables['v2 fixed_size_binary'].nbytes / 1e6:.1f} MB in memory")
     res = {}

@@ -230,6 +230,20 @@ def build_table(
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def as_v1(table: pa.Table) -> pa.Table:
+    """The same rows in the contract-v1 layout that shards written before v2 hold: ``s2``/``s1`` as Arrow
+    ``FixedShapeTensor`` columns, ``skyray.schema_version`` 1. For compatibility tests and benchmarks only;
+    the ingest writes v2."""
+    t = table
+    for name in ("s2", "s1"):
+        a = np.ascontiguousarray(tensor_to_numpy(t[name], tensor_field(t.schema, name)))
+        typ = pa.from_numpy_dtype(a.dtype)
+        storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), typ), int(np.prod(a.shape[1:])))
+        col = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(a.shape[1:])), storage)
+        t = t.set_column(t.schema.get_field_index(name), pa.field(name, col.type, nullable=False), col)
+    return t.replace_schema_metadata({**(t.schema.metadata or {}), b"skyray.schema_version": b"1"})
+
+
 def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
     """Serialise a shard deterministically (same table + same pyarrow -> same bytes).
 

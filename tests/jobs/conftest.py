@@ -97,38 +97,9 @@ def rows_to_table(r: dict) -> pa.Table:
     return S.build_table(**r, sources=[["synthetic"]] * len(r["sample_id"]))
 
 
-def _tensor_col_v1(a: np.ndarray, pa_type: pa.DataType) -> pa.Array:
-    ttype = pa.fixed_shape_tensor(pa_type, list(a.shape[1:]))
-    storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), int(np.prod(a.shape[1:])))
-    return pa.ExtensionArray.from_storage(ttype, storage)
-
-
-def _list_col(a: np.ndarray) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
-
-
 def rows_to_table_v1(r: dict) -> pa.Table:
     """The contract-v1 layout: ``s2``/``s1`` as pyarrow ``FixedShapeTensor`` columns."""
-    return pa.table(
-        {
-            "sample_id": pa.array(r["sample_id"], pa.string()),
-            "epsg": r["epsg"],
-            "x_min": r["x_min"],
-            "y_max": r["y_max"],
-            "gsd": r["gsd"],
-            "lon": r["lon"],
-            "lat": r["lat"],
-            "s2": _tensor_col_v1(r["s2"], pa.uint16()),
-            "s2_doy": _list_col(r["s2_doy"]),
-            "s2_valid": _list_col(r["s2_valid"]),
-            "s2_cloud": _list_col(r["s2_cloud"]),
-            "s1": _tensor_col_v1(r["s1"], pa.float16()),
-            "s1_doy": _list_col(r["s1_doy"]),
-            "s1_valid": _list_col(r["s1_valid"]),
-            "sources": pa.array([["synthetic"]] * len(r["sample_id"]), pa.list_(pa.string())),
-        },
-        metadata={"skyray.schema_version": "1"},
-    )
+    return S.as_v1(rows_to_table(r))
 
 
 def make_shards(

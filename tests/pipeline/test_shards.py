@@ -49,13 +49,7 @@ def _arrays(n=3, t=2, h=16, seed=0):
 
 def _v1_table(a) -> pa.Table:
     """The same rows in the contract-v1 layout (FixedShapeTensor s2/s1), as old shards hold them."""
-    t = S.build_table(**a)
-    for name, typ in (("s2", pa.uint16()), ("s1", pa.float16())):
-        arr = np.ascontiguousarray(a[name])
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), typ), arr[0].size)
-        col = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(typ, list(arr.shape[1:])), storage)
-        t = t.set_column(t.schema.get_field_index(name), pa.field(name, col.type, nullable=False), col)
-    return t.replace_schema_metadata({**t.schema.metadata, b"skyray.schema_version": b"1"})
+    return S.as_v1(S.build_table(**a))
 
 
 def test_schema_is_contract_v2():
