@@ -72,12 +72,16 @@ def shard_relpath(unit_id: str) -> str:
 # ------------------------------------------------------------------------------------ slot selection
 
 
-class _TopSlots:
-    """Per tile, the best ``T`` slots seen so far by key (smaller is better); pixels live in ``data``."""
+def _date_order(key: tuple) -> tuple:
+    """Sort key of a kept slot in the sample: acquisition datetime, then scene id."""
+    return key[1], key[2]
 
-    def __init__(self, n_tiles: int, t: int, data: np.ndarray):
+
+class _TopSlots:
+    """Per tile, the best ``T`` slot keys seen so far (smaller is better); the caller holds the pixels."""
+
+    def __init__(self, n_tiles: int, t: int):
         self.t = t
-        self.data = data  # (n_tiles, T, bands, H, W)
         self.keys: list[list[tuple | None]] = [[None] * t for _ in range(n_tiles)]
 
     def offer(self, tile: int, key: tuple) -> int | None:
@@ -96,7 +100,7 @@ class _TopSlots:
     def date_order(self, tile: int) -> list[int]:
         """Filled slots ordered by date (key[1]), then empty ones."""
         ks = self.keys[tile]
-        filled = sorted((j for j in range(self.t) if ks[j] is not None), key=lambda j: (ks[j][1], ks[j][2]))
+        filled = sorted((j for j in range(self.t) if ks[j] is not None), key=lambda j: _date_order(ks[j]))
         return filled + [j for j in range(self.t) if ks[j] is None]
 
 
@@ -154,7 +158,7 @@ def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: li
 
 def _choose(cands: list[list[tuple]], t: int, bad: set[int]) -> list[list[tuple]]:
     """Per tile the best ``t`` candidates not from a ``bad`` scene, in date order (then scene id)."""
-    return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=lambda k: (k[1], k[2])) for c in cands]
+    return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=_date_order) for c in cands]
 
 
 def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.ndarray, rejects: list):
@@ -226,7 +230,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
 
     s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
-    s1_top = _TopSlots(nt, t, s1_out)
+    s1_top = _TopSlots(nt, t)
 
     with rasterio_env(cfg.storage):
         # S2 pass 1: the SCL alone decides every tile's candidate slots (cloud, nodata)
