@@ -260,3 +260,19 @@ def test_s3_data_and_checkpoints_through_the_cli(s3_server, s3_bucket, shards_di
     assert "start at step 4" in log, log[-3000:]
     ckpts = sorted(k for k in fs.ls(f"{s3_bucket}/runs/s3run", refresh=True) if "/checkpoint_2" in k)
     assert json.loads(fs.cat(f"{ckpts[-1]}/skyray_state.json"))["starts"] == [0, 4]
+
+
+def test_read_manifest_takes_contract_v1_and_v2_only(tmp_path):
+    import json
+
+    from jobs.pretrain import read_manifest
+    from pipeline.config import StorageConfig
+
+    for version in (1, 2):
+        (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": version}))
+        assert read_manifest(str(tmp_path), StorageConfig())["schema_version"] == version
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 3}))
+    with pytest.raises(ValueError, match=r"manifest schema_version 3 is not one of \(1, 2\)"):
+        read_manifest(str(tmp_path), StorageConfig())
+    with pytest.raises(FileNotFoundError, match="no manifest.json under data.path"):
+        read_manifest(str(tmp_path / "missing"), StorageConfig())
