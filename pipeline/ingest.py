@@ -6,10 +6,12 @@ outside the scene) fractions; every tile keeps its best usable slots (least clou
 scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the square
 spanning the tiles that chose it — and copies them into a preallocated ``(tiles, T, 12, H, W)`` array in
 date order. Scenes that won nothing are never decoded beyond their SCL, so memory is one scene window plus
-the output, and decode work follows what is kept. S1 is read in one pass (least nodata, then date).
-Tiles without ``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud
-only, else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without
-them (a band that fails in pass 2 re-runs the choice without its scene).
+the output, and decode work follows what is kept. S1 is read in one pass in date order (least nodata,
+then date), only for the tiles S2 keeps, and stops as soon as every such tile holds T nodata-free slots
+(no later scene could change them). Tiles without ``min_s2_slots`` usable S2 slots are rejected
+(``all_cloud`` when some slot failed on cloud only, else ``all_nodata``); unreadable scenes are rejected
+at scene level and the unit goes on without them (a band that fails in pass 2 re-runs the choice without
+its scene). A scene that is never needed is never decoded, so its faults go unseen.
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
@@ -201,6 +203,73 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
         out.fill(0)  # slots move to other scenes: start the copy again
 
 
+def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, rejects: list) -> list[int]:
+    """Indices of the tiles with at least ``min_s2_slots`` usable S2 slots; the others become tile
+    rejects (``no_scenes``, ``all_cloud`` when some slot failed on cloud only, else ``all_nodata``)."""
+    keep: list[int] = []
+    for i, (c, r) in enumerate(tiles):
+        n_ok = len(s2_keys[i])
+        if n_ok >= cfg.min_s2_slots:
+            keep.append(i)
+            continue
+        sid = make_sample_id(unit.epsg, c, r, unit.period)
+        if not unit.s2:
+            reason, detail = "no_scenes", "no Sentinel-2 scene covers the unit in the period"
+        elif failed_on_cloud[i]:
+            reason = "all_cloud"
+            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_cloud={cfg.max_cloud}"
+        else:
+            reason = "all_nodata"
+            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_nodata={cfg.max_nodata}"
+        rejects.append({"level": "tile", "id": sid, "reason": reason, "detail": detail})
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------- S1
+
+
+def _saturated(top: _TopSlots, tile: int) -> bool:
+    """True when no scene dated after every kept one can enter ``tile``'s top T: all T slots are filled
+    with nodata-free keys (key = ``(nodata fraction, datetime, ...)``; a later scene ties on nodata at
+    best and loses on date)."""
+    return all(k is not None and k[0] == 0.0 for k in top.keys[tile])
+
+
+def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, rejects: list,
+             need: Sequence[int]):
+    """S1 in one pass, in date order: warp each scene onto the unit grid and keep, for each tile in
+    ``need`` (those S2 keeps), the ``T`` slots with the least nodata (then earliest) in
+    ``out (tiles, T, 2, H, W)``. Stops reading once every needed tile is :func:`_saturated`: no later
+    scene could change the result, so its pixels are never decoded (nor its faults seen).
+    Returns ``(slots, decoded bytes)``."""
+    h, n = cfg.tile_px, grid.size
+    top = _TopSlots(len(offsets), cfg.max_slots)
+    nbytes = 0
+    if not unit.s1 or not need:
+        return top, nbytes
+    buf = np.zeros((len(S1.bands), n, n), np.float32)
+    scenes = sorted(unit.s1, key=lambda s: (s.datetime, s.scene_id))  # plan order; the early stop needs it
+    for k, scene in enumerate(scenes):
+        if all(_saturated(top, i) for i in need):
+            log.debug("unit %s: S1 slots settled after %d of %d scenes", unit.unit_id, k, len(scenes))
+            break
+        try:
+            nbytes += read_s1_scene(scene, grid, cfg.storage, buf)
+        except SceneReadError as e:
+            rejects.append(_scene_reject(scene, e))
+            continue
+        nodata_f = _tile_fraction(~np.isfinite(buf).all(axis=0), offsets, h)
+        when = scene.datetime.isoformat()
+        for i in need:
+            if nodata_f[i] > cfg.max_nodata:
+                continue
+            px, py = offsets[i]
+            j = top.offer(i, (float(nodata_f[i]), when, scene.scene_id, _doy(scene)))
+            if j is not None:
+                out[i, j] = buf[:, py : py + h, px : px + h]
+    return top, nbytes
+
+
 # ---------------------------------------------------------------------------------------- one unit
 
 
@@ -230,7 +299,6 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
 
     s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
-    s1_top = _TopSlots(nt, t)
 
     with rasterio_env(cfg.storage):
         # S2 pass 1: the SCL alone decides every tile's candidate slots (cloud, nodata)
@@ -239,42 +307,10 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         # S2 pass 2: bands of the chosen scenes only, each read once over the tiles that chose it
         s2_keys, nb = _s2_fill(unit, grid, offsets, cfg, cands, s2_out, rejects)
         bytes_read += nb
-        if unit.s1:
-            buf1 = np.zeros((len(S1.bands), n, n), np.float32)
-            for scene in unit.s1:
-                try:
-                    bytes_read += read_s1_scene(scene, grid, cfg.storage, buf1)
-                except SceneReadError as e:
-                    rejects.append(_scene_reject(scene, e))
-                    continue
-                invalid = ~np.isfinite(buf1).all(axis=0)
-                nodata_f = _tile_fraction(invalid, offsets, h)
-                when = scene.datetime.isoformat()
-                for i, (px, py) in enumerate(offsets):
-                    if nodata_f[i] > cfg.max_nodata:
-                        continue
-                    j = s1_top.offer(i, (float(nodata_f[i]), when, scene.scene_id, _doy(scene)))
-                    if j is not None:
-                        s1_out[i, j] = buf1[:, py : py + h, px : px + h]
-            del buf1
-
-    # which tiles survive, their slots in date order
-    keep: list[int] = []
-    for i, (c, r) in enumerate(tiles):
-        n_ok = len(s2_keys[i])
-        if n_ok >= cfg.min_s2_slots:
-            keep.append(i)
-            continue
-        sid = make_sample_id(unit.epsg, c, r, unit.period)
-        if not unit.s2:
-            reason, detail = "no_scenes", "no Sentinel-2 scene covers the unit in the period"
-        elif failed_on_cloud[i]:
-            reason = "all_cloud"
-            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_cloud={cfg.max_cloud}"
-        else:
-            reason = "all_nodata"
-            detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_nodata={cfg.max_nodata}"
-        rejects.append({"level": "tile", "id": sid, "reason": reason, "detail": detail})
+        keep = _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg, rejects)
+        # S1 only for the tiles kept, and only until no later scene could change their slots
+        s1_top, nb = _s1_fill(unit, grid, offsets, cfg, s1_out, rejects, keep)
+        bytes_read += nb
 
     ids = [make_sample_id(unit.epsg, tiles[i][0], tiles[i][1], unit.period) for i in keep]
     rows = len(keep)
