@@ -3,6 +3,7 @@
     python bench/ingest.py                           # 2 CPUs, default preset (1024-px units)
     python bench/ingest.py --cpus 16 --size-px 4104  # a 16-core machine (scaling: --cpus 1, 2, 4, 8, 16)
     python bench/ingest.py --config configs/ingest/tiny.yaml --size-px 1026 --scenes 2   # quick look
+    python bench/ingest.py --scaling 1 2 4 8 16 --scales 4 --size-px 4104   # CPU scaling, one run
 
 What it measures, in one process and one run:
 
@@ -13,6 +14,10 @@ What it measures, in one process and one run:
 3. the same ingest of the 4x archive (4x the scenes over the same tile, so every unit holds 4x the
    acquisitions) — peak RSS of the Ray worker processes must stay flat: units stream scene by scene
    into fixed-size outputs.
+
+``--scaling N1 N2 ...`` instead ingests the archive of the first ``--scales`` once per CPU count (a fresh
+local Ray of N CPUs, ``concurrency=N``) and prints speed-up and parallel efficiency against the smallest
+N (goal >= 0.85 from 1 to 16 CPUs).
 
 Peak worker memory is sampled with psutil every 0.1 s over the worker processes of this run's own Ray
 instance (descendants of this process, so other Ray instances on a shared machine do not count) and
@@ -182,7 +187,11 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workdir", default="/tmp/skyray_bench_ingest")
     ap.add_argument("--gen-workers", type=int, default=1)
+    ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
+                    help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
     args = ap.parse_args(argv)
+    if args.scaling:
+        return scaling(args)
     cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -220,6 +229,32 @@ def main(argv=None) -> int:
         k1, _, s1, _, _ = rows[-1]
         print(f"peak worker memory x{k1} / x{k0}: {s1['peak_hwm'] / max(s0['peak_hwm'], 1):.2f} "
               f"({s0['peak_hwm'] / 2**20:.0f} -> {s1['peak_hwm'] / 2**20:.0f} MiB; flat = ~1.0)")
+    return 0
+
+
+def scaling(args) -> int:
+    """Ingest one archive with N CPUs for each N of ``--scaling``; speed-up and efficiency vs the first N."""
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    k = args.scales[0]
+    info = archive(work, k, args)
+    mb = decoded_mb(cog_paths(info.root))
+    print(f"bench/ingest scaling: archive x{k} ({args.scenes * k} S2 + {args.s1_scenes * k} S1 scenes of "
+          f"{args.size_px} px, {mb:.0f} MB decoded), CPUs {args.scaling}, {os.cpu_count()} on the machine",
+          flush=True)
+    rows = []
+    for n in args.scaling:
+        cfg = load_config(IngestConfig, args.config, [f"concurrency={n}", *args.overrides])
+        s = ingest(info, cfg, work / f"out_scaling_{n}", n)
+        rows.append((n, s["wall"], s["worker_cpu_s"]))
+        print(f"{n:3d} CPUs: {s['wall']:.1f} s wall, {mb / s['wall']:.1f} MB/s, "
+              f"{s['tiles_written'] / s['wall']:.1f} tiles/s, worker CPU {s['worker_cpu_s']:.1f} s",
+              flush=True)
+    n0, w0, _ = rows[0]
+    print()
+    for n, w, _ in rows:
+        speedup = w0 / w
+        print(f"{n0} -> {n} CPUs: speed-up {speedup:.2f}x, efficiency {speedup * n0 / n:.2f} (goal >= 0.85)")
     return 0
 
 
