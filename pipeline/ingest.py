@@ -7,11 +7,11 @@ scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each on
 spanning the tiles that chose it — and copies them into a preallocated ``(tiles, T, 12, H, W)`` array in
 date order. Scenes that won nothing are never decoded beyond their SCL, so memory is one scene window plus
 the output, and decode work follows what is kept. S1 is read in one pass in date order (least nodata,
-then date), only for the tiles S2 keeps, and stops as soon as every such tile holds T nodata-free slots
-(no later scene could change them). Tiles without ``min_s2_slots`` usable S2 slots are rejected
-(``all_cloud`` when some slot failed on cloud only, else ``all_nodata``); unreadable scenes are rejected
-at scene level and the unit goes on without them (a band that fails in pass 2 re-runs the choice without
-its scene). A scene that is never needed is never decoded, so its faults go unseen.
+then date), only for the tiles S2 keeps, each only until it holds T nodata-free slots (no later scene
+could change them), over the 2 x 2-tile cells still open. Tiles without ``min_s2_slots`` usable S2
+slots are rejected (``all_cloud`` when some slot failed on cloud only, else ``all_nodata``); unreadable
+scenes are rejected at scene level and the unit goes on without them (a band that fails in pass 2 re-runs
+the choice without its scene). A scene that is never needed is never decoded, so its faults go unseen.
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
@@ -239,34 +239,41 @@ def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, 
              need: Sequence[int]):
     """S1 in one pass, in date order: warp each scene onto the unit grid and keep, for each tile in
     ``need`` (those S2 keeps), the ``T`` slots with the least nodata (then earliest) in
-    ``out (tiles, T, 2, H, W)``. Stops reading once every needed tile is :func:`_saturated`: no later
-    scene could change the result, so its pixels are never decoded (nor its faults seen).
+    ``out (tiles, T, 2, H, W)``.
+
+    A tile is read only until it is :func:`_saturated` (no later scene could change its slots), and a
+    scene only over the cells of a fixed lattice (2 x 2 tiles) that hold such tiles; once every needed
+    tile is settled the remaining scenes are never decoded (nor their faults seen).
     Returns ``(slots, decoded bytes)``."""
     h, n = cfg.tile_px, grid.size
     top = _TopSlots(len(offsets), cfg.max_slots)
     nbytes = 0
     if not unit.s1 or not need:
         return top, nbytes
+    cell = 2 * h if (n // h) % 2 == 0 else h
     buf = np.zeros((len(S1.bands), n, n), np.float32)
     scenes = sorted(unit.s1, key=lambda s: (s.datetime, s.scene_id))  # plan order; the early stop needs it
     for k, scene in enumerate(scenes):
-        if all(_saturated(top, i) for i in need):
+        todo = [i for i in need if not _saturated(top, i)]
+        if not todo:
             log.debug("unit %s: S1 slots settled after %d of %d scenes", unit.unit_id, k, len(scenes))
             break
+        cells = sorted({(offsets[i][0] // cell * cell, offsets[i][1] // cell * cell, cell) for i in todo})
         try:
-            nbytes += read_s1_scene(scene, grid, cfg.storage, buf)
+            nbytes += read_s1_scene(scene, grid, cfg.storage, buf, cells)
         except SceneReadError as e:
             rejects.append(_scene_reject(scene, e))
             continue
-        nodata_f = _tile_fraction(~np.isfinite(buf).all(axis=0), offsets, h)
         when = scene.datetime.isoformat()
-        for i in need:
-            if nodata_f[i] > cfg.max_nodata:
-                continue
+        for i in todo:
             px, py = offsets[i]
-            j = top.offer(i, (float(nodata_f[i]), when, scene.scene_id, _doy(scene)))
+            tile = buf[:, py : py + h, px : px + h]
+            nodata_f = 1.0 - np.count_nonzero(np.isfinite(tile).all(axis=0)) / (h * h)
+            if nodata_f > cfg.max_nodata:
+                continue
+            j = top.offer(i, (float(nodata_f), when, scene.scene_id, _doy(scene)))
             if j is not None:
-                out[i, j] = buf[:, py : py + h, px : px + h]
+                out[i, j] = tile
     return top, nbytes
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -347,13 +348,30 @@ def harmonise(dn: np.ndarray, offset: int) -> None:
         band[zero] = 0
 
 
-def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray) -> int:
+def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray,
+                  cells: Sequence[tuple[int, int, int]] | None = None) -> int:
     """Warp VV and VH of ``scene`` onto ``grid`` (bilinear, linear power) and convert to dB.
 
-    ``out (2, N, N) float32`` receives dB, NaN where there is no data. Returns an estimate of the
-    decoded source bytes (the grid's area in source pixels).
+    ``out (2, N, N) float32`` receives dB, NaN where there is no data. ``cells``: the ``(col, row, side)``
+    pixel squares of the grid to fill (default: the whole grid); pixels outside them may or may not change.
+    A scene in another UTM zone goes through GDAL's warper cell by cell (its approximate transformer
+    depends on the output window, so a fixed lattice of cells gives a cell the same pixels whichever other
+    cells are read); a same-zone scene is resampled in one go where the (non-overlapping) cells tile a
+    square, else cell by cell (exact either way). Returns an estimate of the decoded source bytes (the
+    area filled, in source pixels).
     """
+    n = grid.size
+    cells = [(0, 0, n)] if cells is None else list(cells)
+    if not cells:
+        return 0
+    c0, r0 = min(c for c, _, _ in cells), min(r for _, r, _ in cells)
+    side = max(max(c + k for c, _, k in cells) - c0, max(r + k for _, r, k in cells) - r0)
+    if side <= n and c0 + side <= n and r0 + side <= n and sum(k * k for *_, k in cells) == side * side:
+        squares = [(c0, r0, side)]  # the cells tile their bounding square: resample it in one go
+    else:
+        squares = cells
     nbytes = 0
+    regions: list[tuple[int, int, int]] = []
     for i, band in enumerate(S1.bands):
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
@@ -362,26 +380,39 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         try:
             with ds:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
+                itemsize = np.dtype(ds.dtypes[0]).itemsize
                 if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
-                    nbytes += _read_band(ds, grid, Resampling[band.resampling], out[i], np.nan, src_nodata)
+                    for c, r, k in squares:
+                        sub = UnitGrid(grid.epsg, grid.x_min + c * GSD, grid.y_max - r * GSD, k)
+                        dst = out[i, r : r + k, c : c + k]
+                        nbytes += _read_band(ds, sub, Resampling[band.resampling], dst, np.nan, src_nodata)
+                    regions = squares
                     continue
-                with WarpedVRT(
-                    ds,
-                    crs=f"EPSG:{grid.epsg}",
-                    transform=grid.transform,
-                    width=grid.size,
-                    height=grid.size,
-                    resampling=Resampling[band.resampling],
-                    src_nodata=src_nodata,
-                    nodata=np.nan,
-                    dtype="float32",
-                ) as vrt:
-                    vrt.read(1, out=out[i])
-                nbytes += grid.size * grid.size * np.dtype(ds.dtypes[0]).itemsize
+                for c, r, k in cells:  # the source's blocks stay in GDAL's cache while ds is open
+                    sub = UnitGrid(grid.epsg, grid.x_min + c * GSD, grid.y_max - r * GSD, k)
+                    with WarpedVRT(
+                        ds,
+                        crs=f"EPSG:{grid.epsg}",
+                        transform=sub.transform,
+                        width=k,
+                        height=k,
+                        resampling=Resampling[band.resampling],
+                        src_nodata=src_nodata,
+                        nodata=np.nan,
+                        dtype="float32",
+                    ) as vrt:
+                        tgt = out[i, r : r + k, c : c + k]
+                        if tgt.flags.c_contiguous:
+                            vrt.read(1, out=tgt)
+                        else:
+                            tgt[...] = vrt.read(1)
+                    nbytes += k * k * itemsize
+                regions = cells
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
-    to_db(out)
+    for c, r, k in regions:
+        to_db(out[:, r : r + k, c : c + k])
     return nbytes
 
 

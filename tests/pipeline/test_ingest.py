@@ -281,42 +281,47 @@ def test_resuming_into_an_output_of_another_contract_version_fails(tmp_path):
 
 
 def test_s1_reading_stops_once_no_later_scene_can_win(tmp_path, scenes, monkeypatch):
-    """S1 is read in date order for the tiles S2 keeps (the eastern 8) and stops once each holds T
-    nodata-free slots: P (east half only) and A fill T = 2, so the later B and C are never decoded, and
-    the shard is byte-identical to reading every scene."""
+    """S1 is read in date order for the tiles S2 keeps (the eastern 8), each only until it holds T = 2
+    nodata-free slots, and only over the 2 x 2-tile cells holding such tiles: P fills the east, Q only
+    the north, so A is read over the south-east cell alone and the later B and C never; the shard is
+    byte-identical to reading every scene everywhere."""
     from rasterio.transform import Affine
 
-    def s1(name, when, x0):
+    def s1(name, when, x0, rows=500):
         return _cogs.s1_scene(tmp_path / "s1", name, when, transform=Affine(10, 0, x0, 0, -10, B[3] + 1005),
-                              shape=(500, 500))
+                              shape=(rows, 500))
 
     p = s1("S1_P", _when(4, 25), B[0] + 1275.0)  # from the middle of the unit eastwards
+    q = s1("S1_Q", _when(5, 1), B[0] - 995.0, rows=231)  # the northern half (and 25 m more)
     b, c = s1("S1_B", _when(5, 20), B[0] - 995.0), s1("S1_C", _when(6, 1), B[0] - 995.0)
-    unit = _unit([scenes["a"], scenes["b"], scenes["c"]], [p, scenes["s1"], b, c])
+    unit = _unit([scenes["a"], scenes["b"], scenes["c"]], [p, q, scenes["s1"], b, c])
     calls = []
     real = ING.read_s1_scene
 
-    def spy(scene, grid, storage, out):
-        calls.append(scene.scene_id)
-        return real(scene, grid, storage, out)
+    def spy(scene, grid, storage, out, cells=None):
+        calls.append((scene.scene_id, cells))
+        return real(scene, grid, storage, out, cells)
 
     monkeypatch.setattr(ING, "read_s1_scene", spy)
     side = ING.process_unit(unit, CFG, str(tmp_path / "early"))
     assert side["tiles_written"] == 8
-    assert calls == ["S1_P", "S1_A"]
+    east = [(128, 0, 128), (128, 128, 128)]
+    assert calls == [("S1_P", east), ("S1_Q", east), ("S1_A", [(128, 128, 128)])]
     got = read_shards(tmp_path / "early" / "shards" / "32633_195_1951_2022Q2.parquet")
-    doy = [_when(4, 25).timetuple().tm_yday, _when(5, 5).timetuple().tm_yday]
-    assert got["s1_valid"].all() and got["s1_doy"].tolist() == [doy] * 8
+    doy = {k: _when(*md).timetuple().tm_yday for k, md in (("P", (4, 25)), ("Q", (5, 1)), ("A", (5, 5)))}
+    north = [r >= 7806 for r in (int(sid.split("_")[2]) for sid in got["sample_id"])]
+    assert got["s1_valid"].all()
+    assert got["s1_doy"].tolist() == [[doy["P"], doy["Q"] if n else doy["A"]] for n in north]
 
     calls.clear()
-    monkeypatch.setattr(ING, "_saturated", lambda top, i: False)  # read every scene
+    monkeypatch.setattr(ING, "_saturated", lambda top, i: False)  # read every scene over every kept tile
     full = ING.process_unit(unit, CFG, str(tmp_path / "full"))
-    assert calls == ["S1_P", "S1_A", "S1_B", "S1_C"]
+    assert [sid for sid, _ in calls] == ["S1_P", "S1_Q", "S1_A", "S1_B", "S1_C"]
     assert full["shard"]["sha256"] == side["shard"]["sha256"]
 
 
 def test_s1_is_not_read_when_s2_keeps_no_tile(tmp_path, scenes, monkeypatch):
     calls = []
-    monkeypatch.setattr(ING, "read_s1_scene", lambda scene, *a: calls.append(scene.scene_id))
+    monkeypatch.setattr(ING, "read_s1_scene", lambda scene, *a, **k: calls.append(scene.scene_id))
     side = ING.process_unit(_unit([scenes["cloudy"]], [scenes["s1"]]), CFG, str(tmp_path))
     assert side["tiles_written"] == 0 and calls == []

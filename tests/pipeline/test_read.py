@@ -136,6 +136,34 @@ def test_s1_other_zone_is_warped_to_the_unit_zone(tmp_path):
     np.testing.assert_allclose(out[0], want, atol=0.02)
 
 
+def test_s1_cells_are_filled_alone_and_alike_whichever_others_are_read(tmp_path):
+    """Cross-zone scenes are warped cell by cell: a cell gets the same pixels read alone or with the whole
+    lattice, the rest of the buffer is untouched, and the lattice agrees with one whole-grid warp to
+    within the warper's approximation; same-zone scenes are exact over any cells."""
+    from rasterio.warp import transform_bounds
+
+    x0, y0, x1, y1 = transform_bounds("EPSG:32633", "EPSG:32634", *GRID.bounds)
+    tr = Affine(10, 0, np.floor(x0 / 10) * 10 - 300, 0, -10, np.ceil(y1 / 10) * 10 + 300)
+    shape = (int((y1 - y0) / 10) + 60, int((x1 - x0) / 10) + 60)
+    cross = _cogs.s1_scene(tmp_path, "S1_X", WHEN, epsg=32634, transform=tr, shape=shape)
+    same = _cogs.s1_scene(tmp_path, "S1_S", WHEN, transform=Affine(10, 0, GRID.x_min - 995.0, 0, -10,
+                                                                      GRID.y_max + 1005.0), shape=(500, 500))
+    k = GRID.size // 2
+    lattice = [(c, r, k) for r in (0, k) for c in (0, k)]
+    for sc in (cross, same):
+        whole, cells, one = (np.full((2, GRID.size, GRID.size), -1.0, np.float32) for _ in range(3))
+        with rasterio_env(ST):
+            read_s1_scene(sc, GRID, ST, whole)
+            read_s1_scene(sc, GRID, ST, cells, lattice)
+            read_s1_scene(sc, GRID, ST, one, [(k, 0, k)])
+        np.testing.assert_array_equal(one[:, :k, k:], cells[:, :k, k:])
+        np.testing.assert_allclose(cells, whole, atol=0.02)
+        if sc is cross:
+            assert (one[:, k:] == -1).all() and (one[:, :, :k] == -1).all()
+        else:
+            np.testing.assert_array_equal(cells, whole)
+
+
 def test_s1_nodata_stays_nan(tmp_path):
     tr = Affine(10, 0, GRID.x_min + 1000.0, 0, -10, GRID.y_max)  # covers only the east part of the unit
     sc = _cogs.s1_scene(tmp_path, "S1_C", WHEN, transform=tr, shape=(256, 256))
