@@ -354,11 +354,11 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
 
     ``out (2, N, N) float32`` receives dB, NaN where there is no data. ``cells``: the ``(col, row, side)``
     pixel squares of the grid to fill (default: the whole grid); pixels outside them may or may not change.
-    A scene in another UTM zone goes through GDAL's warper cell by cell (its approximate transformer
-    depends on the output window, so a fixed lattice of cells gives a cell the same pixels whichever other
-    cells are read); a same-zone scene is resampled in one go where the (non-overlapping) cells tile a
-    square, else cell by cell (exact either way). Returns an estimate of the decoded source bytes (the
-    area filled, in source pixels).
+    Non-overlapping cells that tile a square are read in one go, others cell by cell. A same-zone scene is
+    resampled in numpy, with the same result either way; a scene in another UTM zone goes through GDAL's
+    warper, whose approximate transformer depends on the output window (positions within 0.125 px), so
+    its pixels may differ by that much between a whole-unit and a per-cell read. Returns an estimate of
+    the decoded source bytes (the area filled, in source pixels).
     """
     n = grid.size
     cells = [(0, 0, n)] if cells is None else list(cells)
@@ -389,7 +389,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                         nbytes += _read_band(ds, sub, Resampling[band.resampling], dst, np.nan, src_nodata)
                     regions = squares
                     continue
-                for c, r, k in cells:  # the source's blocks stay in GDAL's cache while ds is open
+                for c, r, k in squares:  # the source's blocks stay in GDAL's cache while ds is open
                     sub = UnitGrid(grid.epsg, grid.x_min + c * GSD, grid.y_max - r * GSD, k)
                     with WarpedVRT(
                         ds,
@@ -408,7 +408,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                         else:
                             tgt[...] = vrt.read(1)
                     nbytes += k * k * itemsize
-                regions = cells
+                regions = squares
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
     for c, r, k in regions:
