@@ -186,10 +186,9 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
             ys = [offsets[i][1] for i, _ in users[si]]
             x0, y0 = min(xs), min(ys)
             side = max(max(xs) - x0, max(ys) - y0) + h
-            sub = UnitGrid(grid.epsg, grid.x_min + x0 * GSD, grid.y_max - y0 * GSD, side)
             buf = np.empty((len(S2.bands), side, side), np.uint16)
             try:
-                nbytes += read_s2_scene(scene, sub, cfg.storage, buf, None)
+                nbytes += read_s2_scene(scene, grid.sub(x0, y0, side), cfg.storage, buf, None)
             except SceneReadError as e:
                 rejects.append(_scene_reject(scene, e))
                 bad.add(si)

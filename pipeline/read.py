@@ -72,6 +72,10 @@ class UnitGrid:
             raise ValueError(f"unit bounds must be a square of whole 10 m pixels, got {bounds}")
         return cls(epsg, float(x0), float(y1), int(round(w)))
 
+    def sub(self, col: int, row: int, size: int) -> UnitGrid:
+        """The ``size x size`` square of this grid whose top-left pixel is ``(col, row)``."""
+        return UnitGrid(self.epsg, self.x_min + col * GSD, self.y_max - row * GSD, size)
+
     @property
     def transform(self) -> Affine:
         return Affine(GSD, 0.0, self.x_min, 0.0, -GSD, self.y_max)
@@ -384,17 +388,16 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                 if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
                     for c, r, k in squares:
-                        sub = UnitGrid(grid.epsg, grid.x_min + c * GSD, grid.y_max - r * GSD, k)
                         dst = out[i, r : r + k, c : c + k]
-                        nbytes += _read_band(ds, sub, Resampling[band.resampling], dst, np.nan, src_nodata)
+                        nbytes += _read_band(ds, grid.sub(c, r, k), Resampling[band.resampling], dst, np.nan,
+                                             src_nodata)
                     regions = squares
                     continue
                 for c, r, k in squares:  # the source's blocks stay in GDAL's cache while ds is open
-                    sub = UnitGrid(grid.epsg, grid.x_min + c * GSD, grid.y_max - r * GSD, k)
                     with WarpedVRT(
                         ds,
                         crs=f"EPSG:{grid.epsg}",
-                        transform=sub.transform,
+                        transform=grid.sub(c, r, k).transform,
                         width=k,
                         height=k,
                         resampling=Resampling[band.resampling],
