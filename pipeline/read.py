@@ -370,12 +370,11 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         return 0
     c0, r0 = min(c for c, _, _ in cells), min(r for _, r, _ in cells)
     side = max(max(c + k for c, _, k in cells) - c0, max(r + k for _, r, k in cells) - r0)
-    if side <= n and c0 + side <= n and r0 + side <= n and sum(k * k for *_, k in cells) == side * side:
+    if c0 + side <= n and r0 + side <= n and sum(k * k for *_, k in cells) == side * side:
         squares = [(c0, r0, side)]  # the cells tile their bounding square: resample it in one go
     else:
         squares = cells
     nbytes = 0
-    regions: list[tuple[int, int, int]] = []
     for i, band in enumerate(S1.bands):
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
@@ -391,7 +390,6 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                         dst = out[i, r : r + k, c : c + k]
                         nbytes += _read_band(ds, grid.sub(c, r, k), Resampling[band.resampling], dst, np.nan,
                                              src_nodata)
-                    regions = squares
                     continue
                 for c, r, k in squares:  # the source's blocks stay in GDAL's cache while ds is open
                     with WarpedVRT(
@@ -411,10 +409,9 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                         else:
                             tgt[...] = vrt.read(1)
                     nbytes += k * k * itemsize
-                regions = squares
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
-    for c, r, k in regions:
+    for c, r, k in squares:
         to_db(out[:, r : r + k, c : c + k])
     return nbytes
 
