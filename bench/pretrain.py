@@ -104,9 +104,7 @@ def engine_mode(args) -> list[dict]:
                                         use_gpu=gpu)
         torch.manual_seed(0)
         model = build_model(cfg)
-        target = model.student if family == "skysense" else model
-        if gpu and hasattr(target, "set_grad_checkpointing"):
-            target.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(gpu)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         if gpu:

@@ -61,9 +61,7 @@ from jobs.train_common import (
     Strict,
     build_deepspeed_config,
     build_partitioned,
-    cosine_momentum,
     count_flops,
-    ema_update,
     format_step_line,
     lr_at,
     make_augment_fn,
@@ -168,8 +166,6 @@ class PretrainConfig(Strict):
                 micro_batch(s.batch_size, self.scaling.num_workers, self.deepspeed.grad_accum)
             except ValueError as e:
                 raise ValueError(f"stages.{i}.batch_size: {e}") from None
-        if self.deepspeed.zero_init and self.model.family == "skysense":
-            raise ValueError("deepspeed.zero_init is not supported for SkySense (the teacher is a deepcopy)")
         if self.debug.kill_worker_at_step is not None and not self.debug.kill_marker:
             raise ValueError("debug.kill_marker is required with debug.kill_worker_at_step")
         if self.name is not None and (not self.name or "/" in self.name or ".." in self.name):
@@ -261,23 +257,23 @@ def build_dataset(cfg: PretrainConfig, manifest: dict):
 
 
 def build_model(cfg: PretrainConfig):
-    """The module the engine trains: SpectralGPT MAE, or the SkySense pretrainer (student + teacher)."""
+    """The module the engine trains (``models.base.Pretrainer``): SpectralGPT MAE, or the SkySense
+    pretrainer (student + teacher); the model section's mask ratio / teacher momentum go to its config."""
+    from models.registry import create_pretrainer
+
+    extra: dict[str, Any] = {}
     if cfg.model.family == "skysense":
-        from models.skysense import build_pretrainer
-
-        return build_pretrainer(cfg.model.name, **cfg.model.overrides)
-    from models.registry import create
-
-    return create(cfg.model.name, **cfg.model.overrides)
+        extra = {"teacher_momentum": cfg.model.teacher_momentum,
+                 "teacher_momentum_final": cfg.model.teacher_momentum_final}
+    elif cfg.model.mask_ratio is not None:
+        extra = {"mask_ratio": cfg.model.mask_ratio}
+    return create_pretrainer(cfg.model.name, **{**cfg.model.overrides, **extra})
 
 
 def forward_loss(engine, cfg: PretrainConfig, batch: dict) -> tuple[Any, dict[str, float]]:
-    """One forward; returns the scalar loss and the family's component losses (floats)."""
-    if cfg.model.family == "spectralgpt":
-        loss, _, _ = engine(batch["x"], cfg.model.mask_ratio)
-        return loss, {}
+    """One forward; returns the scalar loss and its ``loss_*`` components (floats)."""
     out = engine(batch)
-    return out["loss"], {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+    return out["loss"], {k: float(v.detach()) for k, v in out.items() if k.startswith("loss_")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,9 +325,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     else:
         model = build_model(cfg)
     if cfg.deepspeed.activation_checkpointing:
-        target = model.student if cfg.model.family == "skysense" else model
-        if hasattr(target, "set_grad_checkpointing"):
-            target.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(True)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config
     )
@@ -436,9 +430,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             for k, v in c.items():
                 comps[k] = comps.get(k, 0.0) + v / cfg.deepspeed.grad_accum
             win_samples += mb * world
-        if cfg.model.family == "skysense":
-            ema_update(engine.module, cosine_momentum(step, total, cfg.model.teacher_momentum,
-                                                      cfg.model.teacher_momentum_final))
+        engine.module.after_step(step, total)
         step += 1
 
         # one all-reduce: mean loss across ranks + a non-finite flag
@@ -496,8 +488,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             engine.eval()
             with torch.no_grad():
                 x = last_batch["x"][:4]
-                _, pred, mask = engine(x, cfg.model.mask_ratio)
-                recon = (x.float().cpu(), pred.float().cpu(), mask.float().cpu(), engine.module)
+                out = engine({"x": x})
+                recon = (x.float().cpu(), out["pred"].float().cpu(), out["mask"].float().cpu(), engine.module)
             engine.train()
         if rank == 0:
             plot_dir = tempfile.mkdtemp(prefix="plots-")

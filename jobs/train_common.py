@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.base import cosine_momentum  # noqa: F401  (re-exported: the schedule lives with the EMA)
 from pipeline.shards import tensor_field, tensor_to_numpy
 
 # ---------------------------------------------------------------------------------------------
@@ -156,12 +157,6 @@ def stage_at(step: int, stages: Sequence[StageConfig]) -> tuple[int, int]:
     raise ValueError("no stages")
 
 
-def cosine_momentum(step: int, total_steps: int, m0: float, m1: float = 1.0) -> float:
-    """EMA teacher momentum, cosine from ``m0`` at step 0 to ``m1`` at the end (BYOL/DINO)."""
-    p = min(1.0, step / max(1, total_steps))
-    return m1 - (m1 - m0) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
 def micro_batch(global_batch: int, num_workers: int, grad_accum: int) -> int:
     """Per-worker micro batch; ValueError naming the fields when it does not divide."""
     per = num_workers * grad_accum
@@ -241,7 +236,7 @@ def build_deepspeed_config(
 
 def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
     """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
-    its own ``initialize_weights()`` on the gathered parameters.
+    its own ``init_weights()`` on the gathered parameters.
 
     ``zero.Init`` partitions each submodule as soon as it is built, so the model's init in
     ``__init__`` saw empty tensors and skipped them (their values would be PyTorch's defaults, not
@@ -252,7 +247,7 @@ def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[s
     with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
         model = build()
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-        model.initialize_weights()
+        model.init_weights()
     return model
 
 
@@ -260,13 +255,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     """AdamW groups: decay only ≥ 2-D weights not named by ``model.no_weight_decay()``; biases,
     norms, position embeddings and tokens get none. Frozen parameters (an EMA teacher) are left out.
     Uses ``ds_shape`` when parameters are already partitioned by ZeRO-3."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip = model.no_weight_decay()  # full names (models.base protocol)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         ndim = len(getattr(p, "ds_shape", p.shape))
-        (no_decay if ndim < 2 or name in skip or name.split(".")[-1] in skip else decay).append(p)
+        (no_decay if ndim < 2 or name in skip else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -295,39 +290,10 @@ def local_partitions(params: Sequence[torch.nn.Parameter]):
 
 
 def ema_update(model: torch.nn.Module, momentum: float) -> None:
-    """Step the EMA teacher of ``model`` (``model.momentum_update(m)``), correct under ZeRO 0-3.
-
-    Why on the partitions: the teacher lives inside the engine, so ZeRO-3 partitions it exactly
-    like the student; updating the local slices needs no communication and no full copy, unlike
-    ``GatheredParameters`` (two all-gathers of the whole model per step) or keeping an unsharded
-    teacher outside the engine (4 B × params on every rank).
-
-    Precision: with bf16 parameters an update ``(1 − m)(s − t)`` with m ≥ 0.99 is mostly below
-    bf16's resolution and would be lost, so the teacher's (local) values are accumulated in an
-    fp32 shadow kept on the parameter (``_ema_fp32``, 4 B × teacher params / world size) and
-    rounded into the bf16 parameter after each update. Teacher = parameters without grad.
-    """
-    params = list(model.parameters())
-    with local_partitions(params):
-        swapped = []
-        for p in params:
-            if p.dtype == torch.float32:
-                continue
-            if p.requires_grad:  # student: an fp32 copy of its current value
-                tmp = p.data.float()
-            else:  # teacher: the persistent fp32 accumulator
-                tmp = getattr(p, "_ema_fp32", None)
-                if tmp is None or tmp.shape != p.data.shape:
-                    tmp = p._ema_fp32 = p.data.float()
-            swapped.append((p, p.data))
-            p.data = tmp
-        try:
-            model.momentum_update(momentum)
-        finally:
-            for p, d in swapped:
-                if not p.requires_grad:
-                    d.copy_(p.data)
-                p.data = d
+    """Step the EMA teacher of ``model`` by ``momentum``: ``model.momentum_update(m)``, which is
+    correct under ZeRO 0-3 and accumulates low-precision teachers in fp32 (``models.base.ema_``).
+    Jobs call ``model.after_step(step, total)``, which takes the momentum from the model's config."""
+    model.momentum_update(momentum)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""SkySense: presets, the encoder's masking/calendar contract, and each pretraining component's property."""
+"""SkySense (models.skysense, models.swin, models.skysense_pretrain): presets, the encoder's
+masking/calendar contract, and each pretraining component's property."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from models.registry import count_params, create, list_models
+from models.losses import info_nce, sinkhorn
+from models.registry import count_params, create, create_pretrainer, list_models
 from models.skysense import (
     S2_BANDS,
     S2_SHARD_BANDS,
@@ -15,13 +17,14 @@ from models.skysense import (
     GeoContextPrototypes,
     SkySense,
     SkySenseConfig,
+    build_pretrainer,
+    region_index,
+)
+from models.skysense_pretrain import (
+    SkySensePretrainConfig,
     SkySensePretrainer,
     augment_views,
-    build_pretrainer,
     dihedral_table,
-    info_nce,
-    region_index,
-    sinkhorn,
 )
 
 PRESETS = ["skysense_tiny", "skysense_base", "skysense_large", "skysense_1b"]
@@ -214,7 +217,8 @@ def test_bf16_autocast_forward_and_loss():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**make_batch(), hr=torch.randn(2, 4, 64, 64))
         assert out["dense"].dtype == torch.bfloat16 and torch.isfinite(out["dense"].float()).all()
-        res = SkySensePretrainer(model, proj_dim=16, pixel_samples=64)(make_batch())
+        pre = create_pretrainer("skysense_tiny", hr_enabled=True, proj_dim=16, pixel_samples=64)
+        res = pre(make_batch())
     assert torch.isfinite(res["loss"])
     res["loss"].backward()
 
@@ -381,7 +385,7 @@ def test_encoder_geo_enhancement_depends_on_region(tiny):
 @pytest.fixture()
 def pre() -> SkySensePretrainer:
     torch.manual_seed(0)
-    return SkySensePretrainer(create("skysense_tiny"), proj_dim=16, pixel_samples=64)
+    return create_pretrainer("skysense_tiny", proj_dim=16, pixel_samples=64)
 
 
 def test_pretrainer_outputs_and_gradients(pre):
@@ -436,7 +440,7 @@ def test_ema_update_moves_teacher_by_the_right_amount(pre):
 
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
-    pre = SkySensePretrainer(create("skysense_tiny"), proj_dim=16, pixel_samples=64)
+    pre = create_pretrainer("skysense_tiny", proj_dim=16, pixel_samples=64)
     opt = torch.optim.AdamW([p for p in pre.parameters() if p.requires_grad], lr=2e-3)
     batch = make_batch(b=4)
     batch["lonlat"] = torch.tensor([[11.5, 48.1], [-60.0, -3.0], [100.0, 30.0], [11.0, 48.0]])
@@ -454,7 +458,7 @@ def test_a_few_steps_lower_the_loss():
 
 def test_prototype_ema_moves_only_present_regions_toward_their_features():
     torch.manual_seed(0)
-    pre = SkySensePretrainer(create("skysense_tiny"), proj_dim=16, proto_momentum=0.5)
+    pre = create_pretrainer("skysense_tiny", proj_dim=16, proto_momentum=0.5)
     protos = pre.student.geo.prototypes
     assert not protos.requires_grad
     before = protos.detach().clone()
@@ -468,7 +472,7 @@ def test_prototype_ema_moves_only_present_regions_toward_their_features():
     pre.update_prototypes(f, torch.tensor([3]), m=0.0)
     torch.testing.assert_close(protos[3], torch.nn.functional.normalize(f[0, :4], dim=-1))
     with pytest.raises(ValueError, match="proto_momentum"):
-        SkySensePretrainer(create("skysense_tiny"), proto_momentum=1.0)
+        create_pretrainer("skysense_tiny", proto_momentum=1.0)
 
 
 def test_s2_band_selection_matches_the_shard_contract():
@@ -489,14 +493,28 @@ def test_pretrainer_errors_and_builder():
     assert torch.isfinite(pre(batch)["loss"])
     with pytest.raises(KeyError, match="lacks"):
         pre({"s2": batch["s2"]})
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(TypeError, match=r"unknown SkySense pretrainer option\(s\) \['not_an_option'\]"):
         build_pretrainer("skysense_tiny", not_an_option=1)
     with pytest.raises(TypeError, match="not a SkySense preset"):
         build_pretrainer("spectralgpt_tiny")
-    with pytest.raises(TypeError, match="wraps a SkySense"):
-        SkySensePretrainer(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="num_clusters"):
-        SkySensePretrainer(create("skysense_tiny"), num_clusters=1)
+    with pytest.raises(TypeError, match="takes a SkySensePretrainConfig"):
+        SkySensePretrainer(create("skysense_tiny"))
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"num_clusters": 1}, "num_clusters must be >= 2"),
+        ({"pixel_samples": 1}, "pixel_samples must be >= 2"),
+        ({"teacher_momentum": 1.5}, r"teacher_momentum must be in \[0, 1\]"),
+        ({"teacher_momentum_final": -0.1}, r"teacher_momentum_final must be in \[0, 1\]"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"sinkhorn_eps": -1.0}, "sinkhorn_eps must be > 0"),
+    ],
+)
+def test_pretrain_config_errors_name_the_field(options, match):
+    with pytest.raises(ValueError, match=match):
+        SkySensePretrainConfig(**options)
 
 
 def test_config_is_frozen():
