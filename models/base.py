@@ -88,23 +88,42 @@ def cosine_momentum(step: int, total_steps: int, m0: float, m1: float = 1.0) -> 
     return m1 - (m1 - m0) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def _value_views(p: torch.Tensor) -> list[torch.Tensor]:
-    """The tensors holding ``p``'s values on this rank.
+def _gathered(p: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter whose full tensor is present (inside ``GatheredParameters``, or persistent)."""
+    return p.data.numel() > 0 and p.data.numel() == getattr(p, "ds_numel", None)
 
-    Outside ZeRO-3: ``p.data``. A ZeRO-3 parameter (duck-typed: it has ``ds_tensor``) holds its
-    local partition in ``ds_tensor``, plus the full tensor while it is gathered (inside
-    ``GatheredParameters``, or a persistent small parameter); both are returned then, so the
-    update survives whichever of the two DeepSpeed reads next. Two parameters of equal numel are
-    partitioned identically (the same flat slice on every rank), so element-wise updates between
-    them run on the partitions alone: exact, no communication, memory stays sharded.
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _ema_pairs(t: torch.Tensor, s: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (teacher, student) tensors one EMA step updates for a parameter pair.
+
+    Outside ZeRO-3: the parameters' data. A ZeRO-3 parameter (duck-typed: it has ``ds_tensor``)
+    holds its local partition in ``ds_tensor``, the source of truth DeepSpeed gathers from and
+    checkpoints: two parameters of equal numel are partitioned identically (the same flat slice
+    on every rank), so the update runs on the partitions alone: exact, no communication, memory
+    stays sharded. A teacher parameter that is also gathered in its own storage (a persistent
+    small parameter, which DeepSpeed never re-gathers for a frozen module, or inside
+    ``GatheredParameters``) has its full tensor updated too, from the student's full tensor.
     """
-    part = getattr(p, "ds_tensor", None)
-    if part is None:
-        return [p.data]
-    views = [p.data] if p.data.numel() == getattr(p, "ds_numel", p.data.numel()) else []
-    if all(v.data_ptr() != part.data.data_ptr() for v in views):
-        views.append(part.data)
-    return views
+    tp, sp = getattr(t, "ds_tensor", None), getattr(s, "ds_tensor", None)
+    if (tp is None) != (sp is None):
+        raise ValueError(
+            f"teacher and student parameters are partitioned differently: {t.shape} vs {s.shape}"
+        )
+    if tp is None:
+        return [(t.data, s.data)]
+    pairs = [(tp.data, sp.data)]
+    if _gathered(t) and not _same_storage(t.data, tp.data):
+        if not _gathered(s):
+            raise RuntimeError(
+                f"teacher parameter of shape {tuple(t.ds_shape)} is gathered but its student counterpart "
+                "is not: gather both (or neither) around the EMA step"
+            )
+        pairs.append((t.data, s.data))
+    return pairs
 
 
 @torch.no_grad()
@@ -114,32 +133,27 @@ def ema_(teacher: Iterable[nn.Parameter], student: Iterable[nn.Parameter], momen
     Both sequences must pair parameters of equal shape (a second build of the same config).
     Precision: with bf16/fp16 parameters an update ``(1 − m)(s − t)`` with m ≥ 0.99 is mostly
     below the format's resolution and would be lost, so each low-precision teacher tensor keeps an
-    fp32 accumulator on the parameter (``_ema_fp32``; ``_ema_fp32_part`` for its ZeRO-3 partition
-    while gathered) and is rounded from it after each update.
+    fp32 accumulator on the parameter (``_ema_fp32``; ``_ema_fp32_full`` for a gathered ZeRO-3
+    parameter's full tensor) and is rounded from it after each update.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     t_views, s_views = [], []
     for t, s in zip(teacher, student, strict=True):
-        tv, sv = _value_views(t), _value_views(s)
-        if len(tv) != len(sv):
-            raise ValueError(
-                f"teacher and student parameters are laid out differently: {t.shape} vs {s.shape}"
-            )
-        for i, (a, b) in enumerate(zip(tv, sv)):
+        for i, (a, b) in enumerate(_ema_pairs(t, s)):
             if a.numel() == 0:
                 continue
             if momentum == 0.0:  # an exact copy, also over uninitialised (NaN) teacher memory
                 a.copy_(b)
-                for attr in ("_ema_fp32", "_ema_fp32_part"):
-                    if i == (attr == "_ema_fp32_part") and hasattr(t, attr):
-                        delattr(t, attr)
+                attr = ("_ema_fp32", "_ema_fp32_full")[i]
+                if hasattr(t, attr):
+                    delattr(t, attr)
                 continue
             if a.dtype in (torch.float32, torch.float64):
                 t_views.append(a)
                 s_views.append(b.to(a.dtype))
                 continue
-            attr = "_ema_fp32" if i == 0 else "_ema_fp32_part"
+            attr = ("_ema_fp32", "_ema_fp32_full")[i]
             acc = getattr(t, attr, None)
             if acc is None or acc.shape != a.shape or acc.device != a.device:
                 acc = a.float()
