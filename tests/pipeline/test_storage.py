@@ -167,7 +167,8 @@ def test_s3_round_trip(s3_server, s3_bucket):
 def test_output_root(uri, want, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    fmt = dict(cwd=str(tmp_path.resolve()), tmp=str(tmp_path.resolve()), home=str((tmp_path / "home").resolve()))
+    tmp = str(tmp_path.resolve())
+    fmt = dict(cwd=tmp, tmp=tmp, home=str((tmp_path / "home").resolve()))
     assert output_root(uri.format(**fmt), ST) == want.format(**fmt)
 
 
