@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import storage as st
 from pipeline.config import StorageConfig
 from pipeline.sensors import S1, S2, S2_SCL, find_asset_key
@@ -164,15 +166,13 @@ def make_archive(
             write_cog(tpath, lc, tile.transform(10), tile.crs, 0, blocksize)
             truth[tile.name] = st.join(root_uri, f"truth/{tile.name}_landcover.tif")
             dates = scene_dates(scenes, year, seed)
-            common = dict(
-                tile=tile, lc=lc, seed=seed, local_root=local_root, root_uri=root_uri, blocksize=blocksize
-            )
+            work = _TileWork(tile, lc, seed, local_root, root_uri, blocksize)
             for i, when in enumerate(dates):
                 jobs.append(
                     (
                         _s2_job,
                         dict(
-                            common,
+                            w=work,
                             i=i,
                             when=when,
                             boa=boa_modes[i % len(boa_modes)],
@@ -185,7 +185,7 @@ def make_archive(
                 base = dates[j % len(dates)] if dates else _dt.datetime(year, 6, 1, 5, tzinfo=UTC)
                 when = base.replace(hour=5, minute=1, second=2)
                 when += _dt.timedelta(days=2 + 12 * (j // max(len(dates), 1)))
-                jobs.append((_s1_job, dict(common, j=j, when=when)))
+                jobs.append((_s1_job, dict(w=work, j=j, when=when)))
         if workers > 1 and len(jobs) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -221,32 +221,42 @@ def make_archive(
     )
 
 
+@dataclass(frozen=True)
+class _TileWork:
+    """What every scene job of one tile shares (picklable: jobs may run in other processes)."""
+
+    tile: TileGrid
+    lc: np.ndarray  # (H, W) uint8 land cover on the tile's 10 m grid
+    seed: int
+    local_root: Path  # where files are written (the output itself, or its staging directory)
+    root_uri: str  # where they will live (the hrefs)
+    blocksize: int
+
+
 def _s2_job(
     *,
-    tile: TileGrid,
-    lc,
-    seed: int,
-    local_root: Path,
-    root_uri: str,
-    blocksize: int,
+    w: _TileWork,
     i: int,
     when: _dt.datetime,
     boa: str,
     edge: str,
     cloud_frac: float,
 ) -> tuple[dict, SceneInfo]:
-    """Render and write S2 scene ``i`` of ``tile``; returns (item, info). Top level: runs in processes."""
-    rend = render_s2(tile, lc, when, seed=seed, scene_key=f"{i}", cloud_frac=cloud_frac, edge=edge, boa=boa)
+    """Render and write S2 scene ``i`` of the tile; returns (item, info). Top level: runs in processes."""
+    tile = w.tile
+    rend = render_s2(
+        tile, w.lc, when, seed=w.seed, scene_key=f"{i}", cloud_frac=cloud_frac, edge=edge, boa=boa
+    )
     item = write_s2_scene(
-        local_root,
-        root_uri,
+        w.local_root,
+        w.root_uri,
         tile,
         when,
         rend.bands_dn,
         rend.scl,
         boa=boa,
         edge=edge,
-        blocksize=blocksize,
+        blocksize=w.blocksize,
         platform="sentinel-2a" if i % 2 == 0 else "sentinel-2b",
     )
     valid = ~rend.nodata20
@@ -268,32 +278,28 @@ def _s2_job(
 
 def _s1_job(
     *,
-    tile: TileGrid,
-    lc,
-    seed: int,
-    local_root: Path,
-    root_uri: str,
-    blocksize: int,
+    w: _TileWork,
     j: int,
     when: _dt.datetime,
 ) -> tuple[dict, SceneInfo]:
-    """Render and write S1 scene ``j`` over ``tile`` (grid from :func:`~pipeline.synthetic.tile.s1_grid`);
+    """Render and write S1 scene ``j`` over the tile (grid from :func:`~pipeline.synthetic.tile.s1_grid`);
     returns (item, info)."""
+    tile = w.tile
     s1_epsg, tr, shp = s1_grid(tile, j)
     edge = "east" if j % 2 == 0 else "west"
     vv, vh, _ = render_s1(
-        lc, tile, s1_epsg, tr, shp, when, seed=seed, scene_key=f"{tile.name}/{j}", edge=edge
+        w.lc, tile, s1_epsg, tr, shp, when, seed=w.seed, scene_key=f"{tile.name}/{j}", edge=edge
     )
     platform = "sentinel-1a" if j % 2 == 0 else "sentinel-1b"
     item = write_s1_scene(
-        local_root,
-        root_uri,
+        w.local_root,
+        w.root_uri,
         s1_epsg,
         tr,
         when,
         vv,
         vh,
-        blocksize=blocksize,
+        blocksize=w.blocksize,
         orbit="descending" if j % 2 == 0 else "ascending",
         proj_code=j % 2 == 1,
         item_id=s1_item_id(when, platform, 40000 + 100 * j + when.timetuple().tm_yday),
@@ -319,7 +325,6 @@ def _hrefs_of(item: dict, bands) -> dict[str, str]:
         if k is not None:
             out[b.name] = item["assets"][k]["href"]
     return out
-
 
 
 def main(argv: Sequence[str] | None = None, _print: Callable[[str], None] = print) -> ArchiveInfo:

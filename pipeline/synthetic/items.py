@@ -80,6 +80,22 @@ def iso_time(t: _dt.datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _feature(item_id: str, props: dict, ring: list[list[float]], assets: dict, extensions, collection: str):
+    """A STAC 1.0 Item (GeoJSON Feature) with the footprint polygon ``ring`` (lon/lat, closed)."""
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "properties": props,
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "links": [],
+        "assets": assets,
+        "bbox": _bbox(ring),
+        "stac_extensions": list(extensions),
+        "collection": collection,
+    }
+
+
 def _file_fields(path: Path) -> dict:
     data = path.read_bytes()
     return {"file:checksum": "1220" + hashlib.sha256(data).hexdigest(), "file:size": len(data)}
@@ -191,18 +207,7 @@ def s2_item(
         "roles": ["data"],
     }
     collection = "sentinel-2-l2a" if boa == "harmonised" else "sentinel-2-c1-l2a"
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "id": item_id,
-        "properties": props,
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "links": [],
-        "assets": assets,
-        "bbox": _bbox(ring),
-        "stac_extensions": list(_S2_EXTENSIONS),
-        "collection": collection,
-    }
+    return _feature(item_id, props, ring, assets, _S2_EXTENSIONS, collection)
 
 
 def s2_item_id(tile: TileGrid, when: _dt.datetime, platform: str = "sentinel-2a") -> str:
@@ -269,9 +274,8 @@ def s1_item(
         props["proj:epsg"] = epsg
     assets = {}
     for b in S1.bands:
-        key = b.keys[0]
         pol = b.name
-        assets[key] = {
+        assets[b.keys[0]] = {
             "href": hrefs[b.name],
             "type": COG_MIME,
             "title": f"{pol}: {'vertical' if pol[0] == 'V' else 'horizontal'} transmit, "
@@ -293,18 +297,8 @@ def s1_item(
             **_file_fields(local[b.name]),
             "roles": ["data"],
         }
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "id": item_id,
-        "properties": props,
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "links": [],
-        "assets": assets,
-        "bbox": _bbox(ring),
-        "stac_extensions": list(_S1_EXTENSIONS_PROJ2 if proj_code else _S1_EXTENSIONS),
-        "collection": "sentinel-1-rtc",
-    }
+    extensions = _S1_EXTENSIONS_PROJ2 if proj_code else _S1_EXTENSIONS
+    return _feature(item_id, props, ring, assets, extensions, "sentinel-1-rtc")
 
 
 def s1_item_id(when: _dt.datetime, platform: str = "sentinel-1a", absolute_orbit: int = 42302) -> str:

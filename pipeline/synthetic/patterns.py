@@ -264,10 +264,10 @@ def s1_scene(
     scene_id: str,
     when: _dt.datetime,
     *,
-    unit_epsg: int = 32633,
-    epsg: int = 32633,
     transform: Affine,
     shape: tuple[int, int],
+    epsg: int = 32633,
+    unit_epsg: int = 32633,
     nodata: float = -32768.0,
 ) -> Scene:
     """An S1 scene under ``root/scene_id/``: VV = :func:`s1_power` of the unit-zone coordinates of each
