@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +335,15 @@ def test_cli_writes_an_archive(tmp_path):
     assert any("items:" in line for line in lines)
     with rasterio.open(info.s2[0].hrefs["B04"]) as src:
         assert src.block_shapes == [(128, 128)]
+    # the module entry point, as users run it
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.synthetic", "--output", str(tmp_path / "m"), "--scenes", "1",
+         "--s1-scenes", "1", "--size-px", "12"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wrote 1 S2 + 1 S1 scenes over 1 tile(s)" in done.stdout
+    assert len(json.loads((tmp_path / "m" / "items.json").read_text())["features"]) == 2
     with pytest.raises(ValueError, match="multiple of 6"):
         synthetic.make_archive(tmp_path / "x", size_px=1000)
     with pytest.raises(ValueError, match="boa mode"):
