@@ -168,8 +168,8 @@ def make_bad_inputs(
 
     The truncated / garbage items are copies of the good item (same tile and date) with their red href
     swapped, so the executor meets an unreadable scene inside a unit that also has a good one. The
-    all-cloud / all-nodata scenes sit on their own grid cells (see their writers), so their rejects come
-    at tile/unit level with sample/unit ids, every planned tile of theirs with that reason.
+    all-cloud / all-nodata scenes sit on their own grid cells (see :func:`write_uniform_scene`), so their
+    rejects come at tile/unit level with sample/unit ids, every planned tile of theirs with that reason.
     """
     storage = storage or StorageConfig()
     root_uri = st.output_root(output, storage)

@@ -1,7 +1,7 @@
 """Where a synthetic scene lies: the S2 tile grid, the S1 grids derived from it, and seeded streams.
 
-Every random draw of the generator comes from :func:`rng` (a seed plus a path of keys), so each part
-of an archive is reproducible on its own, whatever else is rendered and in whatever process.
+Every random draw of the generator comes from :func:`seeded_rng` (a seed plus a path of keys), so each
+part of an archive is reproducible on its own, whatever else is rendered and in whatever process.
 """
 
 from __future__ import annotations
