@@ -51,6 +51,7 @@ from pipeline.synthetic.tile import TileGrid, default_tile, s1_grid, seeded_rng
 
 UTC = _dt.UTC
 
+
 @dataclass(frozen=True)
 class SceneInfo:
     """One written scene: enough for tests to know what to expect without re-reading the items."""
@@ -200,8 +201,7 @@ def make_archive(
         infos = [info for _, info in results]
         classes = {
             "classes": [
-                {"id": k, "name": v, "scl_when_clear": SCL_OF.get(v, 4)}
-                for k, v in LANDCOVER_CLASSES.items()
+                {"id": k, "name": v, "scl_when_clear": SCL_OF.get(v, 4)} for k, v in LANDCOVER_CLASSES.items()
             ],
             "nodata": 0,
             "source": "pipeline.synthetic.make_landcover",
@@ -363,4 +363,3 @@ def main(argv: Sequence[str] | None = None, _print: Callable[[str], None] = prin
     for t, p in info.truth.items():
         _print(f"truth {t}: {p}")
     return info
-

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from pipeline.synthetic.surface import make_landcover
 from pipeline.synthetic.tile import TileGrid, default_tile, seeded_rng
 
 UTC = _dt.UTC
+
 
 def truncate_cog(src: str | PathLike, dst: str | PathLike, keep: float = 0.6) -> Path:
     """Copy the first ``keep`` fraction of a COG's bytes to ``dst``: headers and IFDs (at the front of a COG)
@@ -78,13 +80,18 @@ def write_malformed_item(dst: str | PathLike, item: dict | None = None) -> Path:
     return dst
 
 
+class _Uniform(NamedTuple):
+    """What a uniform scene of one kind is."""
+
+    dx: float  # metres east of default_tile, so it shares grid cells with no other scene written here
+    cloud_frac: float
+    edge: str
+    when: _dt.datetime  # default date
 
 
-#: What a uniform scene is: offset east of :func:`default_tile` (so it shares grid cells with no other scene
-#: written here), cloud fraction, swath edge, default date.
 _UNIFORM = {
-    "cloud": (30720.0, 1.0, "none", _dt.datetime(2022, 7, 1, 10, 0, tzinfo=UTC)),
-    "nodata": (61440.0, 0.0, "all", _dt.datetime(2022, 7, 3, 10, 0, tzinfo=UTC)),
+    "cloud": _Uniform(30720.0, 1.0, "none", _dt.datetime(2022, 7, 1, 10, 0, tzinfo=UTC)),
+    "nodata": _Uniform(61440.0, 0.0, "all", _dt.datetime(2022, 7, 3, 10, 0, tzinfo=UTC)),
 }
 
 
@@ -108,19 +115,26 @@ def write_uniform_scene(
     """
     if kind not in _UNIFORM:
         raise ValueError(f"kind must be one of {tuple(_UNIFORM)}, got {kind!r}")
-    dx, cloud_frac, edge, default_when = _UNIFORM[kind]
-    when = when or default_when
+    u = _UNIFORM[kind]
+    when = when or u.when
     t = default_tile(epsg, size_px)
-    tile = TileGrid(t.name, epsg, t.x0 + dx, t.y0, size_px)
+    tile = TileGrid(t.name, epsg, t.x0 + u.dx, t.y0, size_px)
     lc = make_landcover(tile, seed)
     rend = render_s2(
-        tile, lc, when, seed=seed, scene_key=kind, cloud_frac=cloud_frac, edge=edge, boa="legacy"
+        tile, lc, when, seed=seed, scene_key=kind, cloud_frac=u.cloud_frac, edge=u.edge, boa="legacy"
     )
     item_id = s2_item_id(tile, when).replace("_L2A", f"_ALL{kind.upper()}_L2A")
     return write_scene_to(
         output,
         lambda local, uri: write_s2_scene(
-            local, uri, tile, when, rend.bands_dn, rend.scl, boa="legacy", blocksize=blocksize,
+            local,
+            uri,
+            tile,
+            when,
+            rend.bands_dn,
+            rend.scl,
+            boa="legacy",
+            blocksize=blocksize,
             item_id=item_id,
         ),
         storage=storage,
@@ -245,4 +259,3 @@ def rebase_path(item: dict, local_root: Path, root_uri: str) -> dict:
     for a in item["assets"].values():
         a["href"] = st.join(root_uri, Path(a["href"]).relative_to(local_root).as_posix())
     return item
-

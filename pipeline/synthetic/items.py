@@ -101,7 +101,6 @@ def _file_fields(path: Path) -> dict:
     return {"file:checksum": "1220" + hashlib.sha256(data).hexdigest(), "file:size": len(data)}
 
 
-
 def s2_item(
     *,
     item_id: str,
@@ -222,7 +221,6 @@ def s2_scene_dir(tile: TileGrid, when: _dt.datetime, item_id: str, boa: str) -> 
     return f"{coll}/{int(zone)}/{band}/{sq}/{when.year}/{when.month}/{item_id}"
 
 
-
 def s1_item(
     *,
     item_id: str,
@@ -311,8 +309,6 @@ def s1_item_id(when: _dt.datetime, platform: str = "sentinel-1a", absolute_orbit
     return f"{sat}_IW_GRDH_1SDV_{t0.strftime(f)}_{t1.strftime(f)}_{absolute_orbit:06d}_{dt_id}_rtc"
 
 
-
 def item_collection(items: Sequence[dict]) -> dict:
     """A GeoJSON FeatureCollection of STAC items (what an Earth Search / PC search is saved as)."""
     return {"type": "FeatureCollection", "features": list(items)}
-

@@ -172,6 +172,7 @@ def write_pattern_s1_scene(
         storage,
     )
 
+
 # ------------------------------------------------------------------- unit-test scenes (no items)
 
 

@@ -85,7 +85,6 @@ def edge_polygon(kind: str) -> list[tuple[float, float]]:
     return [(0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.0)]
 
 
-
 def _to_dn(refl: np.ndarray, boa: str) -> np.ndarray:
     """Reflectance -> uint16 DN (x10000, +1000 when ``boa == "offset"``), valid pixels >= 1."""
     add = 1000.0 if boa == "offset" else 0.0
@@ -229,4 +228,3 @@ def render_s1(
     vv[nod] = S1_NODATA
     vh[nod] = S1_NODATA
     return vv, vh, lc1
-

@@ -82,7 +82,6 @@ def write_s2_scene(
     )
 
 
-
 def write_s1_scene(
     root_local: Path,
     root_uri: str,
@@ -131,12 +130,10 @@ def write_s1_scene(
     )
 
 
-
 def write_json(obj, path: Path) -> None:
     """Write ``obj`` as indented UTF-8 JSON (one trailing newline) at the local ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1, sort_keys=False, ensure_ascii=False) + "\n")
-
 
 
 def write_scene_to(

@@ -92,7 +92,6 @@ def upsample(a: np.ndarray, k: int) -> np.ndarray:
     return np.repeat(np.repeat(a, k, axis=0), k, axis=1) if k > 1 else a
 
 
-
 def make_landcover(tile: TileGrid, seed: int) -> np.ndarray:
     """The land-cover map of a tile (uint8, 10 m, ``tile.shape(10)``) with ids of :data:`LANDCOVER_CLASSES`.
 
@@ -165,4 +164,3 @@ class Surface:
         refl *= self.gain
         refl += np.float32(0.003) * self.r.standard_normal(refl.shape, dtype=np.float32)
         return refl
-
