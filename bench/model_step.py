@@ -175,7 +175,7 @@ def bench_presets(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def compare_reference(args: argparse.Namespace, device: torch.device) -> None:
-    from tests.models.test_checkpoint import OfficialMAE
+    from bench._reference import OfficialMAE
 
     torch.manual_seed(0)
     cfg = get_config("spectralgpt_base")

@@ -32,7 +32,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_exten
 def job_mode(args) -> list[dict]:
     from jobs.cli import init_ray, load_config
     from jobs.pretrain import PretrainConfig, run
-    from tests.jobs.conftest import make_shards
+    from pipeline.synthetic.samples import make_shards
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     init_ray(num_cpus=args.cpus) if args.cpus else init_ray()

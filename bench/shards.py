@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         for k in ("s2_doy", "s2_valid", "s2_cloud", "s1_doy", "s1_valid"):
             arrays[k] = arrays[k].reshape(len(arrays["sample_id"]), -1)
     else:
-        from tests.jobs.conftest import make_rows
+        from pipeline.synthetic.samples import make_rows
 
         arrays = make_rows(np.random.default_rng(0), args.rows, args.tile_px, args.slots, start=0)
         arrays["sources"] = [["synthetic"]] * args.rows

@@ -5,7 +5,8 @@ Three clients read and write the same URIs and must agree on endpoint, region, s
 * fsspec / s3fs (shards, manifests, item JSON): :func:`storage_options`, :func:`filesystem`;
 * GDAL through rasterio (COG range reads via ``/vsis3/``): :func:`gdal_options`, :func:`rasterio_env`,
   :func:`gdal_path`;
-* the job itself: :func:`check_uri` (allowed schemes only, no ``..`` escapes), :func:`write_bytes_atomic`.
+* the job itself: :func:`check_uri` (allowed schemes only, no ``..`` escapes), :func:`write_bytes_atomic`;
+  writers of whole trees (the synthetic archive): :func:`output_root`, :func:`staged`, :func:`upload_tree`.
 
 Unset fields fall back to the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``/
 ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``...). Credentials are *never* read into, returned by, or
@@ -24,7 +25,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -260,3 +265,54 @@ def list_names(uri: str, storage: StorageConfig, suffix: str = "") -> list[str]:
         return []
     names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
     return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
+def output_root(uri: str | os.PathLike, storage: StorageConfig) -> str:
+    """The canonical form of a root to write a tree under: ``s3://bucket/prefix`` without a trailing ``/``;
+    a local path (plain or ``file://``) made absolute, ``~`` expanded and links resolved, so the hrefs
+    written below it stay valid from any working directory. Any other scheme raises :class:`BadURIError`.
+    """
+    s = os.fspath(uri)
+    scheme = scheme_of(s)
+    if scheme == "file":
+        path = s.split("://", 1)[1] if "://" in s else s
+        return str(Path(path).expanduser().resolve())
+    if scheme != "s3":
+        raise BadURIError(f"unsupported output URI {redact(s)!r}: use a local path or s3://bucket/prefix")
+    return check_uri(s, storage).rstrip("/")
+
+
+def upload_tree(local_dir: str | os.PathLike, uri: str, storage: StorageConfig) -> list[str]:
+    """Copy every file under ``local_dir`` to the same relative path under ``uri`` (one PUT per file, in
+    sorted order); returns the URIs written."""
+    fs, base = filesystem(uri, storage)
+    root = Path(local_dir)
+    written = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            fs.put_file(str(p), join(base, rel))
+            written.append(join(uri, rel))
+    return written
+
+
+@contextlib.contextmanager
+def staged(root: str, storage: StorageConfig) -> Iterator[Path]:
+    """A local directory standing for the output root ``root`` (see :func:`output_root`) while a tree is
+    written into it.
+
+    Local roots are written in place (the directory is created). For object storage the block writes into
+    a temporary directory that :func:`upload_tree` copies under ``root`` once the block ends without an
+    exception; the temporary directory is removed either way, so a failed write uploads nothing.
+    """
+    if scheme_of(root) == "file":
+        path = Path(root.split("://", 1)[1] if "://" in root else root)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="skyray-staged-")
+    try:
+        yield Path(tmp)
+        upload_tree(tmp, root, storage)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -261,7 +261,7 @@ def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, r
     import s3fs
 
     opts = {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}}
-    info = synthetic.make_archive(f"s3://{s3_bucket}/archive", storage_options=opts, **ARCHIVE_KW)
+    info = synthetic.make_archive(f"s3://{s3_bucket}/archive", **ARCHIVE_KW)  # endpoint: AWS_ENDPOINT_URL
     out = f"s3://{s3_bucket}/ingest/v1"
     cmd = [sys.executable, "-m", "jobs.ingest", "--items", info.items, "--output", out, "--config", str(TINY)]
     # its own local Ray (no RAY_ADDRESS), so the workers inherit the AWS_* variables of this environment

@@ -21,7 +21,7 @@ from pipeline.plan import WorkUnit
 from pipeline.sensors import S2
 from pipeline.shards import read_shards
 from pipeline.stac import AssetRef, Reject
-from tests.pipeline import _cogs
+from pipeline.synthetic import patterns as _cogs
 
 UTC = _dt.UTC
 CFG = IngestConfig(tile_px=64, unit_tiles=4, max_slots=2, max_cloud=0.5, max_nodata=0.1)

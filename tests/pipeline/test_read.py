@@ -20,7 +20,7 @@ from pipeline.read import (
 from pipeline.sensors import S2
 from pipeline.stac import AssetRef
 from pipeline.storage import TransientIOError, rasterio_env
-from tests.pipeline import _cogs
+from pipeline.synthetic import patterns as _cogs
 
 WHEN = _dt.datetime(2022, 5, 3, 10, 0, tzinfo=_dt.UTC)
 ST = StorageConfig()

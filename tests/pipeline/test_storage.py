@@ -18,11 +18,14 @@ from pipeline.storage import (
     gdal_path,
     is_transient,
     list_names,
+    output_root,
     rasterio_env,
     read_bytes,
     read_many,
     redact,
+    staged,
     storage_options,
+    upload_tree,
     write_bytes_atomic,
 )
 from tests.pipeline._flaky import FlakyProxy
@@ -149,6 +152,75 @@ def test_s3_round_trip(s3_server, s3_bucket):
     assert read_many(uris[:1], ST) == [b"0"] and read_many([], ST) == []
     with pytest.raises(FileNotFoundError):
         read_many([f"s3://{s3_bucket}/p/none.json"], ST)
+
+
+@pytest.mark.parametrize(
+    ("uri", "want"),
+    [
+        ("s3://b/prefix/", "s3://b/prefix"),
+        ("s3://b", "s3://b"),
+        ("rel/out", os.path.join("{cwd}", "rel", "out")),
+        ("file://{tmp}/x/../y", os.path.join("{tmp}", "y")),
+        ("~/out", os.path.join("{home}", "out")),
+    ],
+)
+def test_output_root(uri, want, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tmp = str(tmp_path.resolve())
+    fmt = dict(cwd=tmp, tmp=tmp, home=str((tmp_path / "home").resolve()))
+    assert output_root(uri.format(**fmt), ST) == want.format(**fmt)
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("gs://b/x", r"unsupported output URI 'gs://b/x': use a local path or s3://bucket/prefix"),
+        ("https://user:pw@host/x", r"unsupported output URI 'https://host/x'"),
+        ("s3:///x", "s3 URI without a bucket"),
+        ("s3://b/a/../c", "'..' path segment"),
+    ],
+)
+def test_output_root_rejects(uri, match):
+    with pytest.raises(BadURIError, match=match):
+        output_root(uri, ST)
+
+
+def test_staged_local_writes_in_place(tmp_path):
+    root = output_root(tmp_path / "new" / "root", ST)
+    with staged(root, ST) as d:
+        assert str(d) == root and d.is_dir()
+        (d / "a" / "b.txt").parent.mkdir()
+        (d / "a" / "b.txt").write_text("x")
+    assert (tmp_path / "new/root/a/b.txt").read_text() == "x"
+
+
+def test_staged_s3_uploads_on_success_only(s3_server, s3_bucket):
+    root = output_root(f"s3://{s3_bucket}/tree/", ST)
+    with staged(root, ST) as d:
+        local = d
+        (d / "z.txt").write_text("z")
+        (d / "sub").mkdir()
+        (d / "sub" / "a.bin").write_bytes(b"\x00\x01")
+        assert not exists(f"{root}/z.txt", ST)  # nothing is visible before the block ends
+    assert not local.exists()  # the staging directory is gone
+    assert read_bytes(f"{root}/z.txt", ST) == b"z" and read_bytes(f"{root}/sub/a.bin", ST) == b"\x00\x01"
+    with pytest.raises(RuntimeError, match="render failed"):
+        with staged(f"s3://{s3_bucket}/failed", ST) as d:
+            local = d
+            (d / "half.txt").write_text("half")
+            raise RuntimeError("render failed")
+    assert not local.exists() and list_names(f"s3://{s3_bucket}/failed", ST) == []
+
+
+def test_upload_tree_is_sorted_and_complete(s3_server, s3_bucket, tmp_path):
+    for rel in ("b/2.txt", "a.txt", "b/1.txt", "c/d/e.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    got = upload_tree(tmp_path, f"s3://{s3_bucket}/t", ST)
+    want = [f"s3://{s3_bucket}/t/{r}" for r in ("a.txt", "b/1.txt", "b/2.txt", "c/d/e.txt")]
+    assert got == want
+    assert [read_bytes(u, ST).decode() for u in want] == ["a.txt", "b/1.txt", "b/2.txt", "c/d/e.txt"]
 
 
 def _cog(path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,9 @@ import pytest
 import rasterio
 
 from pipeline import synthetic
+from pipeline.config import StorageConfig
 from pipeline.sensors import S1, S2, S2_SCL, SCL_CLASSES, SCL_CLOUD, find_asset_key
+from pipeline.storage import filesystem
 from tests.conftest import STAC_FIXTURES
 
 S2_ALL = S2.bands + (S2_SCL,)
@@ -218,7 +222,7 @@ def test_landcover_truth_and_class_spectra(synthetic_archive):
     scl10 = np.repeat(np.repeat(_read(item, S2_SCL), 2, 0), 2, 1)
     ok = np.isin(scl10, (4, 5, 6, 11))
     nir, swir = _read(item, S2.band("B08")), np.repeat(np.repeat(_read(item, S2.band("B11")), 2, 0), 2, 1)
-    med = lambda a, c: float(np.median(a[ok & (lc == synthetic._CLS[c])]))
+    med = lambda a, c: float(np.median(a[ok & (lc == synthetic.CLASS_ID[c])]))
     assert med(nir, "water") < 300 < med(nir, "urban") < med(nir, "forest")
     assert med(nir, "snow") > 6000 and med(swir, "snow") < 1500
 
@@ -231,7 +235,7 @@ def _ndvi_by_class(info, item, lc):
     ndvi = (nir - red) / np.maximum(nir + red, 1)
     ok = np.isin(scl10, (4, 5, 6, 11))
     return {
-        c: float(np.median(ndvi[ok & (lc == synthetic._CLS[c])])) for c in ("water", "forest", "cropland")
+        c: float(np.median(ndvi[ok & (lc == synthetic.CLASS_ID[c])])) for c in ("water", "forest", "cropland")
     }
 
 
@@ -297,7 +301,7 @@ def test_s1_backscatter_by_class_on_shifted_grids(synthetic_archive):
     med = {n: np.median(db[~nod & (cls == k)]) for k, n in synthetic.LANDCOVER_CLASSES.items()}
     assert med["water"] < -20 and med["urban"] > -6 and med["water"] < med["forest"] < med["urban"]
     # speckle: multiplicative, so within one class the dB spread is a few dB
-    assert 1.5 < np.std(db[~nod & (cls == synthetic._CLS["urban"])]) < 4.0
+    assert 1.5 < np.std(db[~nod & (cls == synthetic.CLASS_ID["urban"])]) < 4.0
 
 
 # -------------------------------------------------------------------------- determinism, CLI, S3
@@ -331,6 +335,15 @@ def test_cli_writes_an_archive(tmp_path):
     assert any("items:" in line for line in lines)
     with rasterio.open(info.s2[0].hrefs["B04"]) as src:
         assert src.block_shapes == [(128, 128)]
+    # the module entry point, as users run it
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.synthetic", "--output", str(tmp_path / "m"), "--scenes", "1",
+         "--s1-scenes", "1", "--size-px", "12"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "wrote 1 S2 + 1 S1 scenes over 1 tile(s)" in done.stdout
+    assert len(json.loads((tmp_path / "m" / "items.json").read_text())["features"]) == 2
     with pytest.raises(ValueError, match="multiple of 6"):
         synthetic.make_archive(tmp_path / "x", size_px=1000)
     with pytest.raises(ValueError, match="boa mode"):
@@ -347,7 +360,7 @@ def test_s3_output(s3_bucket, tmp_path):
     assert info.items == f"{uri}/items.json"
     items = _items(info)  # read back through s3fs
     assert len(items) == 2
-    fs = synthetic.s3_filesystem()
+    fs, _ = filesystem(uri, StorageConfig())
     for item, litem in zip(items, _items(local)):
         for key, asset in item["assets"].items():
             assert asset["href"].startswith(f"{uri}/")
@@ -361,8 +374,6 @@ def test_s3_output(s3_bucket, tmp_path):
 
 def test_items_parse_with_pipeline_stac(synthetic_archive):
     stac = pytest.importorskip("pipeline.stac")
-    from pipeline.config import StorageConfig
-
     scenes, rejects = stac.load_scenes(synthetic_archive.items, StorageConfig())
     assert rejects == []
     by_id = {s.scene_id: s for s in scenes}
@@ -458,3 +469,5 @@ def test_bad_input_helpers(synthetic_bad_inputs, tmp_path):
     assert t.stat().st_size == src.stat().st_size // 2
     g = synthetic.corrupt_cog(tmp_path / "g.tif", size=100, seed=1)
     assert g.read_bytes() == synthetic.corrupt_cog(tmp_path / "g2.tif", size=100, seed=1).read_bytes()
+    with pytest.raises(ValueError, match="kind must be one of .'cloud', 'nodata'., got 'haze'"):
+        synthetic.write_uniform_scene(tmp_path / "u", "haze")
