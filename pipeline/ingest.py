@@ -1,17 +1,19 @@
 """The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
 
-Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each
-scene's SCL alone onto the unit's 10 m grid and measures, per tile, its cloud+shadow and nodata (SCL 0 or
-outside the scene) fractions; every tile keeps its best usable slots (least cloudy, then earliest, then
-scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the square
-spanning the tiles that chose it — and copies them into a preallocated ``(tiles, T, 12, H, W)`` array in
-date order. Scenes that won nothing are never decoded beyond their SCL, so memory is one scene window plus
-the output, and decode work follows what is kept. S1 is read in one pass in date order (least nodata,
-then date), only for the tiles S2 keeps, each only until it holds T nodata-free slots (no later scene
-could change them), over the 2 x 2-tile cells still open. Tiles without ``min_s2_slots`` usable S2
-slots are rejected (``all_cloud`` when some slot failed on cloud only, else ``all_nodata``); unreadable
-scenes are rejected at scene level and the unit goes on without them (a band that fails in pass 2 re-runs
-the choice without its scene). A scene that is never needed is never decoded, so its faults go unseen.
+Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each scene's
+SCL alone at its native 20 m onto the unit's 20 m grid and measures, per tile, its cloud+shadow and
+nodata (SCL 0 or outside the scene) fractions; every tile keeps its best usable slots (least cloudy, then
+earliest, then scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the
+square spanning the tiles that chose it — and copies them at native resolution (shard contract v3: never
+resampled on the 20 m lattice, 60 m pixels replicated 3 x 3) into preallocated ``(tiles, T, 4, H, W)``
+and ``(tiles, T, 8, H/2, W/2)`` arrays in date order. Scenes that won nothing are never decoded beyond
+their SCL, so memory is one scene window plus the output, and decode work follows what is kept. S1 is
+read in one pass in date order (least nodata, then date), only for the tiles S2 keeps, each only until it
+holds T nodata-free slots (no later scene could change them), over the 2 x 2-tile cells still open. Tiles
+without ``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud only,
+else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without them (a
+band that fails in pass 2 re-runs the choice without its scene). A scene that is never needed is never
+decoded, so its faults go unseen.
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
@@ -41,7 +43,7 @@ from pipeline import shards as S
 from pipeline.config import IngestConfig
 from pipeline.grid import sample_id as make_sample_id
 from pipeline.grid import tile_centres_lonlat
-from pipeline.read import GSD, SceneReadError, UnitGrid, read_s1_scene, read_s2_scene
+from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, read_s1_scene, read_s2_scene
 from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
 from pipeline.storage import (
     TransientIOError,
@@ -127,14 +129,16 @@ def _doy(scene) -> int:
 
 
 def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: list):
-    """Pass 1: read every S2 scene's SCL (one uint8 band at 20 m) and list, per tile, the usable slots
-    as keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
+    """Pass 1: read every S2 scene's SCL (one uint8 band, on the unit's 20 m grid: each 20 m pixel stands
+    for its 2 x 2 10 m pixels, so tile fractions are those at 10 m) and list, per tile, the usable slots as
+    keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
 
     A slot is usable when its nodata fraction (SCL 0, or outside the scene) is at most ``max_nodata``
     and its cloud+shadow fraction (SCL 3, 8, 9, 10) of the valid pixels at most ``max_cloud``. Returns
     ``(candidates per tile, failed_on_cloud per tile, decoded bytes)``.
     """
-    h, n = cfg.tile_px, grid.size
+    h, n = cfg.tile_px // 2, grid.size // 2
+    offsets = [(px // 2, py // 2) for px, py in offsets]  # on the 20 m grid
     cands: list[list[tuple]] = [[] for _ in offsets]
     failed_on_cloud = np.zeros(len(offsets), bool)
     nbytes = 0
@@ -163,9 +167,10 @@ def _choose(cands: list[list[tuple]], t: int, bad: set[int]) -> list[list[tuple]
     return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=_date_order) for c in cands]
 
 
-def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.ndarray, rejects: list):
+def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out, rejects: list):
     """Pass 2: read the bands of every chosen scene once, over the square spanning the tiles that chose
-    it, and copy each tile's part into its date-ordered slot of ``out (tiles, T, 12, H, W)``.
+    it, and copy each tile's part into its date-ordered slot of ``out`` (``s10m (tiles, T, 4, H, W)``,
+    ``s20m (tiles, T, 8, H/2, W/2)``).
 
     A scene whose bands turn out unreadable is rejected and the choice is made again without it (its
     slots go to the next candidates). Returns ``(chosen keys per tile, decoded bytes)``.
@@ -186,7 +191,8 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
             ys = [offsets[i][1] for i, _ in users[si]]
             x0, y0 = min(xs), min(ys)
             side = max(max(xs) - x0, max(ys) - y0) + h
-            buf = np.empty((len(S2.bands), side, side), np.uint16)
+            buf = S2Out(np.empty((len(S.S2_10M_BANDS), side, side), np.uint16),
+                        np.empty((len(S.S2_20M_BANDS), side // 2, side // 2), np.uint16))
             try:
                 nbytes += read_s2_scene(scene, grid.sub(x0, y0, side), cfg.storage, buf, None)
             except SceneReadError as e:
@@ -194,12 +200,15 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
                 bad.add(si)
                 failed = True
                 break
+            h2 = h // 2
             for i, j in users[si]:
-                px, py = offsets[i][0] - x0, offsets[i][1] - y0
-                out[i, j] = buf[:, py : py + h, px : px + h]
+                px, py = offsets[i][0] - x0, offsets[i][1] - y0  # even: tiles are an even number of px
+                out.s10m[i, j] = buf.s10m[:, py : py + h, px : px + h]
+                out.s20m[i, j] = buf.s20m[:, py // 2 : py // 2 + h2, px // 2 : px // 2 + h2]
         if not failed:
             return chosen, nbytes
-        out.fill(0)  # slots move to other scenes: start the copy again
+        for a in out:  # slots move to other scenes: start the copy again
+            a.fill(0)
 
 
 def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, rejects: list) -> list[int]:
@@ -303,7 +312,8 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     rejects: list[dict] = []
     bytes_read = 0
 
-    s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
+    s2_out = S2Out(np.zeros((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
+                   np.zeros((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
 
     with rasterio_env(cfg.storage):
@@ -345,7 +355,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
                     srcs.append(k[2])
             sources.append(srcs)
         # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
-        s2_rows = s2_out if rows == nt else s2_out[keep]
+        s2_rows = s2_out if rows == nt else S2Out(*(a[keep] for a in s2_out))
         s1_rows = s1_out if rows == nt else s1_out[keep]
         del s2_out, s1_out, s1_top
         cols = np.array([tiles[i][0] for i in keep])
@@ -353,9 +363,10 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         lon, lat = tile_centres_lonlat(unit.epsg, cols, rws, tile_m)
         table = S.build_table(
             sample_id=ids, epsg=np.full(rows, unit.epsg), x_min=cols * tile_m, y_max=(rws + 1) * tile_m,
-            gsd=np.full(rows, GSD), lon=lon, lat=lat, s2=s2_rows, s1=s1_rows, sources=sources, **meta,
+            gsd=np.full(rows, GSD), lon=lon, lat=lat, s2_10m=s2_rows.s10m, s2_20m=s2_rows.s20m, s1=s1_rows,
+            sources=sources, **meta,
         )
-        s2_sums = S.s2_band_sums(s2_rows, meta["s2_valid"])
+        s2_sums = S.s2_band_sums(s2_rows.s10m, s2_rows.s20m, meta["s2_valid"])
         s1_sums = S.s1_band_sums(s1_rows, meta["s1_valid"])
         data = S.table_to_parquet(table)
         del table, s2_rows, s1_rows

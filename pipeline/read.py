@@ -1,4 +1,4 @@
-"""Read one scene's window covering a work unit onto the unit's 10 m grid.
+"""Read one scene's window covering a work unit onto the unit's grids (10 m, and 20 m for Sentinel-2).
 
 A unit is a square of ``N = unit_tiles * tile_px`` pixels at 10 m whose corners are multiples of
 ``unit_m`` on the fixed per-UTM-zone grid (:mod:`pipeline.grid`); a caller may also pass a square part of
@@ -8,8 +8,11 @@ one HTTP range per block, adjacent ranges merged), never the whole scene, and ne
 per tile. Results land in caller-owned preallocated arrays, so a unit streams scene by scene in
 constant memory.
 
-* Sentinel-2: 10 m bands aligned with the grid are copied pixel-exact; 20/60 m bands (and misaligned
-  10 m ones) are resampled onto the grid (bilinear; SCL nearest) from a window with a one-pixel
+* Sentinel-2, stored at native resolution (shard contract v3): the 10 m bands land on the unit's 10 m
+  grid, the 20 m bands, the 60 m bands and the SCL on its 20 m grid (half the side). A scene on the
+  same lattice (every Sentinel-2 tile origin is a multiple of 20 m, and so are unit origins) is never
+  resampled: 10 and 20 m pixels are copied, each 60 m pixel is replicated onto its 3 x 3 20 m cells.
+  Only a raster off that lattice is resampled (bilinear; SCL nearest) from a window with a one-pixel
   margin. Then harmonised once: ``DN + scene.boa_offset`` on valid pixels, clipped to ``>= 1`` so
   0 stays nodata.
 * Sentinel-1: warped onto the unit grid (any CRS) with a ``WarpedVRT`` (bilinear, float32 linear
@@ -27,6 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import rasterio
@@ -57,12 +61,14 @@ class SceneReadError(Exception):
 
 @dataclass(frozen=True)
 class UnitGrid:
-    """The 10 m pixel grid of a unit: top-left corner ``(x_min, y_max)``, ``size x size`` pixels."""
+    """A pixel grid of a unit: top-left corner ``(x_min, y_max)``, ``size x size`` pixels of ``gsd`` metres
+    (10 m unless taken with :meth:`coarse`)."""
 
     epsg: int
     x_min: float
     y_max: float
     size: int
+    gsd: float = GSD
 
     @classmethod
     def from_bounds(cls, epsg: int, bounds: tuple[float, float, float, float]) -> UnitGrid:
@@ -74,15 +80,30 @@ class UnitGrid:
 
     def sub(self, col: int, row: int, size: int) -> UnitGrid:
         """The ``size x size`` square of this grid whose top-left pixel is ``(col, row)``."""
-        return UnitGrid(self.epsg, self.x_min + col * GSD, self.y_max - row * GSD, size)
+        return UnitGrid(self.epsg, self.x_min + col * self.gsd, self.y_max - row * self.gsd, size, self.gsd)
+
+    def coarse(self, k: int) -> UnitGrid:
+        """The same square with pixels ``k`` times larger (``size / k`` a side; ``size`` must divide)."""
+        if self.size % k:
+            raise ValueError(f"a {self.size}-px grid has no x{k} coarser grid")
+        return UnitGrid(self.epsg, self.x_min, self.y_max, self.size // k, self.gsd * k)
 
     @property
     def transform(self) -> Affine:
-        return Affine(GSD, 0.0, self.x_min, 0.0, -GSD, self.y_max)
+        return Affine(self.gsd, 0.0, self.x_min, 0.0, -self.gsd, self.y_max)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return (self.x_min, self.y_max - self.size * GSD, self.x_min + self.size * GSD, self.y_max)
+        e = self.size * self.gsd
+        return (self.x_min, self.y_max - e, self.x_min + e, self.y_max)
+
+
+class S2Out(NamedTuple):
+    """Where a Sentinel-2 scene's bands land: ``s10m (4, N, N)`` B02 B03 B04 B08 on the unit's 10 m grid,
+    ``s20m (8, N/2, N/2)`` B01 B05 B06 B07 B8A B09 B11 B12 on its 20 m grid (uint16 DN)."""
+
+    s10m: np.ndarray
+    s20m: np.ndarray
 
 
 def _classify(exc: BaseException, what: str) -> Exception:
@@ -109,45 +130,72 @@ def _open(href: str, storage: StorageConfig, what: str):
     return ds
 
 
-def _aligned_offset(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int] | None:
-    """Integer (col, row) of the grid's corner in a 10 m north-up raster aligned with it, else None."""
-    t = ds_transform
-    if not (math.isclose(t.a, GSD) and math.isclose(t.e, -GSD) and t.b == 0 and t.d == 0):
+def _replication(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int, int] | None:
+    """``(col, row, k)`` when a north-up raster of pixels ``k`` (a whole number) times the grid's shares its
+    lattice: its pixel ``(c, r)`` covers exactly the grid pixels ``col + c*k ... + k - 1`` (rows alike), with
+    ``(col, row)`` the grid's top-left corner in raster pixels of the grid's size. Else None."""
+    t, g = ds_transform, grid.gsd
+    if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e):
         return None
-    c, r = (grid.x_min - t.c) / GSD, (t.f - grid.y_max) / GSD
+    k = t.a / g
+    if k < 1 - 1e-9 or abs(k - round(k)) > 1e-9:
+        return None
+    c, r = (grid.x_min - t.c) / g, (t.f - grid.y_max) / g
     if abs(c - round(c)) > 1e-6 or abs(r - round(r)) > 1e-6:
         return None
-    return int(round(c)), int(round(r))
+    return int(round(c)), int(round(r)), int(round(k))
+
+
+def _copy_replicated(ds, grid: UnitGrid, rep: tuple[int, int, int], out: np.ndarray, nodata,
+                     src_nodata) -> int:
+    """The overlapping part of ``ds`` onto ``out``, each raster pixel copied onto its ``k x k`` grid pixels
+    (``k = 1``: a plain copy, decoded straight into ``out`` when it can); returns decoded bytes."""
+    c0, r0, k = rep
+    n = grid.size
+    # overlap in grid pixels, in the raster's frame (raster pixel i covers [i*k, i*k + k))
+    cs, rs = max(c0, 0), max(r0, 0)
+    ce, re_ = min(c0 + n, ds.width * k), min(r0 + n, ds.height * k)
+    if ce <= cs or re_ <= rs:
+        return 0
+    dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
+    dtype = np.dtype(ds.dtypes[0])
+    if k == 1:
+        win = Window(cs, rs, ce - cs, re_ - rs)
+        if dst.flags.c_contiguous and dst.dtype == dtype:
+            data = ds.read(1, window=win, out=dst)  # no temporary, no copy
+        else:
+            data = ds.read(1, window=win)
+            dst[...] = data
+        src = data
+    else:
+        scs, srs = cs // k, rs // k
+        win = Window(scs, srs, -(-ce // k) - scs, -(-re_ // k) - srs)
+        data = ds.read(1, window=win)
+        big = data.repeat(k, 0).repeat(k, 1)  # (rows * k, cols * k): each pixel on its k x k cells
+        src = big[rs - srs * k : re_ - srs * k, cs - scs * k : ce - scs * k]
+        dst[...] = src
+    if src_nodata is not None and not _same_nodata(src_nodata, nodata):
+        dst[_is_nodata(src, src_nodata)] = nodata
+    return data.size * dtype.itemsize
 
 
 def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, nodata: float,
-               src_nodata: float | None = None) -> int:
+               src_nodata: float | None = None, exact: bool = False) -> int:
     """Read band 1 of ``ds`` (same CRS as the grid) onto ``grid`` into ``out`` (size x size); returns
     decoded bytes. Source ``src_nodata`` (default: the raster's) and pixels outside it become ``nodata``.
+    ``exact=True`` replicates the pixels of coarser rasters on the lattice instead of resampling them.
 
-    Aligned 10 m rasters are copied; north-up rasters of >= 10 m pixels are resampled with
+    Rasters on the grid's lattice are copied (pixels a whole number of times the grid's replicated onto
+    the grid pixels they cover); other north-up rasters of pixels at least the grid's are resampled with
     :func:`upsample` (GDAL's answer, faster); anything else goes through ``rasterio.warp.reproject``.
     """
     out.fill(nodata)
     n = grid.size
     src_nodata = ds.nodata if src_nodata is None else src_nodata
-    off = _aligned_offset(ds.transform, grid)
+    rep = _replication(ds.transform, grid)
+    if rep is not None and (rep[2] == 1 or exact):
+        return _copy_replicated(ds, grid, rep, out, nodata, src_nodata)
     itemsize = np.dtype(ds.dtypes[0]).itemsize
-    if off is not None:  # pixel-exact copy of the overlapping part
-        c0, r0 = off
-        cs, rs = max(c0, 0), max(r0, 0)
-        ce, re_ = min(c0 + n, ds.width), min(r0 + n, ds.height)
-        if ce <= cs or re_ <= rs:
-            return 0
-        dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
-        if dst.flags.c_contiguous and dst.dtype == np.dtype(ds.dtypes[0]):
-            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs), out=dst)  # no temporary, no copy
-        else:
-            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs))
-            dst[...] = data
-        if src_nodata is not None and not _same_nodata(src_nodata, nodata):
-            dst[_is_nodata(data, src_nodata)] = nodata
-        return data.size * itemsize
     inv = ~ds.transform
     x0, y0, x1, y1 = grid.bounds
     cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
@@ -160,7 +208,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     win = Window(cs, rs, ce - cs, re_ - rs)
     data = ds.read(1, window=win)
     src_nodata = nodata if src_nodata is None else src_nodata
-    factor = _scale_factor(ds.transform)
+    factor = _scale_factor(ds.transform, grid.gsd)
     if factor and resampling in (Resampling.bilinear, Resampling.nearest):
         # the grid's top-left corner in window pixel units; only output pixels whose centre lies in the
         # window can get a value, so resample just that rectangle (edge units: the rest stays nodata)
@@ -193,12 +241,12 @@ def _covered(n_out: int, factor: float, off: float, n_src: int) -> tuple[int, in
     return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
 
 
-def _scale_factor(t: Affine) -> float | None:
-    """``k = pixel / 10 m`` when ``t`` is north-up with square pixels of at least 10 m, else None
+def _scale_factor(t: Affine, gsd: float = GSD) -> float | None:
+    """``k = pixel / gsd`` when ``t`` is north-up with square pixels of at least ``gsd``, else None
     (downsampling would need GDAL's widened kernels)."""
     if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e):
         return None
-    k = t.a / GSD
+    k = t.a / gsd
     return k if k >= 1 - 1e-9 else None
 
 
@@ -297,37 +345,51 @@ def _band_href(scene, band: Band) -> str:
     return ref.href
 
 
-def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray | None,
+def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: S2Out | None,
                   scl: np.ndarray | None) -> int:
-    """Read the S2 bands and/or the SCL of ``scene`` onto ``grid``, harmonised; returns decoded bytes.
+    """Read the S2 bands and/or the SCL of ``scene`` onto ``grid`` (10 m) and its 20 m grid, harmonised;
+    returns decoded bytes.
 
-    ``out (12, N, N) uint16`` receives DN (0 = nodata) in the pre-04.00 convention: the scene's
+    ``out`` (:class:`S2Out`) receives DN (0 = nodata) in the pre-04.00 convention: the scene's
     ``boa_offset`` is added to valid pixels exactly once and results are clipped to ``[1, 65535]``.
-    ``scl (N, N) uint8`` receives the scene classification (nearest, 0 = nodata). Either may be None
-    to skip it (the ingest selects slots from the SCL alone, then reads the bands of chosen scenes).
+    ``scl (N/2, N/2) uint8`` receives the scene classification on the 20 m grid (0 = nodata). Either may
+    be None to skip it (the ingest selects slots from the SCL alone, then reads the bands of chosen scenes).
+    On the 20 m lattice nothing is resampled (see the module docstring).
     """
     if scene.epsg != grid.epsg:
         msg = f"{scene.scene_id}: EPSG:{scene.epsg} is not the unit's {grid.epsg}"
         raise SceneReadError("unreadable_cog", msg)
+    g20 = grid.coarse(2)
+    jobs: list[tuple[Band, UnitGrid, np.ndarray]] = []
+    if out is not None:
+        i10 = i20 = 0
+        for band in S2.bands:
+            if band.resolution_m == 10:
+                jobs.append((band, grid, out.s10m[i10]))
+                i10 += 1
+            else:
+                jobs.append((band, g20, out.s20m[i20]))
+                i20 += 1
+    if scl is not None:
+        jobs.append((S2_SCL, g20, scl))
     nbytes = 0
-    jobs = ([] if out is None else list(enumerate(S2.bands))) + ([] if scl is None else [(-1, S2_SCL)])
-    for i, band in jobs:
+    for band, g, target in jobs:
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
-        target = scl if band is S2_SCL else out[i]
         buf = target if target.dtype == np.uint16 else np.empty(target.shape, np.uint16)
         ds = _open(href, storage, what)
         try:
             with ds:
                 if ds.crs.to_epsg() != grid.epsg:
                     raise SceneReadError("unreadable_cog", f"{what}: raster CRS {ds.crs} is not {grid.epsg}")
-                nbytes += _read_band(ds, grid, Resampling[band.resampling], buf, 0)
+                nbytes += _read_band(ds, g, Resampling[band.resampling], buf, 0, exact=True)
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
         if buf is not target:
             np.copyto(target, buf, casting="unsafe")
     if scene.boa_offset and out is not None:
-        harmonise(out, scene.boa_offset)
+        harmonise(out.s10m, scene.boa_offset)
+        harmonise(out.s20m, scene.boa_offset)
     return nbytes
 
 
@@ -384,7 +446,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
             with ds:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
                 itemsize = np.dtype(ds.dtypes[0]).itemsize
-                if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform):
+                if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform, grid.gsd):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
                     for c, r, k in squares:
                         dst = out[i, r : r + k, c : c + k]

@@ -96,18 +96,27 @@ def test_process_unit_places_selects_and_rejects(tmp_path, scenes):
         doys = [{"S2_A": 123, "S2_B": 110, "S2_C": 161}[s] for s in want]  # May 3, Apr 20, Jun 10
         assert list(got["s2_doy"][k]) == doys and got["s2_valid"][k].all()
         np.testing.assert_array_equal(got["s2_cloud"][k], [0.0, 0.0])
-        # pixel-exact 10 m placement (and the offset of S2_A applied exactly once)
+        # pixel-exact placement at native resolution (and the offset of S2_A applied exactly once): 10 m
+        # bands on the 10 m grid, 20 m bands copied and 60 m bands replicated 3 x 3 on the 20 m grid
         tr_x = col * 640.0 + (np.arange(64) + 0.5) * 10
         tr_y = (row + 1) * 640.0 - (np.arange(64) + 0.5) * 10
         xs, ys = np.meshgrid(tr_x, tr_y)
+        c20 = (np.arange(32) + 0.5) * 20
+        xs20, ys20 = np.meshgrid(col * 640.0 + c20, (row + 1) * 640.0 - c20)
+        assert got["s2_10m"].shape[1:] == (2, 4, 64, 64) and got["s2_20m"].shape[1:] == (2, 8, 32, 32)
+        i10 = i20 = 0
         for i, band in enumerate(S2.bands):
-            if band.resolution_m == 10:
-                for slot in range(2):
+            res = band.resolution_m
+            for slot in range(2):
+                if res == 10:
                     want_dn = _cogs.hash10(xs, ys, i)
-                    np.testing.assert_array_equal(got["s2"][k, slot, i], want_dn, err_msg=band.name)
-            else:
-                diff = np.abs(got["s2"][k, 0, i].astype(float) - _cogs.ramp(xs, ys, i))
-                assert diff.max() <= 1.0, band.name
+                    np.testing.assert_array_equal(got["s2_10m"][k, slot, i10], want_dn, err_msg=band.name)
+                else:  # the value of the scene pixel (origin 499980, 5000040) holding each 20 m centre
+                    cx = 499980.0 + (np.floor((xs20 - 499980.0) / res) + 0.5) * res
+                    cy = 5000040.0 - (np.floor((5000040.0 - ys20) / res) + 0.5) * res
+                    want_dn = _cogs.band_value(i, res, cx, cy)
+                    np.testing.assert_array_equal(got["s2_20m"][k, slot, i20], want_dn, err_msg=band.name)
+            i10, i20 = i10 + (res == 10), i20 + (res != 10)
         # S1 co-registered on the same pixels, in dB
         assert got["s1_valid"][k].tolist() == [True, False]
         assert got["s1_doy"][k, 0] == _when(5, 5).timetuple().tm_yday
@@ -271,13 +280,20 @@ def test_resuming_into_an_output_of_another_contract_version_fails(tmp_path):
     ING.check_output_version(str(tmp_path), CFG, [])  # empty output: fine
     (tmp_path / "units").mkdir()
     (tmp_path / "units" / f"{unit.unit_id}.json").write_text(json.dumps({"unit_id": unit.unit_id}))
-    with pytest.raises(ValueError, match=r"holds shards of contract v1; this ingest writes v2"):
+    with pytest.raises(ValueError, match=r"holds shards of contract v1; this ingest writes v3"):
         ING.check_output_version(str(tmp_path), CFG, [unit])  # a v1 sidecar (no version field)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": S.SCHEMA_VERSION}))
     ING.check_output_version(str(tmp_path), CFG, [unit])  # the manifest speaks for the output
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(ValueError, match=r"contract v1"):
         ING.check_output_version(str(tmp_path), CFG, [])
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 2}))  # a v2 output: refused too
+    with pytest.raises(ValueError, match=r"contract v2; this ingest writes v3: use a new output"):
+        ING.check_output_version(str(tmp_path), CFG, [])
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "units" / f"{unit.unit_id}.json").write_text(json.dumps({"schema_version": 2}))
+    with pytest.raises(ValueError, match=r"contract v2"):  # a v2 sidecar, before any manifest
+        ING.check_output_version(str(tmp_path), CFG, [unit])
 
 
 def test_s1_reading_stops_once_no_later_scene_can_win(tmp_path, scenes, monkeypatch):

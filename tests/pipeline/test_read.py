@@ -1,4 +1,5 @@
-"""pipeline.read: a scene's window onto the unit grid, pixel-exact at 10 m, resampled 20/60 m, warped S1."""
+"""pipeline.read: a scene's window onto the unit grids at native resolution (10 and 20 m copied, 60 m
+replicated 3 x 3: pixel-exact), resampling off the lattice, warped S1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rasterio.transform import Affine
 
 from pipeline.config import StorageConfig
 from pipeline.read import (
+    S2Out,
     SceneReadError,
     UnitGrid,
     harmonise,
@@ -33,12 +35,19 @@ def scene(tmp_path_factory):
     return _cogs.s2_scene(tmp_path_factory.mktemp("s2"), "S2_A", WHEN)
 
 
-def _read(scene, grid=GRID):
-    out = np.zeros((12, grid.size, grid.size), np.uint16)
-    scl = np.zeros((grid.size, grid.size), np.uint8)
+def _read(scene, grid=GRID) -> tuple[S2Out, np.ndarray, int]:
+    n = grid.size
+    out = S2Out(np.zeros((4, n, n), np.uint16), np.zeros((8, n // 2, n // 2), np.uint16))
+    scl = np.zeros((n // 2, n // 2), np.uint8)
     with rasterio_env(ST):
         nbytes = read_s2_scene(scene, grid, ST, out, scl)
     return out, scl, nbytes
+
+
+def _bands(res):
+    """``(band index in S2.bands, index in its group)`` of the bands of native resolution ``res``."""
+    group = [i for i, b in enumerate(S2.bands) if (b.resolution_m == 10) == (res == 10)]
+    return [(i, group.index(i)) for i in group if S2.bands[i].resolution_m == res]
 
 
 def _inside(grid, scene):
@@ -49,10 +58,30 @@ def _inside(grid, scene):
 
 def test_unit_grid_from_bounds():
     g = UnitGrid.from_bounds(32633, (0.0, -640.0, 640.0, 0.0))
-    assert (g.size, g.x_min, g.y_max) == (64, 0.0, 0.0)
+    assert (g.size, g.x_min, g.y_max, g.gsd) == (64, 0.0, 0.0, 10.0)
     assert g.transform == Affine(10, 0, 0, 0, -10, 0)
+    c = g.coarse(2)
+    assert (c.size, c.gsd, c.bounds) == (32, 20.0, g.bounds) and c.transform == Affine(20, 0, 0, 0, -20, 0)
+    assert c.sub(2, 3, 4) == UnitGrid(32633, 40.0, -60.0, 4, 20.0)
     with pytest.raises(ValueError, match="square of whole 10 m pixels"):
         UnitGrid.from_bounds(32633, (0.0, 0.0, 645.0, 640.0))
+    with pytest.raises(ValueError, match="a 64-px grid has no x3 coarser grid"):
+        g.coarse(3)
+
+
+@pytest.mark.parametrize("transform, grid, want", [
+    (Affine(10, 0, 0, 0, -10, 0), UnitGrid(1, 30.0, -40.0, 8), (3, 4, 1)),  # aligned 10 m: copy
+    (Affine(20, 0, -20, 0, -20, 20), UnitGrid(1, 0.0, 0.0, 8, 20.0), (1, 1, 1)),  # 20 m on the 20 m grid
+    (Affine(60, 0, 0, 0, -60, 0), UnitGrid(1, 20.0, -40.0, 8, 20.0), (1, 2, 3)),  # 60 m: x3, mid-pixel start
+    (Affine(20, 0, 0, 0, -20, 0), UnitGrid(1, 10.0, 0.0, 8, 20.0), None),  # off the lattice by 10 m
+    (Affine(30, 0, 0, 0, -30, 0), UnitGrid(1, 0.0, 0.0, 8, 20.0), None),  # 1.5 x: not a whole number
+    (Affine(10, 0, 0, 0, -10, 0), UnitGrid(1, 0.0, 0.0, 8, 20.0), None),  # finer than the grid
+    (Affine(10, 1, 0, 0, -10, 0), UnitGrid(1, 0.0, 0.0, 8), None),  # rotated
+])
+def test_replication_table(transform, grid, want):
+    import pipeline.read as R
+
+    assert R._replication(transform, grid) == want
 
 
 def test_10m_bands_are_pixel_exact_and_outside_is_nodata(scene):
@@ -60,33 +89,49 @@ def test_10m_bands_are_pixel_exact_and_outside_is_nodata(scene):
     out, _, nbytes = _read(scene)
     xs, ys, inside = _inside(GRID, scene)
     assert 0 < inside.sum() < inside.size
-    for i, band in enumerate(S2.bands):
-        if band.resolution_m != 10:
-            continue
-        np.testing.assert_array_equal(out[i][inside], _cogs.hash10(xs, ys, i)[inside], err_msg=band.name)
-        assert (out[i][~inside] == 0).all()
+    for i, j in _bands(10):
+        np.testing.assert_array_equal(out.s10m[j][inside], _cogs.hash10(xs, ys, i)[inside], err_msg=str(i))
+        assert (out.s10m[j][~inside] == 0).all()
     assert nbytes > 0
 
 
 @pytest.mark.parametrize("res", [20, 60])
-def test_coarse_bands_bilinear_within_one_dn(scene, res):
+def test_coarse_bands_are_copied_or_replicated_exactly(scene, res):
+    """On the 20 m grid a 20 m band is the COG's pixels and a 60 m band each COG pixel on its 3 x 3 cells:
+    no tolerance, edges included (the unit starts mid-way through a 60 m pixel column: 499200 m is 780 m,
+    13 pixels, west of the scene, and the grid's first 60 m column holds 20 m cells 39-41 of it)."""
     out, _, _ = _read(scene)
-    xs, ys, inside = _inside(GRID, scene)
-    # away from the scene edge (one coarse pixel) bilinear reproduces the ramp up to the stored rounding
-    x0, y0, x1, y1 = scene.bounds
-    interior = inside & (xs > x0 + res) & (ys < y1 - res)
-    for i, band in enumerate(S2.bands):
-        if band.resolution_m != res:
-            continue
-        diff = np.abs(out[i][interior].astype(float) - _cogs.ramp(xs, ys, i)[interior])
-        assert diff.max() <= 1.0, band.name
+    g20 = GRID.coarse(2)
+    xs, ys, inside = _inside(g20, scene)
+    x0, _, _, y1 = scene.bounds
+    # the centre of the res-m pixel of the scene that holds each 20 m centre
+    cx = x0 + (np.floor((xs - x0) / res) + 0.5) * res
+    cy = y1 - (np.floor((y1 - ys) / res) + 0.5) * res
+    for i, j in _bands(res):
+        want = _cogs.band_value(i, res, cx, cy)
+        np.testing.assert_array_equal(out.s20m[j][inside], want[inside], err_msg=S2.bands[i].name)
+        assert (out.s20m[j][~inside] == 0).all()
+
+
+def test_off_lattice_scene_is_resampled(tmp_path):
+    """A scene whose origin is off the 20 m lattice (here 10 m east) is resampled onto both grids: the
+    ramp of its 20 m bands is reproduced within rounding away from the scene edge."""
+    sc = _cogs.s2_scene(tmp_path, "S2_OFF_LATTICE", WHEN, x0=499990.0)
+    out, _, _ = _read(sc)
+    g20 = GRID.coarse(2)
+    xs, ys, inside = _inside(g20, sc)
+    x0, _, _, y1 = sc.bounds
+    interior = inside & (xs > x0 + 20) & (ys < y1 - 20)
+    for i, j in _bands(20):
+        diff = np.abs(out.s20m[j][interior].astype(float) - _cogs.ramp(xs, ys, i)[interior])
+        assert diff.max() <= 1.0, S2.bands[i].name
 
 
 def test_scl_nearest_keeps_classes_and_cloud_box(tmp_path):
     box = (500400.0, 4995000.0, 501000.0, 4996200.0)  # multiples of 60 m inside GRID and the scene
     sc = _cogs.s2_scene(tmp_path, "S2_C", WHEN, cloud_box=box)
     _, scl, _ = _read(sc)
-    xs, ys, inside = _inside(GRID, sc)
+    xs, ys, inside = _inside(GRID.coarse(2), sc)  # the SCL lands on the 20 m grid, its native resolution
     assert set(np.unique(scl[inside])) == {4, 9}
     in_box = (xs > box[0]) & (xs < box[2]) & (ys > box[1]) & (ys < box[3])
     assert (scl[in_box] == 9).all() and (scl[inside & ~in_box] == 4).all()
@@ -97,7 +142,8 @@ def test_boa_offset_applied_exactly_once(tmp_path, scene):
     stored = _cogs.s2_scene(tmp_path, "S2_OFF", WHEN, stored_offset=1000, boa_offset=-1000)
     a, _, _ = _read(scene)
     b, _, _ = _read(stored)
-    np.testing.assert_array_equal(a, b)  # DN + 1000 in the file, -1000 on read: the pre-04.00 values
+    for x, y in zip(a, b, strict=True):  # DN + 1000 in the file, -1000 on read: the pre-04.00 values
+        np.testing.assert_array_equal(x, y)
 
 
 def test_harmonise_clips_valid_to_one_and_keeps_nodata():
@@ -239,7 +285,8 @@ def test_s2_read_through_s3(s3_server, s3_bucket, scene):
     remote = type(scene)(**{f: getattr(scene, f) for f in scene.__dataclass_fields__} | {"assets": assets})
     a, scl_a, _ = _read(scene)
     b, scl_b, _ = _read(remote)
-    np.testing.assert_array_equal(a, b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(scl_a, scl_b)
     # a missing S3 object is a missing asset, not a transient error
     gone = _with_asset(remote, "B03", f"s3://{s3_bucket}/scenes/S2_A/none.tif")
@@ -252,8 +299,9 @@ def test_unreachable_endpoint_is_transient(scene, monkeypatch):
     remote = _with_asset(scene, "B02", "s3://bucket/x/B02.tif")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    out = np.zeros((12, GRID.size, GRID.size), np.uint16)
-    scl = np.zeros((GRID.size, GRID.size), np.uint8)
+    n = GRID.size
+    out = S2Out(np.zeros((4, n, n), np.uint16), np.zeros((8, n // 2, n // 2), np.uint16))
+    scl = np.zeros((n // 2, n // 2), np.uint8)
     with rasterio_env(st), pytest.raises(TransientIOError, match="S2_A B02"):
         read_s2_scene(remote, GRID, st, out, scl)
 
@@ -287,7 +335,7 @@ def test_numpy_resampling_matches_gdal_reproject(
     with rasterio.open(path) as ds:
         fast = np.zeros((256, 256), dtype)
         R._read_band(ds, grid, Resampling[resampling], fast, out_nodata)
-        monkeypatch.setattr(R, "_scale_factor", lambda t: None)
+        monkeypatch.setattr(R, "_scale_factor", lambda t, gsd=10.0: None)
         slow = np.zeros((256, 256), dtype)
         R._read_band(ds, grid, Resampling[resampling], slow, out_nodata)
     if dtype == "uint16":
