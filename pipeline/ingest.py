@@ -30,6 +30,7 @@ nothing. Ray Data settings live in :func:`configure_data_context` and nowhere el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from pipeline import shards as S
 from pipeline.config import IngestConfig
 from pipeline.grid import sample_id as make_sample_id
 from pipeline.grid import tile_centres_lonlat
-from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, read_s1_scene, read_s2_scene
+from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, block_cache, read_s1_scene, read_s2_scene
 from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
 from pipeline.storage import (
     TransientIOError,
@@ -439,6 +440,74 @@ def _summary_row(side: dict, skipped: bool, seconds: float) -> dict:
     }
 
 
+def unit_cell(unit, cfg: IngestConfig) -> tuple[int, int]:
+    """``(ucol, urow)`` of a unit on its zone's unit grid (its lower-left corner over ``unit_m``)."""
+    return int(round(unit.bounds[0] / cfg.unit_m)), int(round(unit.bounds[1] / cfg.unit_m))
+
+
+def group_units(units: Sequence, g: int, cfg: IngestConfig) -> list[list]:
+    """Units -> groups of neighbours that one task processes in turn (sharing decoded COG blocks).
+
+    A group holds the units of one zone and period whose cell lies in one ``g x g`` square of unit cells
+    (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately east-
+    and westwards) so that consecutive units touch the same blocks. Groups are sorted by zone, period and
+    square; every unit lands in exactly one group.
+    """
+    squares: dict[tuple, list[tuple[int, int, object]]] = {}
+    for u in units:
+        c, r = unit_cell(u, cfg)
+        squares.setdefault((u.epsg, u.period, c // g, r // g), []).append((r, c, u))
+    groups = []
+    for key in sorted(squares):
+        members = sorted(squares[key], key=lambda m: (m[0], m[1]))
+        rows = sorted({r for r, _, _ in members})
+        order = []
+        for k, row in enumerate(rows):
+            cells = [u for r, _, u in members if r == row]
+            order.extend(reversed(cells) if k % 2 else cells)
+        groups.append(order)
+    return groups
+
+
+#: when set (a local directory), each unit group writes ``<dir>/<first unit id>.json``: how many times each
+#: COG block was decoded and its bytes (for ``bench/ingest.py``; off in production)
+BLOCK_TRACE_ENV = "SKYRAY_BLOCK_TRACE"
+
+
+def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0) -> Callable[[dict], list]:
+    """The per-row function of the Ray Data graph: ``{"units": [WorkUnit JSON, ...]}`` (one group of
+    :func:`group_units`) -> one summary row per unit.
+
+    The units run in the given order through :func:`make_process_unit_fn` (skip when done, retries) inside
+    one :func:`~pipeline.read.block_cache` of ``block_cache_mb``, so a COG block that several of them need
+    is decoded once (within the budget). The rows' ``bytes_read`` then counts the bytes actually decoded;
+    sidecars keep the deterministic window bytes, so outputs do not depend on grouping or the cache.
+    """
+    unit_fn = make_process_unit_fn(cfg, out_uri, backoff_s)
+    budget = cfg.block_cache_mb * 2**20
+
+    def process(row: dict) -> list[dict]:
+        rows = []
+        with block_cache(budget) if budget else contextlib.nullcontext() as cache:
+            for js in row["units"]:
+                before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+                r = unit_fn({"unit": js})
+                if cache is not None and not r["skipped"]:
+                    # windows served by the cache are replaced by the blocks it decoded for them
+                    r["bytes_read"] += (cache.decoded_bytes - before[1]) - (cache.window_bytes - before[0])
+                rows.append(r)
+            trace = os.environ.get(BLOCK_TRACE_ENV)
+            if trace and cache is not None and row["units"]:
+                first = json.loads(row["units"][0])["unit_id"]
+                blocks = {"|".join(map(str, k)): [n, cache.sizes[k]] for k, n in cache.decoded.items()}
+                os.makedirs(trace, exist_ok=True)
+                with open(os.path.join(trace, f"{first}.json"), "w") as f:
+                    json.dump(blocks, f)
+        return rows
+
+    return process
+
+
 # -------------------------------------------------------------------------------------- Ray Data
 
 
@@ -463,21 +532,27 @@ WAVE_UNITS = 20_000
 
 
 def run_units(units: Sequence, cfg: IngestConfig, out_uri: str, wave_units: int = WAVE_UNITS) -> list[dict]:
-    """Process ``units`` with Ray Data (one task per unit, ``num_cpus_per_task`` each); summary rows."""
+    """Process ``units`` with Ray Data: one task per group of neighbouring units (:func:`group_units`,
+    ``num_cpus_per_task`` each); one summary row per unit, sorted by unit id."""
     import ray.data
 
     if not units:
         return []
     configure_data_context(cfg)
-    fn = make_process_unit_fn(cfg, out_uri)
-    n_waves = -(-len(units) // wave_units)
+    fn = make_process_group_fn(cfg, out_uri)
+    groups = group_units(units, cfg.group_units, cfg)
+    waves: list[list[list]] = [[]]
+    for grp in groups:  # waves of about wave_units units, whole groups each
+        if waves[-1] and sum(map(len, waves[-1])) + len(grp) > wave_units:
+            waves.append([])
+        waves[-1].append(grp)
     rows: list[dict] = []
-    for w, start in enumerate(range(0, len(units), wave_units)):
-        items = [{"unit": u.to_json()} for u in units[start : start + wave_units]]
-        if n_waves > 1:
-            log.info("wave %d/%d: %d units", w + 1, n_waves, len(items))
+    for w, wave in enumerate(waves):
+        items = [{"units": [u.to_json() for u in grp]} for grp in wave]
+        if len(waves) > 1:
+            log.info("wave %d/%d: %d groups, %d units", w + 1, len(waves), len(items), sum(map(len, wave)))
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
-        ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
+        ds = ds.flat_map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
         rows.extend(ds.take_all())
         del items
     return sorted(rows, key=lambda r: r["unit_id"])
@@ -585,7 +660,8 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
 
 #: config fields that decide how the job runs, not what it writes: left out of the manifest, so re-running
 #: with another parallelism or retry budget (e.g. resuming on a bigger cluster) leaves it byte-identical.
-EXECUTION_ONLY = {"num_cpus_per_task": True, "concurrency": True, "storage": {"max_retries": True}}
+EXECUTION_ONLY = {"num_cpus_per_task": True, "concurrency": True, "group_units": True, "block_cache_mb": True,
+                  "storage": {"max_retries": True}}
 
 
 def manifest_config(cfg: IngestConfig) -> dict:

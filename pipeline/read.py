@@ -18,6 +18,11 @@ constant memory.
 * Sentinel-1: warped onto the unit grid (any CRS) with a ``WarpedVRT`` (bilinear, float32 linear
   power), then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
 
+Every pixel window of a Sentinel-2 band goes through :func:`read_window`: with a :class:`BlockCache` active
+(:func:`block_cache`, which the ingest holds open over a group of neighbouring units) it decodes each COG
+block whole, once, keeps it decoded within a byte budget and assembles windows from it, so a block that
+several units (or both passes of one unit) need is decoded once; without one it is a plain windowed read.
+
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
 (the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
 else that GDAL cannot decode (corrupt or truncated COG) raises ``SceneReadError("unreadable_cog")``,
@@ -26,9 +31,11 @@ and the caller rejects that scene and goes on with the unit's other scenes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -130,6 +137,98 @@ def _open(href: str, storage: StorageConfig, what: str):
     return ds
 
 
+class BlockKey(NamedTuple):
+    """One decoded COG block: the raster (as opened), its band, block row and column."""
+
+    path: str
+    band: int
+    row: int
+    col: int
+
+
+class BlockCache:
+    """Decoded COG blocks, least recently used evicted beyond ``budget_bytes``; counts what it decodes.
+
+    ``decoded`` counts decodes per block (a block evicted and needed again counts twice; ``sizes`` their
+    pixel bytes), ``decoded_bytes``
+    their pixel bytes, ``hit_bytes`` the pixel bytes of blocks served from memory, ``window_bytes`` the
+    pixel bytes of the windows read through it.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.blocks: OrderedDict[BlockKey, np.ndarray] = OrderedDict()
+        self.nbytes = 0
+        self.decoded: dict[BlockKey, int] = {}
+        self.sizes: dict[BlockKey, int] = {}
+        self.decoded_bytes = 0
+        self.hit_bytes = 0
+        self.window_bytes = 0
+
+    def get(self, ds, key: BlockKey) -> tuple[np.ndarray, int]:
+        """The decoded block and the bytes decoded to get it (0 when it was in memory)."""
+        blk = self.blocks.get(key)
+        if blk is not None:
+            self.blocks.move_to_end(key)
+            self.hit_bytes += blk.nbytes
+            return blk, 0
+        blk = decode_block(ds, key)
+        self.decoded[key] = self.decoded.get(key, 0) + 1
+        self.sizes[key] = blk.nbytes
+        self.decoded_bytes += blk.nbytes
+        self.blocks[key] = blk
+        self.nbytes += blk.nbytes
+        while self.nbytes > self.budget and len(self.blocks) > 1:
+            _, old = self.blocks.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return blk, blk.nbytes
+
+
+_CACHE: BlockCache | None = None
+
+
+@contextlib.contextmanager
+def block_cache(budget_bytes: int) -> Iterator[BlockCache]:
+    """Within the block, every :func:`read_window` of this process shares one :class:`BlockCache`
+    (dropped at the end, so memory is bounded by the budget and nothing leaks between groups)."""
+    global _CACHE
+    prev, _CACHE = _CACHE, BlockCache(budget_bytes)
+    try:
+        yield _CACHE
+    finally:
+        _CACHE = prev
+
+
+def decode_block(ds, key: BlockKey) -> np.ndarray:
+    """Decode one whole block of ``ds`` (GDAL reads and inflates exactly that tile)."""
+    bh, bw = ds.block_shapes[key.band - 1]
+    r0, c0 = key.row * bh, key.col * bw
+    return ds.read(key.band, window=Window(c0, r0, min(bw, ds.width - c0), min(bh, ds.height - r0)))
+
+
+def read_window(ds, win: Window, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Band 1 of ``ds`` over ``win`` (inside the raster) -> ``(pixels, the window's pixel bytes)``; into
+    ``out`` when given (C-contiguous, the raster's dtype). Through the active :class:`BlockCache` if any
+    (which counts the bytes actually decoded), else one windowed read."""
+    cache = _CACHE
+    if cache is None:
+        data = ds.read(1, window=win, out=out) if out is not None else ds.read(1, window=win)
+        return data, data.nbytes
+    c0, r0, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    data = out if out is not None else np.empty((h, w), ds.dtypes[0])
+    bh, bw = ds.block_shapes[0]
+    for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
+        for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
+            blk, _ = cache.get(ds, BlockKey(ds.name, 1, br, bc))
+            # the part of block (br, bc) inside the window, in window and in block coordinates
+            y0, x0 = br * bh, bc * bw
+            ys, ye = max(r0, y0), min(r0 + h, y0 + blk.shape[0])
+            xs, xe = max(c0, x0), min(c0 + w, x0 + blk.shape[1])
+            data[ys - r0 : ye - r0, xs - c0 : xe - c0] = blk[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    cache.window_bytes += data.nbytes
+    return data, data.nbytes
+
+
 def _replication(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int, int] | None:
     """``(col, row, k)`` when a north-up raster of pixels ``k`` (a whole number) times the grid's shares its
     lattice: its pixel ``(c, r)`` covers exactly the grid pixels ``col + c*k ... + k - 1`` (rows alike), with
@@ -162,21 +261,21 @@ def _copy_replicated(ds, grid: UnitGrid, rep: tuple[int, int, int], out: np.ndar
     if k == 1:
         win = Window(cs, rs, ce - cs, re_ - rs)
         if dst.flags.c_contiguous and dst.dtype == dtype:
-            data = ds.read(1, window=win, out=dst)  # no temporary, no copy
+            data, nbytes = read_window(ds, win, out=dst)  # no temporary, no copy
         else:
-            data = ds.read(1, window=win)
+            data, nbytes = read_window(ds, win)
             dst[...] = data
         src = data
     else:
         scs, srs = cs // k, rs // k
         win = Window(scs, srs, -(-ce // k) - scs, -(-re_ // k) - srs)
-        data = ds.read(1, window=win)
+        data, nbytes = read_window(ds, win)
         big = data.repeat(k, 0).repeat(k, 1)  # (rows * k, cols * k): each pixel on its k x k cells
         src = big[rs - srs * k : re_ - srs * k, cs - scs * k : ce - scs * k]
         dst[...] = src
     if src_nodata is not None and not _same_nodata(src_nodata, nodata):
         dst[_is_nodata(src, src_nodata)] = nodata
-    return data.size * dtype.itemsize
+    return nbytes
 
 
 def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, nodata: float,
@@ -195,7 +294,6 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     rep = _replication(ds.transform, grid)
     if rep is not None and (rep[2] == 1 or exact):
         return _copy_replicated(ds, grid, rep, out, nodata, src_nodata)
-    itemsize = np.dtype(ds.dtypes[0]).itemsize
     inv = ~ds.transform
     x0, y0, x1, y1 = grid.bounds
     cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
@@ -206,7 +304,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     if ce <= cs or re_ <= rs:
         return 0
     win = Window(cs, rs, ce - cs, re_ - rs)
-    data = ds.read(1, window=win)
+    data, nbytes = read_window(ds, win)
     src_nodata = nodata if src_nodata is None else src_nodata
     factor = _scale_factor(ds.transform, grid.gsd)
     if factor and resampling in (Resampling.bilinear, Resampling.nearest):
@@ -218,7 +316,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         if r1 > r0 and c1 > c0:
             upsample(data, factor, (off_r + r0 / factor, off_c + c0 / factor), out[r0:r1, c0:c1],
                      src_nodata, nodata, resampling)
-        return data.size * itemsize
+        return nbytes
     reproject(
         source=data,
         destination=out,
@@ -231,7 +329,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         resampling=resampling,
         num_threads=1,
     )
-    return data.size * itemsize
+    return nbytes
 
 
 def _covered(n_out: int, factor: float, off: float, n_src: int) -> tuple[int, int]:

@@ -341,3 +341,98 @@ def test_s1_is_not_read_when_s2_keeps_no_tile(tmp_path, scenes, monkeypatch):
     monkeypatch.setattr(ING, "read_s1_scene", lambda scene, *a, **k: calls.append(scene.scene_id))
     side = ING.process_unit(_unit([scenes["cloudy"]], [scenes["s1"]]), CFG, str(tmp_path))
     assert side["tiles_written"] == 0 and calls == []
+
+
+# ------------------------------------------------------------------------ each COG block decoded once
+
+
+def _block_units(scenes):
+    """The 2 x 2 units (196..197, 1950..1951) over the scenes: 256-px units whose 10 m corner lies 178 px
+    east and 36 px south of a corner of the scenes' 256-px blocks, so neighbouring units share blocks of
+    every band."""
+    out = []
+    for uc in (196, 197):
+        for ur in (1950, 1951):
+            b = (2560.0 * uc, 2560.0 * ur, 2560.0 * (uc + 1), 2560.0 * (ur + 1))
+            tiles = tuple((c, r) for c in range(uc * 4, uc * 4 + 4) for r in range(ur * 4, ur * 4 + 4))
+            s2 = tuple(sorted((scenes[k] for k in "abc"), key=lambda s: (s.datetime, s.scene_id)))
+            out.append(WorkUnit(f"32633_{uc}_{ur}_2022Q2", 32633, "2022Q2", b, tiles, s2, ()))
+    return out
+
+
+def _decode_spy(monkeypatch):
+    import pipeline.read as R
+
+    counts: dict = {}
+    real = R.decode_block
+
+    def spy(ds, key):
+        counts[key] = counts.get(key, 0) + 1
+        return real(ds, key)
+
+    monkeypatch.setattr(R, "decode_block", spy)
+    return counts
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        # serpentine within a 2 x 2 square; (2, 0) is in the next square
+        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]]),
+        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]]),  # floor division: -1 is in square -1
+        ([(3, 5)], [[(3, 5)]]),
+    ],
+)
+def test_group_units_table(rows, match):
+    units = [WorkUnit(f"32633_{c}_{r}_2022Q2", 32633, "2022Q2", (2560.0 * c, 2560.0 * r, 2560.0 * (c + 1),
+                                                                  2560.0 * (r + 1)), (), (), ())
+             for c, r in rows]
+    groups = ING.group_units(units, 2, CFG)
+    assert [[ING.unit_cell(u, CFG) for u in g] for g in groups] == match
+    other = WorkUnit("32633_0_0_2022Q3", 32633, "2022Q3", units[0].bounds, (), (), ())  # another period
+    assert len(ING.group_units([units[0], other], 2, CFG)) == 2
+
+
+def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path, scenes, monkeypatch):
+    """Four units sharing COG blocks, processed as one group: every block any of them needs (SCL of every
+    scene, bands of the chosen ones) is decoded exactly once; one unit per task decodes shared blocks again.
+    Shards and sidecars are byte-identical either way, and to reading without a cache."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, 2, CFG)
+    counts = _decode_spy(monkeypatch)
+    rows = ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
+    assert [r["unit_id"] for r in rows] == [u.unit_id for u in group]
+    assert all(r["tiles_written"] for r in rows)
+    assert counts and set(counts.values()) == {1}, "a block was decoded twice"
+    paths = {k.path.rsplit("/", 2)[-2:][1] for k in counts}
+    assert {"SCL.tif", "B02.tif", "B05.tif", "B01.tif"} <= paths
+    # rows count the bytes decoded: each block's pixels once
+    assert sum(r["bytes_read"] for r in rows) > 0
+
+    counts.clear()
+    one = CFG.model_copy(update={"group_units": 1})
+    for u in units:
+        ING.make_process_group_fn(one, str(tmp_path / "one"))({"units": [u.to_json()]})
+    assert max(counts.values()) > 1 and sum(counts.values()) > len(counts)  # shared blocks decoded again
+
+    none = CFG.model_copy(update={"block_cache_mb": 0})
+    for u in units:
+        ING.make_process_group_fn(none, str(tmp_path / "none"))({"units": [u.to_json()]})
+    for sub in ("shards", "units"):
+        for f in sorted((tmp_path / "g" / sub).iterdir()):
+            for other in ("one", "none"):
+                assert (tmp_path / other / sub / f.name).read_bytes() == f.read_bytes(), (other, f.name)
+
+
+def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
+    """A budget smaller than the group's blocks evicts the least recently used ones (decoded again when
+    needed), with the same output."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, 2, CFG)
+    counts = _decode_spy(monkeypatch)
+    tiny = CFG.model_copy(update={"block_cache_mb": 1})
+    ING.make_process_group_fn(tiny, str(tmp_path / "t"))({"units": [u.to_json() for u in group]})
+    assert max(counts.values()) > 1
+    ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
+    for f in sorted((tmp_path / "g" / "shards").iterdir()):
+        assert (tmp_path / "t" / "shards" / f.name).read_bytes() == f.read_bytes()
