@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -445,18 +446,31 @@ def unit_cell(unit, cfg: IngestConfig) -> tuple[int, int]:
     return int(round(unit.bounds[0] / cfg.unit_m)), int(round(unit.bounds[1] / cfg.unit_m))
 
 
-def group_units(units: Sequence, g: int, cfg: IngestConfig) -> list[list]:
+def s2_tile_origin(unit) -> tuple[float, float] | None:
+    """The block-grid origin ``(x, y)`` (top-left corner of B02) of the unit's Sentinel-2 tile: the smallest
+    of its scenes' (all scenes of one MGRS tile share it; a unit in the overlap of two tiles takes the
+    same one every time). None without S2 scenes."""
+    origins = [(a.transform[2], a.transform[5]) for a in (s.assets.get("B02") for s in unit.s2) if a]
+    return min(origins) if origins else None
+
+
+def group_units(units: Sequence, g: int | None, cfg: IngestConfig) -> list[list]:
     """Units -> groups of neighbours that one task processes in turn (sharing decoded COG blocks).
 
-    A group holds the units of one zone and period whose cell lies in one ``g x g`` square of unit cells
-    (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately east-
-    and westwards) so that consecutive units touch the same blocks. Groups are sorted by zone, period and
-    square; every unit lands in exactly one group.
+    A group holds the units of one zone, period and Sentinel-2 tile (:func:`s2_tile_origin`: the scenes
+    whose blocks they share), and with ``g`` only those whose cell lies in one ``g x g`` square of unit
+    cells (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately
+    east- and westwards) so that consecutive units touch the same blocks. A block is shared only by units
+    of one tile, so whole-tile groups (``g=None``) decode each once within the cache budget; squares cut
+    through blocks, whose neighbouring groups decode them again. Groups are sorted by their key; every
+    unit lands in exactly one group.
     """
     squares: dict[tuple, list[tuple[int, int, object]]] = {}
     for u in units:
         c, r = unit_cell(u, cfg)
-        squares.setdefault((u.epsg, u.period, c // g, r // g), []).append((r, c, u))
+        origin = s2_tile_origin(u) or (math.inf, math.inf)
+        square = (c // g, r // g) if g else (0, 0)
+        squares.setdefault((u.epsg, u.period, origin, square), []).append((r, c, u))
     groups = []
     for key in sorted(squares):
         members = sorted(squares[key], key=lambda m: (m[0], m[1]))

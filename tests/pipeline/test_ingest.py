@@ -375,22 +375,47 @@ def _decode_spy(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "rows, match",
+    "rows, squares, whole",
     [
-        # serpentine within a 2 x 2 square; (2, 0) is in the next square
-        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]]),
-        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]]),  # floor division: -1 is in square -1
-        ([(3, 5)], [[(3, 5)]]),
+        # serpentine within a 2 x 2 square; (2, 0) is in the next square; whole: one serpentine over all
+        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]],
+         [(0, 0), (1, 0), (2, 0), (1, 1), (0, 1)]),
+        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]], [(-1, -1), (0, 0)]),  # floor division: -1 in square -1
+        ([(3, 5)], [[(3, 5)]], [(3, 5)]),
     ],
 )
-def test_group_units_table(rows, match):
+def test_group_units_table(rows, squares, whole):
     units = [WorkUnit(f"32633_{c}_{r}_2022Q2", 32633, "2022Q2", (2560.0 * c, 2560.0 * r, 2560.0 * (c + 1),
                                                                   2560.0 * (r + 1)), (), (), ())
              for c, r in rows]
-    groups = ING.group_units(units, 2, CFG)
-    assert [[ING.unit_cell(u, CFG) for u in g] for g in groups] == match
+    assert [[ING.unit_cell(u, CFG) for u in g] for g in ING.group_units(units, 2, CFG)] == squares
+    (one,) = ING.group_units(units, None, CFG)
+    assert [ING.unit_cell(u, CFG) for u in one] == whole
     other = WorkUnit("32633_0_0_2022Q3", 32633, "2022Q3", units[0].bounds, (), (), ())  # another period
-    assert len(ING.group_units([units[0], other], 2, CFG)) == 2
+    assert len(ING.group_units([units[0], other], None, CFG)) == 2
+
+
+def test_whole_tile_groups_follow_the_s2_tile(scenes):
+    """Units of two Sentinel-2 tiles (block grids) never share a group; a unit seen by both takes the one
+    with the smaller origin."""
+    a = scenes["a"]
+    moved = {k: AssetRef(v.href, (v.transform[0], 0.0, v.transform[2] + 109800.0, 0.0, v.transform[4],
+                                  v.transform[5]), v.shape, v.nodata) for k, v in a.assets.items()}
+    fields = {f: getattr(a, f) for f in a.__dataclass_fields__}
+    east = type(a)(**{**fields, "assets": moved, "scene_id": "S2_EAST"})
+
+    def unit(c, s2):
+        b = (2560.0 * c, 2560.0 * 1951, 2560.0 * (c + 1), 2560.0 * 1952)
+        return WorkUnit(f"32633_{c}_1951_2022Q2", 32633, "2022Q2", b, (), tuple(s2), ())
+
+    us = [unit(195, [a]), unit(196, [a, east]), unit(240, [east]), unit(241, [east]), unit(197, [])]
+    assert ING.s2_tile_origin(us[1]) == (499980.0, 5000040.0) and ING.s2_tile_origin(us[4]) is None
+    groups = ING.group_units(us, None, CFG)
+    assert sorted(sorted(u.unit_id for u in g) for g in groups) == [
+        ["32633_195_1951_2022Q2", "32633_196_1951_2022Q2"],
+        ["32633_197_1951_2022Q2"],
+        ["32633_240_1951_2022Q2", "32633_241_1951_2022Q2"],
+    ]
 
 
 def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path, scenes, monkeypatch):
@@ -398,7 +423,8 @@ def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path
     scene, bands of the chosen ones) is decoded exactly once; one unit per task decodes shared blocks again.
     Shards and sidecars are byte-identical either way, and to reading without a cache."""
     units = _block_units(scenes)
-    (group,) = ING.group_units(units, 2, CFG)
+    (group,) = ING.group_units(units, None, CFG)
+    assert ING.group_units(units, 2, CFG) == [group]  # one 2 x 2 square: the same group
     counts = _decode_spy(monkeypatch)
     rows = ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
     assert [r["unit_id"] for r in rows] == [u.unit_id for u in group]
@@ -428,7 +454,7 @@ def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
     """A budget smaller than the group's blocks evicts the least recently used ones (decoded again when
     needed), with the same output."""
     units = _block_units(scenes)
-    (group,) = ING.group_units(units, 2, CFG)
+    (group,) = ING.group_units(units, None, CFG)
     counts = _decode_spy(monkeypatch)
     tiny = CFG.model_copy(update={"block_cache_mb": 1})
     ING.make_process_group_fn(tiny, str(tmp_path / "t"))({"units": [u.to_json() for u in group]})
