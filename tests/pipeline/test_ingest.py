@@ -462,3 +462,76 @@ def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
     ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
     for f in sorted((tmp_path / "g" / "shards").iterdir()):
         assert (tmp_path / "t" / "shards" / f.name).read_bytes() == f.read_bytes()
+
+
+# --------------------------------------------------------------------------- compacted shard files
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_compacted_shards_are_cut_by_size_named_and_hold_every_row(tmp_path, scenes, monkeypatch):
+    """shard_mb > 0: a group's rows go into files cut once shard_mb MiB of rows have gathered (here each
+    unit holds ~2 MiB, so 3 MiB cuts after every second unit), named after their first unit, with row
+    groups of ~ROW_GROUP_BYTES; the rows are exactly those of one shard per unit."""
+    monkeypatch.setattr(ING, "ROW_GROUP_BYTES", 512 * 1024)
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    cfg = CFG.model_copy(update={"shard_mb": 3})
+    rows = ING.make_process_group_fn(cfg, str(tmp_path / "c"))({"units": [u.to_json() for u in group]})
+    names = sorted(p.name for p in (tmp_path / "c" / "shards").iterdir())
+    assert names == sorted(f"{group[i].unit_id}.parquet" for i in (0, 2))
+    assert sum(r["bytes_written"] for r in rows) == sum((tmp_path / "c" / "shards" / n).stat().st_size
+                                                        for n in names)
+    for n in names:
+        pf = pq.ParquetFile(tmp_path / "c" / "shards" / n)
+        assert pf.metadata.num_row_groups >= 4  # ~2 x 2 MiB of rows in 512 KiB row groups
+    fin = ING.finalize(units, cfg, str(tmp_path / "c"))
+    m = fin["manifest"]
+    assert [s["path"] for s in m["shards"]] == [f"shards/{n}" for n in names]
+    ING.make_process_group_fn(CFG, str(tmp_path / "u"))({"units": [u.to_json() for u in group]})
+    ref = ING.finalize(units, CFG, str(tmp_path / "u"))["manifest"]
+    assert m["rows"] == ref["rows"] == sum(r["tiles_written"] for r in rows) and len(ref["shards"]) == 4
+    assert m["band_stats"] == ref["band_stats"]
+    got, want = read_shards(tmp_path / "c" / "shards"), read_shards(tmp_path / "u" / "shards")
+    order_got, order_want = np.argsort(got["sample_id"]), np.argsort(want["sample_id"])
+    assert sorted(got["sample_id"]) == sorted(want["sample_id"])
+    for k in ("s2_10m", "s2_20m", "s2_doy", "s1_valid"):
+        np.testing.assert_array_equal(got[k][order_got], want[k][order_want], err_msg=k)
+
+
+def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes, monkeypatch):
+    """A run killed after its first file (the third unit fails hard) leaves that file and the sidecars of
+    its units only; resuming the pending units writes the rest, and the output equals an uninterrupted run
+    byte for byte; running again writes nothing."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 3})
+    (group,) = ING.group_units(units, None, cfg)
+    ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
+    ING.finalize(units, cfg, str(tmp_path / "ref"))
+    ref = _files(tmp_path / "ref")
+
+    real, seen = ING.unit_rows, []
+
+    def dies_on_the_third(unit, c):
+        seen.append(unit.unit_id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(unit, c)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ING, "unit_rows", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt, match="killed"):
+        ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    monkeypatch.setattr(ING, "unit_rows", real)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
+    todo, done = ING.pending_units(units, cfg, str(out))
+    assert sorted(u.unit_id for u in done) == sorted(u.unit_id for u in group[:2])
+    (rest,) = ING.group_units(todo, None, cfg)
+    rows = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in rest]})
+    assert not any(r["skipped"] for r in rows)
+    ING.finalize(units, cfg, str(out))
+    assert _files(out) == ref
+    again = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    assert all(r["skipped"] for r in again) and _files(out) == ref
