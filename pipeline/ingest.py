@@ -1,4 +1,5 @@
-"""The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
+"""The ingest graph: work units -> Ray Data tasks (groups of neighbouring units) -> Parquet shards, then
+manifest + rejects.
 
 Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each scene's
 SCL alone at its native 20 m onto the unit's 20 m grid and measures, per tile, its cloud+shadow and
