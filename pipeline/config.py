@@ -62,9 +62,10 @@ class IngestConfig(_Strict):
     group_units: int | None = Field(default=None, ge=1, le=64)
     #: memory for that cache per task (MiB; 0 = no cache, one windowed read per band and unit).
     block_cache_mb: int = Field(default=1024, ge=0)
-    #: 0: one shard file per unit. > 0: a group's rows go into shard files cut once this many MiB of rows
-    #: (in memory; ~0.55x that on disk) have gathered, named after their first unit: fewer, larger files.
-    shard_mb: int = Field(default=0, ge=0, le=8192)
+    #: 0: one shard file per unit. > 0: a group's rows go into shard files cut once their encoded size
+    #: reaches this many MiB (so files are this size plus at most one unit's rows), named after their first
+    #: unit: fewer, larger files for object storage.
+    shard_mb: float = Field(default=0.0, ge=0.0, le=4096.0)
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

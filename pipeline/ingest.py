@@ -19,8 +19,8 @@ decoded, so its faults go unseen.
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
 * ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived); with
-  ``shard_mb > 0`` one file per ``shard_mb`` MiB of rows of a unit group instead, named after its first
-  unit (each unit's rows sorted by sample_id, units in the group's order);
+  ``shard_mb > 0`` files of at least ``shard_mb`` MiB (encoded) of a unit group's rows instead, named after
+  their first unit (each unit's rows sorted by sample_id and its own row groups, units in the group's order);
 * ``<out>/units/<unit_id>.json`` — the unit's sidecar, written *after* its shard: shard size and
   sha256, band sums, tile/scene rejects, bytes read. Its presence means "unit done": a re-run skips
   the unit, and the final manifest is built from sidecars alone (no re-read of pixels);
@@ -491,7 +491,8 @@ def group_units(units: Sequence, g: int | None, cfg: IngestConfig) -> list[list]
 BLOCK_TRACE_ENV = "SKYRAY_BLOCK_TRACE"
 
 
-#: row groups of compacted shards: about this many bytes of rows each (streaming readers fetch one at a time)
+#: row groups of compacted shards: at most about this many bytes of rows (in memory) each, and never more
+#: than one unit (streaming readers fetch one row group at a time)
 ROW_GROUP_BYTES = 64 * 2**20
 
 
@@ -556,43 +557,40 @@ def _with_retries(fn: Callable, cfg: IngestConfig, backoff_s: float, what: str):
 
 
 def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, backoff_s: float, cache) -> list:
-    """A group's units in order, their rows gathered into shard files of about ``shard_mb`` MiB of rows.
+    """A group's units in order, their rows encoded into shard files of at least ``shard_mb`` MiB.
 
-    After each unit, once the rows gathered reach ``shard_mb`` (and after the last unit) they are written as
-    one file ``shards/<first unit id>.parquet`` (row groups of ~:data:`ROW_GROUP_BYTES`), then the sidecar of
-    every unit in it, each naming that file. A unit is done only once its file is, so the done units of a
-    group are always its first parts: a retried or resumed group starts at a cut and writes the same files,
-    byte for byte, as an uninterrupted one (the cut depends only on the units and their rows).
+    Each unit's rows are appended to the open file as its own row groups (of at most
+    ~:data:`ROW_GROUP_BYTES`); once the encoded file reaches ``shard_mb`` MiB (and after the last unit) it is
+    written as ``shards/<first unit id>.parquet``, then the sidecar of every unit in it, each naming that
+    file. A unit is done only once its file is, so the done units of a group are always its first files: a
+    retried or resumed group starts at a cut and writes the same files, byte for byte, as an uninterrupted
+    one (cuts depend only on the units and their rows). Memory: one file's encoded bytes plus one unit.
     """
     from pipeline.plan import WorkUnit
 
-    target = cfg.shard_mb * 2**20
+    target = int(cfg.shard_mb * 2**20)
     out_rows: list[dict] = []
-    # (sidecar, table or None, seconds, decoded - window bytes) of the units gathered for the next file
-    part: list[tuple[dict, object, float, int]] = []
-    gathered = 0
+    # (sidecar, seconds, decoded - window bytes) of the units in the open file
+    part: list[tuple[dict, float, int]] = []
+    state: dict = {"buf": None, "writer": None, "rows": 0}
 
     def flush():
-        nonlocal part, gathered
-        if not part:
-            return
-        tables = [t for _, t, _, _ in part if t is not None]
         shard = None
-        if tables:
-            big = pa.concat_tables(tables)
-            per_row = max(1, big.nbytes // max(big.num_rows, 1))
-            data = S.table_to_parquet(big, row_group_rows=max(1, ROW_GROUP_BYTES // per_row))
+        if state["writer"] is not None:
+            state["writer"].close()
+            data = state["buf"].getvalue().to_pybytes()
             path = shard_relpath(part[0][0]["unit_id"])
             write_bytes_atomic(join(out_uri, path), data, cfg.storage)
-            shard = {"path": path, "rows": big.num_rows, "bytes": len(data), "sha256": S.sha256(data)}
-            del big, data
-        for side, _, seconds, extra in part:
+            shard = {"path": path, "rows": state["rows"], "bytes": len(data), "sha256": S.sha256(data)}
+            del data
+        for side, seconds, extra in part:
             side["shard"] = shard
             write_bytes_atomic(sidecar_uri(out_uri, side["unit_id"]), _json_bytes(side), cfg.storage)
             r = _summary_row(side, skipped=False, seconds=seconds)
             r["bytes_read"] += extra  # windows served by the cache -> the blocks it decoded for them
             out_rows.append(r)
-        part, gathered = [], 0
+        part.clear()
+        state.update(buf=None, writer=None, rows=0)
 
     for js in units_json:
         unit = WorkUnit.from_json(js)
@@ -606,11 +604,19 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
         table, side = _with_retries(lambda unit=unit: unit_rows(unit, cfg), cfg, backoff_s,
                                     f"unit {unit.unit_id}")
         extra = _decoded_extra(cache, before) if cache else 0
-        part.append((side, table, time.perf_counter() - t0, extra))
-        gathered += 0 if table is None else table.nbytes
-        if gathered >= target:
+        if table is not None:
+            if state["writer"] is None:
+                state["buf"] = pa.BufferOutputStream()  # tell() is what is encoded so far
+                state["writer"] = S.parquet_writer(state["buf"], table.schema)
+            per_row = max(1, table.nbytes // table.num_rows)
+            state["writer"].write_table(table, row_group_size=max(1, ROW_GROUP_BYTES // per_row))
+            state["rows"] += table.num_rows
+            del table
+        part.append((side, time.perf_counter() - t0, extra))
+        if state["buf"] is not None and state["buf"].tell() >= target:
             flush()
-    flush()
+    if part:
+        flush()
     return out_rows
 
 

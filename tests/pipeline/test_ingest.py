@@ -472,25 +472,33 @@ def _files(root):
 
 
 def test_compacted_shards_are_cut_by_size_named_and_hold_every_row(tmp_path, scenes, monkeypatch):
-    """shard_mb > 0: a group's rows go into files cut once shard_mb MiB of rows have gathered (here each
-    unit holds ~2 MiB, so 3 MiB cuts after every second unit), named after their first unit, with row
-    groups of ~ROW_GROUP_BYTES; the rows are exactly those of one shard per unit."""
-    monkeypatch.setattr(ING, "ROW_GROUP_BYTES", 512 * 1024)
+    """shard_mb > 0: a group's rows are encoded into files cut once they reach shard_mb MiB (each of these
+    units' own files are 22-29 KB, footer included, so one unit stays under 30 KiB and two pass it: cuts after
+    every second unit), named after their first unit, each
+    unit in its own row groups of ~ROW_GROUP_BYTES; the rows are exactly those of one shard per unit."""
     units = _block_units(scenes)
     (group,) = ING.group_units(units, None, CFG)
-    cfg = CFG.model_copy(update={"shard_mb": 3})
+    ING.make_process_group_fn(CFG, str(tmp_path / "u"))({"units": [u.to_json() for u in group]})
+    sizes = [(tmp_path / "u" / "shards" / f"{u.unit_id}.parquet").stat().st_size for u in group]
+    assert all(22_000 < n < 29_000 for n in sizes), sizes  # the premise of the cut below
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
     rows = ING.make_process_group_fn(cfg, str(tmp_path / "c"))({"units": [u.to_json() for u in group]})
     names = sorted(p.name for p in (tmp_path / "c" / "shards").iterdir())
     assert names == sorted(f"{group[i].unit_id}.parquet" for i in (0, 2))
-    assert sum(r["bytes_written"] for r in rows) == sum((tmp_path / "c" / "shards" / n).stat().st_size
-                                                        for n in names)
-    for n in names:
-        pf = pq.ParquetFile(tmp_path / "c" / "shards" / n)
-        assert pf.metadata.num_row_groups >= 4  # ~2 x 2 MiB of rows in 512 KiB row groups
+    files = [tmp_path / "c" / "shards" / f"{group[i].unit_id}.parquet" for i in (0, 2)]
+    assert files[0].stat().st_size >= 30 * 1024  # cut once past the target
+    assert sum(r["bytes_written"] for r in rows) == sum(f.stat().st_size for f in files)
+    for f in files:
+        assert pq.ParquetFile(f).metadata.num_row_groups == 2  # one per unit: 2 MiB of rows < 64 MiB
+    # smaller row groups: 512 KiB of rows (~131 KiB a row in memory) -> at most 4 rows each
+    monkeypatch.setattr(ING, "ROW_GROUP_BYTES", 512 * 1024)
+    ING.make_process_group_fn(cfg, str(tmp_path / "rg"))({"units": [u.to_json() for u in group]})
+    for f in sorted((tmp_path / "rg" / "shards").iterdir()):
+        md = pq.ParquetFile(f).metadata
+        assert md.num_row_groups > 2 and max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 4
     fin = ING.finalize(units, cfg, str(tmp_path / "c"))
     m = fin["manifest"]
     assert [s["path"] for s in m["shards"]] == [f"shards/{n}" for n in names]
-    ING.make_process_group_fn(CFG, str(tmp_path / "u"))({"units": [u.to_json() for u in group]})
     ref = ING.finalize(units, CFG, str(tmp_path / "u"))["manifest"]
     assert m["rows"] == ref["rows"] == sum(r["tiles_written"] for r in rows) and len(ref["shards"]) == 4
     assert m["band_stats"] == ref["band_stats"]
@@ -506,7 +514,7 @@ def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes,
     its units only; resuming the pending units writes the rest, and the output equals an uninterrupted run
     byte for byte; running again writes nothing."""
     units = _block_units(scenes)
-    cfg = CFG.model_copy(update={"shard_mb": 3})
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
     (group,) = ING.group_units(units, None, cfg)
     ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
     ING.finalize(units, cfg, str(tmp_path / "ref"))
