@@ -44,7 +44,6 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
@@ -518,10 +517,10 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
     ``out (2, N, N) float32`` receives dB, NaN where there is no data. ``cells``: the ``(col, row, side)``
     pixel squares of the grid to fill (default: the whole grid); pixels outside them may or may not change.
     Non-overlapping cells that tile a square are read in one go, others cell by cell. A same-zone scene is
-    resampled in numpy, with the same result either way; a scene in another UTM zone goes through GDAL's
-    warper, whose approximate transformer depends on the output window (positions within 0.125 px), so
-    its pixels may differ by that much between a whole-unit and a per-cell read. Returns an estimate of
-    the decoded source bytes (the area filled, in source pixels).
+    resampled in numpy (separable); a scene in another UTM zone is warped in numpy too (:func:`_warp_taps`:
+    exact source positions on a fixed lattice of the unit grid, interpolated in between, one map for both
+    bands), so either way a pixel does not depend on which cells are read. Returns the pixel bytes of the
+    source windows read.
     """
     n = grid.size
     cells = [(0, 0, n)] if cells is None else list(cells)
@@ -534,6 +533,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
     else:
         squares = cells
     nbytes = 0
+    taps: dict[tuple[int, int, int], _WarpTaps | None] = {}
     for i, band in enumerate(S1.bands):
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
@@ -542,7 +542,6 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         try:
             with ds:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
-                itemsize = np.dtype(ds.dtypes[0]).itemsize
                 if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform, grid.gsd):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
                     for c, r, k in squares:
@@ -550,28 +549,107 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                         nbytes += _read_band(ds, grid.sub(c, r, k), Resampling[band.resampling], dst, np.nan,
                                              src_nodata)
                     continue
-                for c, r, k in squares:  # the source's blocks stay in GDAL's cache while ds is open
-                    with WarpedVRT(
-                        ds,
-                        crs=f"EPSG:{grid.epsg}",
-                        transform=grid.sub(c, r, k).transform,
-                        width=k,
-                        height=k,
-                        resampling=Resampling[band.resampling],
-                        src_nodata=src_nodata,
-                        nodata=np.nan,
-                        dtype="float32",
-                    ) as vrt:
-                        tgt = out[i, r : r + k, c : c + k]
-                        if tgt.flags.c_contiguous:
-                            vrt.read(1, out=tgt)
-                        else:
-                            tgt[...] = vrt.read(1)
-                    nbytes += k * k * itemsize
+                for c, r, k in squares:
+                    if (c, r, k) not in taps:  # one coordinate map per square, shared by VV and VH
+                        taps[(c, r, k)] = _warp_taps(ds.crs, ds.transform, ds.width, ds.height, grid, c, r, k)
+                    nbytes += _warp_band(ds, taps[(c, r, k)], out[i, r : r + k, c : c + k], src_nodata)
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
     for c, r, k in squares:
         to_db(out[:, r : r + k, c : c + k])
+    return nbytes
+
+
+#: cross-zone warps: source positions are computed exactly every this many output pixels (on a lattice fixed
+#: to the unit grid) and interpolated bilinearly in between; the zone change bends them by << 0.01 px there
+WARP_STEP = 16
+
+
+class _WarpTaps(NamedTuple):
+    """Where a square of the unit grid samples a raster: the source window and, per output pixel, the four
+    bilinear taps (indices into the window, clamped) and weights, and whether its centre is inside."""
+
+    window: Window
+    r0: np.ndarray
+    r1: np.ndarray
+    c0: np.ndarray
+    c1: np.ndarray
+    fr: np.ndarray
+    fc: np.ndarray
+    inside: np.ndarray
+
+
+def _warp_taps(src_crs, src_transform: Affine, width: int, height: int, grid: UnitGrid, c: int, r: int,
+               k: int) -> _WarpTaps | None:
+    """Bilinear taps of the ``k x k`` square at ``(c, r)`` of ``grid`` in a raster of another CRS (None when
+    the square misses it). Output pixel centres are transformed exactly on the lattice of unit pixels
+    ``(j * WARP_STEP, i * WARP_STEP)`` (plus the square's far edge) and bilinearly in between, the way
+    GDAL's approximate transformer does, but on a lattice that does not depend on the square."""
+    from rasterio.warp import transform as warp_transform
+
+    step = WARP_STEP
+    lo_c, lo_r = c // step * step, r // step * step
+    cols = np.arange(lo_c, c + k + step, step, dtype=np.float64)  # unit pixel coordinates of the lattice
+    rows = np.arange(lo_r, r + k + step, step, dtype=np.float64)
+    gx = grid.x_min + (cols + 0.5) * grid.gsd
+    gy = grid.y_max - (rows + 0.5) * grid.gsd
+    X, Y = np.meshgrid(gx, gy)
+    sx, sy = warp_transform(f"EPSG:{grid.epsg}", src_crs, X.ravel(), Y.ravel())
+    inv = ~src_transform
+    u = (inv.a * np.asarray(sx) + inv.b * np.asarray(sy) + inv.c).reshape(X.shape)  # source column
+    v = (inv.d * np.asarray(sx) + inv.e * np.asarray(sy) + inv.f).reshape(X.shape)  # source row
+    # interpolate the lattice to every pixel of the square (separable weights along both axes)
+    pc, pr = np.arange(c, c + k, dtype=np.float64), np.arange(r, r + k, dtype=np.float64)
+    jc, tc = np.divmod(pc - lo_c, step)
+    jr, tr = np.divmod(pr - lo_r, step)
+    jc, jr, tc, tr = jc.astype(int), jr.astype(int), tc / step, tr / step
+
+    def lerp(a):
+        top = a[jr][:, jc] * (1 - tc) + a[jr][:, jc + 1] * tc
+        bot = a[jr + 1][:, jc] * (1 - tc) + a[jr + 1][:, jc + 1] * tc
+        return top * (1 - tr)[:, None] + bot * tr[:, None]  # (k, k)
+
+    uu, vv = lerp(u), lerp(v)
+    inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+    if not inside.any():
+        return None
+    cs = max(int(np.floor(uu[inside].min() - 0.5)), 0)
+    rs = max(int(np.floor(vv[inside].min() - 0.5)), 0)
+    ce = min(int(np.floor(uu[inside].max() + 0.5)) + 1, width)
+    re_ = min(int(np.floor(vv[inside].max() + 0.5)) + 1, height)
+    i0, j0 = np.floor(vv - 0.5), np.floor(uu - 0.5)
+    fr, fc = (vv - 0.5 - i0).astype(np.float32), (uu - 0.5 - j0).astype(np.float32)
+    h, w = re_ - rs, ce - cs
+
+    def clamp(a, n):
+        return np.clip(a.astype(np.int64), 0, n - 1)
+
+    return _WarpTaps(Window(cs, rs, w, h), clamp(i0 - rs, h), clamp(i0 + 1 - rs, h), clamp(j0 - cs, w),
+                     clamp(j0 + 1 - cs, w), fr, fc, inside)
+
+
+def _warp_band(ds, taps: _WarpTaps | None, out: np.ndarray, src_nodata) -> int:
+    """Bilinear sampling of band 1 of ``ds`` at ``taps`` into ``out (k, k) float32`` (GDAL's nodata rule, as
+    :func:`upsample`: nodata taps weigh 0, the rest renormalised, nodata where the centre's own pixel is);
+    NaN outside. Returns the window's pixel bytes."""
+    out.fill(np.nan)
+    if taps is None:
+        return 0
+    data, nbytes = read_window(ds, taps.window)
+    a = data.astype(np.float32)
+    valid = np.ones(a.shape, bool) if src_nodata is None else ~_is_nodata(data, src_nodata)
+    a[~valid] = 0
+    wv = valid.astype(np.float32)
+    t = taps
+    w00, w01 = (1 - t.fr) * (1 - t.fc), (1 - t.fr) * t.fc
+    w10, w11 = t.fr * (1 - t.fc), t.fr * t.fc
+    num = a[t.r0, t.c0] * w00 + a[t.r0, t.c1] * w01 + a[t.r1, t.c0] * w10 + a[t.r1, t.c1] * w11
+    den = wv[t.r0, t.c0] * w00 + wv[t.r0, t.c1] * w01 + wv[t.r1, t.c0] * w10 + wv[t.r1, t.c1] * w11
+    # the source pixel holding each centre must itself be valid (GDAL)
+    own_r = np.where(t.fr >= 0.5, t.r1, t.r0)
+    own_c = np.where(t.fc >= 0.5, t.c1, t.c0)
+    ok = t.inside & valid[own_r, own_c] & (den > 1e-6)
+    np.divide(num, den, out=out, where=ok)
     return nbytes
 
 
