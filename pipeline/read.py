@@ -567,15 +567,13 @@ WARP_STEP = 16
 
 class _WarpTaps(NamedTuple):
     """Where a square of the unit grid samples a raster: the source window and, per output pixel, the four
-    bilinear taps (indices into the window, clamped) and weights, and whether its centre is inside."""
+    bilinear taps as flat indices into the window (clamped) with their weights, the tap holding the centre,
+    and whether the centre is inside the raster."""
 
     window: Window
-    r0: np.ndarray
-    r1: np.ndarray
-    c0: np.ndarray
-    c1: np.ndarray
-    fr: np.ndarray
-    fc: np.ndarray
+    idx: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (k, k) each: taps 00, 01, 10, 11
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    own: np.ndarray
     inside: np.ndarray
 
 
@@ -591,23 +589,20 @@ def _warp_taps(src_crs, src_transform: Affine, width: int, height: int, grid: Un
     lo_c, lo_r = c // step * step, r // step * step
     cols = np.arange(lo_c, c + k + step, step, dtype=np.float64)  # unit pixel coordinates of the lattice
     rows = np.arange(lo_r, r + k + step, step, dtype=np.float64)
-    gx = grid.x_min + (cols + 0.5) * grid.gsd
-    gy = grid.y_max - (rows + 0.5) * grid.gsd
-    X, Y = np.meshgrid(gx, gy)
-    sx, sy = warp_transform(f"EPSG:{grid.epsg}", src_crs, X.ravel(), Y.ravel())
+    X, Y = np.meshgrid(grid.x_min + (cols + 0.5) * grid.gsd, grid.y_max - (rows + 0.5) * grid.gsd)
+    sx, sy = (np.asarray(v) for v in warp_transform(f"EPSG:{grid.epsg}", src_crs, X.ravel(), Y.ravel()))
     inv = ~src_transform
-    u = (inv.a * np.asarray(sx) + inv.b * np.asarray(sy) + inv.c).reshape(X.shape)  # source column
-    v = (inv.d * np.asarray(sx) + inv.e * np.asarray(sy) + inv.f).reshape(X.shape)  # source row
-    # interpolate the lattice to every pixel of the square (separable weights along both axes)
-    pc, pr = np.arange(c, c + k, dtype=np.float64), np.arange(r, r + k, dtype=np.float64)
-    jc, tc = np.divmod(pc - lo_c, step)
-    jr, tr = np.divmod(pr - lo_r, step)
-    jc, jr, tc, tr = jc.astype(int), jr.astype(int), tc / step, tr / step
+    u = (inv.a * sx + inv.b * sy + inv.c).reshape(X.shape)  # source column of each lattice point
+    v = (inv.d * sx + inv.e * sy + inv.f).reshape(X.shape)  # source row
+    # the lattice interpolated to every pixel of the square: along columns on the lattice rows, then rows
+    jc, tc = np.divmod(np.arange(c, c + k) - lo_c, step)
+    jr, tr = np.divmod(np.arange(r, r + k) - lo_r, step)
+    tc, tr = (tc / step).astype(np.float32), (tr / step)[:, None].astype(np.float32)
 
     def lerp(a):
-        top = a[jr][:, jc] * (1 - tc) + a[jr][:, jc + 1] * tc
-        bot = a[jr + 1][:, jc] * (1 - tc) + a[jr + 1][:, jc + 1] * tc
-        return top * (1 - tr)[:, None] + bot * tr[:, None]  # (k, k)
+        a = a.astype(np.float32)
+        along = a[:, jc] * (1 - tc) + a[:, jc + 1] * tc  # (lattice rows, k)
+        return along[jr] * (1 - tr) + along[jr + 1] * tr  # (k, k)
 
     uu, vv = lerp(u), lerp(v)
     inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
@@ -617,15 +612,18 @@ def _warp_taps(src_crs, src_transform: Affine, width: int, height: int, grid: Un
     rs = max(int(np.floor(vv[inside].min() - 0.5)), 0)
     ce = min(int(np.floor(uu[inside].max() + 0.5)) + 1, width)
     re_ = min(int(np.floor(vv[inside].max() + 0.5)) + 1, height)
-    i0, j0 = np.floor(vv - 0.5), np.floor(uu - 0.5)
-    fr, fc = (vv - 0.5 - i0).astype(np.float32), (uu - 0.5 - j0).astype(np.float32)
     h, w = re_ - rs, ce - cs
-
-    def clamp(a, n):
-        return np.clip(a.astype(np.int64), 0, n - 1)
-
-    return _WarpTaps(Window(cs, rs, w, h), clamp(i0 - rs, h), clamp(i0 + 1 - rs, h), clamp(j0 - cs, w),
-                     clamp(j0 + 1 - cs, w), fr, fc, inside)
+    uu -= 0.5 + cs
+    vv -= 0.5 + rs
+    i0, j0 = np.floor(vv), np.floor(uu)
+    fr, fc = vv - i0, uu - j0  # float32 (k, k)
+    i0, j0 = i0.astype(np.int64), j0.astype(np.int64)
+    ra, rb = np.clip(i0, 0, h - 1) * w, np.clip(i0 + 1, 0, h - 1) * w
+    ca, cb = np.clip(j0, 0, w - 1), np.clip(j0 + 1, 0, w - 1)
+    gr, gc = 1 - fr, 1 - fc
+    own = np.where(fr >= 0.5, rb, ra) + np.where(fc >= 0.5, cb, ca)  # the tap holding the centre
+    return _WarpTaps(Window(cs, rs, w, h), (ra + ca, ra + cb, rb + ca, rb + cb),
+                     (gr * gc, gr * fc, fr * gc, fr * fc), own, inside)
 
 
 def _warp_band(ds, taps: _WarpTaps | None, out: np.ndarray, src_nodata) -> int:
@@ -636,20 +634,21 @@ def _warp_band(ds, taps: _WarpTaps | None, out: np.ndarray, src_nodata) -> int:
     if taps is None:
         return 0
     data, nbytes = read_window(ds, taps.window)
-    a = data.astype(np.float32)
-    valid = np.ones(a.shape, bool) if src_nodata is None else ~_is_nodata(data, src_nodata)
-    a[~valid] = 0
-    wv = valid.astype(np.float32)
-    t = taps
-    w00, w01 = (1 - t.fr) * (1 - t.fc), (1 - t.fr) * t.fc
-    w10, w11 = t.fr * (1 - t.fc), t.fr * t.fc
-    num = a[t.r0, t.c0] * w00 + a[t.r0, t.c1] * w01 + a[t.r1, t.c0] * w10 + a[t.r1, t.c1] * w11
-    den = wv[t.r0, t.c0] * w00 + wv[t.r0, t.c1] * w01 + wv[t.r1, t.c0] * w10 + wv[t.r1, t.c1] * w11
-    # the source pixel holding each centre must itself be valid (GDAL)
-    own_r = np.where(t.fr >= 0.5, t.r1, t.r0)
-    own_c = np.where(t.fc >= 0.5, t.c1, t.c0)
-    ok = t.inside & valid[own_r, own_c] & (den > 1e-6)
-    np.divide(num, den, out=out, where=ok)
+    a = data.astype(np.float32).ravel()
+    valid = None if src_nodata is None else ~_is_nodata(a, src_nodata)
+    if valid is not None and valid.all():
+        valid = None
+    if valid is not None:
+        a[~valid] = 0
+    num = sum(np.take(a, i) * wt for i, wt in zip(taps.idx, taps.weights, strict=True))
+    ok = taps.inside
+    if valid is not None:
+        wv = valid.astype(np.float32)
+        den = sum(np.take(wv, i) * wt for i, wt in zip(taps.idx, taps.weights, strict=True))
+        # the centre's own source pixel must be valid (GDAL)
+        ok = ok & np.take(valid, taps.own) & (den > 1e-6)
+        np.divide(num, den, out=num, where=ok)
+    np.copyto(out, num, where=ok)
     return nbytes
 
 
