@@ -226,6 +226,33 @@ def test_s1_other_zone_matches_gdal_at_edges_and_nodata(tmp_path):
     np.testing.assert_allclose(out[0][~nan], gdal[~nan], atol=1e-4)
 
 
+@pytest.mark.parametrize("cell", [(0, 0, 256), (40, 72, 100)])
+def test_cross_zone_warp_positions_are_exact(cell):
+    """The lattice-interpolated source positions of a square equal pyproj's per-pixel transform within
+    1e-3 px (the zone change bends them far less across a 16-px lattice cell)."""
+    from rasterio.warp import transform as warp_transform
+    from rasterio.warp import transform_bounds
+
+    import pipeline.read as R
+
+    x0, y0, x1, y1 = transform_bounds("EPSG:32633", "EPSG:32634", *GRID.bounds)
+    tr = Affine(10, 0, np.floor(x0 / 10) * 10 - 300, 0, -10, np.ceil(y1 / 10) * 10 + 300)
+    h, w = int((y1 - y0) / 10) + 60, int((x1 - x0) / 10) + 60
+    c, r, k = cell
+    taps = R._warp_taps("EPSG:32634", tr, w, h, GRID, c, r, k)
+    xs, ys = _cogs.centres(GRID.sub(c, r, k).transform, k, k)
+    sx, sy = warp_transform("EPSG:32633", "EPSG:32634", xs.ravel(), ys.ravel())
+    inv = ~tr
+    u = (inv.a * np.asarray(sx) + inv.b * np.asarray(sy) + inv.c).reshape(k, k)
+    v = (inv.d * np.asarray(sx) + inv.e * np.asarray(sy) + inv.f).reshape(k, k)
+    win = taps.window
+    row, col = np.divmod(taps.idx[0], int(win.width))  # tap 00, in the window
+    fr, fc = taps.weights[2] + taps.weights[3], taps.weights[1] + taps.weights[3]
+    np.testing.assert_allclose(col + win.col_off + fc + 0.5, u, atol=1e-3)
+    np.testing.assert_allclose(row + win.row_off + fr + 0.5, v, atol=1e-3)
+    assert taps.inside.all()
+
+
 def test_s1_cells_are_filled_alone_and_alike_whichever_others_are_read(tmp_path):
     """Reading some cells fills those and leaves the rest of the buffer alone; cells that tile the grid
     are one read. Pixels are the same either way, same-zone and cross-zone (whose source positions come
