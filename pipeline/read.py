@@ -15,13 +15,15 @@ constant memory.
   Only a raster off that lattice is resampled (bilinear; SCL nearest) from a window with a one-pixel
   margin. Then harmonised once: ``DN + scene.boa_offset`` on valid pixels, clipped to ``>= 1`` so
   0 stays nodata.
-* Sentinel-1: warped onto the unit grid (any CRS) with a ``WarpedVRT`` (bilinear, float32 linear
-  power), then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
+* Sentinel-1: resampled (same zone, separable) or warped (another zone: exact positions on a lattice fixed
+  to the unit grid, interpolated between) onto the unit's 10 m grid in numpy, bilinear on float32 linear
+  power with GDAL's nodata rule, then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
 
-Every pixel window of a Sentinel-2 band goes through :func:`read_window`: with a :class:`BlockCache` active
-(:func:`block_cache`, which the ingest holds open over a group of neighbouring units) it decodes each COG
-block whole, once, keeps it decoded within a byte budget and assembles windows from it, so a block that
-several units (or both passes of one unit) need is decoded once; without one it is a plain windowed read.
+Every pixel window (Sentinel-2, and Sentinel-1 too) goes through :func:`read_window`: with a
+:class:`BlockCache` active (:func:`block_cache`, which the ingest holds open over a group of neighbouring
+units) it decodes each COG block whole, once, keeps it decoded within a byte budget and assembles windows
+from it, so a block that several units (or both passes of one unit) need is decoded once; without one it
+is a plain windowed read.
 
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
 (the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
