@@ -1,7 +1,7 @@
 """Small contract-conforming shards for tests and benchmarks, without an archive or an ingest.
 
 ``make_shards(out, rows=..., shards=..., tile_px=..., slots=...)`` writes Parquet shards built and
-serialised by :mod:`pipeline.shards` (``build_table`` / ``table_to_parquet``, as the ingest does, so they
+serialised by :mod:`pipeline.shards` (``build_table_v2`` / ``table_to_parquet``, as the ingest does, so they
 follow the shard contract of that module) and a ``manifest.json`` with band statistics;
 :func:`make_rows` gives the column arrays alone. Pixels are seeded random but structured (a few
 land-cover classes with their own spectra, smooth blobs, seasonal change), so a model's loss can fall
@@ -48,7 +48,7 @@ def _class_map(rng: np.random.Generator, px: int) -> np.ndarray:
 
 def make_rows(rng: np.random.Generator, n: int, px: int, slots: int, start: int) -> dict:
     """Column arrays of ``n`` samples of ``px`` x ``px`` pixels with ``slots`` slots per modality, the
-    keyword arguments of ``pipeline.shards.build_table`` except ``sources``: ``s2`` uint16
+    keyword arguments of ``pipeline.shards.build_table_v2`` except ``sources``: ``s2`` uint16
     (n, slots, 12, px, px), ``s1`` float16 dB (n, slots, 2, px, px), ``*_doy``/``*_valid`` (n, slots)...;
     sample ids and tile origins count from ``start``. A random number (>= 1) of leading slots is valid."""
     s2 = np.zeros((n, slots, 12, px, px), np.uint16)
@@ -96,9 +96,9 @@ def make_rows(rng: np.random.Generator, n: int, px: int, slots: int, start: int)
 
 
 def rows_to_table(r: dict) -> pa.Table:
-    """The shard table of :func:`make_rows` arrays, through ``pipeline.shards.build_table`` (the ingest's
-    own code)."""
-    return S.build_table(**r, sources=[["synthetic"]] * len(r["sample_id"]))
+    """The shard table of :func:`make_rows` arrays in contract v2 (one 12-band ``s2`` column), through
+    ``pipeline.shards.build_table_v2``; the pretraining loader reads v1-v3."""
+    return S.build_table_v2(**r, sources=[["synthetic"]] * len(r["sample_id"]))
 
 
 def make_shards(
@@ -121,7 +121,7 @@ def make_shards(
         s1_px.append(r["s1"][r["s1_valid"]].transpose(1, 0, 2, 3).reshape(2, -1).astype(np.float64))
     s2_all, s1_all = np.concatenate(s2_px, 1), np.concatenate(s1_px, 1)
     manifest = {
-        "schema_version": S.SCHEMA_VERSION,
+        "schema_version": 2,
         "rows": rows * shards,
         "tile_px": tile_px,
         "max_slots": slots,
