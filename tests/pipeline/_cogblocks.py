@@ -134,6 +134,9 @@ class RequestFigures:
     ``needed_bytes``: compressed bytes of the needed blocks; ``data_bytes``: body bytes of the S2 COG GETs
     past the headers (a header GET's bytes past ``data_start`` count here too); ``covered_bytes``: needed
     bytes inside some fetched range (equals ``needed_bytes`` when every needed block went over the wire).
+    ``data_bytes`` splits into ``covered_bytes``, ``refetched_bytes`` (needed bytes fetched again),
+    ``unneeded_bytes`` (full-resolution blocks the output does not need) and ``gap_bytes`` (the rest:
+    overview tiles, block leaders/trailers, bytes past the end of the last block).
     """
 
     cogs: int  # S2 COG objects with a needed block
@@ -142,6 +145,9 @@ class RequestFigures:
     data_gets: int
     data_bytes: int
     covered_bytes: int
+    refetched_bytes: int
+    unneeded_bytes: int
+    gap_bytes: int
     header_gets: int
     header_bytes: int
     heads: int  # HEAD requests on S2 COGs
@@ -165,10 +171,17 @@ class RequestFigures:
             f"data GETs: {self.data_gets} = {self.gets_per_block:.3f} per needed block (goal <= 1.2)",
             f"data bytes fetched: {self.data_bytes / 1e6:.2f} MB = {self.bytes_ratio:.3f} x needed "
             f"(goal <= 1.1); needed bytes fetched: {self.covered_bytes / max(self.needed_bytes, 1):.3f}",
+            f"  of which needed bytes again {self.refetched_bytes / 1e6:.2f} MB, unneeded blocks "
+            f"{self.unneeded_bytes / 1e6:.2f} MB, overviews/leaders/gaps {self.gap_bytes / 1e6:.2f} MB",
             f"headers/IFDs: {self.header_gets} GETs, {self.header_bytes / 1e6:.2f} MB; HEAD: {self.heads}",
             f"S1 COGs: {self.s1_gets} GETs, {self.s1_bytes / 1e6:.2f} MB; "
             f"other objects: {self.other_gets} GETs; non-2xx: {self.failed}",
         ]
+
+
+def _overlap(a: int, b: int, blocks: Iterable[Block]) -> int:
+    """Bytes of ``blocks`` inside ``[a, b)``."""
+    return sum(max(0, min(b, blk.offset + blk.size) - max(a, blk.offset)) for blk in blocks)
 
 
 def _covered(ranges: list[tuple[int, int]], blocks: Iterable[Block]) -> int:
@@ -222,11 +235,24 @@ def request_figures(requests: Sequence[Request], layouts: Mapping[str, CogLayout
         n["data_bytes"] += rq.nbytes - head
         ranges.setdefault(obj, []).append((start, start + rq.nbytes))
     need_blocks = {h: [layouts[h].blocks[k] for k in ks] for h, ks in needed.items() if ks}
+    covered = sum(_covered(ranges.get(_object(h), []), bs) for h, bs in need_blocks.items())
+    fetched_needed = fetched_unneeded = 0  # per GET, so bytes fetched twice count twice
+    for obj, rs in ranges.items():
+        lay = by_obj[obj]
+        want = needed.get(lay.href, set())
+        nb = [b for k, b in lay.blocks.items() if k in want]
+        ub = [b for k, b in lay.blocks.items() if k not in want]
+        for a, b in rs:
+            fetched_needed += _overlap(max(a, lay.data_start), b, nb)
+            fetched_unneeded += _overlap(max(a, lay.data_start), b, ub)
     return RequestFigures(
         cogs=len(need_blocks),
         needed_blocks=sum(map(len, need_blocks.values())),
         needed_bytes=sum(b.size for bs in need_blocks.values() for b in bs),
-        covered_bytes=sum(_covered(ranges.get(_object(h), []), bs) for h, bs in need_blocks.items()),
+        covered_bytes=covered,
+        refetched_bytes=fetched_needed - covered,
+        unneeded_bytes=fetched_unneeded,
+        gap_bytes=n["data_bytes"] - fetched_needed - fetched_unneeded,
         **n,
     )
 

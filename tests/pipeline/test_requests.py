@@ -77,6 +77,8 @@ def test_request_attribution():
     assert (f.header_gets, f.header_bytes) == (1, 500)
     assert (f.data_gets, f.data_bytes) == (2, 900 + 100)
     assert (f.needed_blocks, f.needed_bytes, f.covered_bytes) == (2, 200, 200)
+    # [500, 1400) and [1100, 1200): blocks (0, 2), (0, 3) unneeded, [500, 1000) overviews, [1100, 1200) again
+    assert (f.refetched_bytes, f.unneeded_bytes, f.gap_bytes) == (100, 200, 500)
     assert (f.heads, f.s1_gets, f.s1_bytes, f.other_gets, f.failed) == (1, 1, 100, 1, 1)
     assert f.gets_per_block == 1.0 and f.bytes_ratio == 5.0
     # nothing fetched: nothing covered
