@@ -1,4 +1,5 @@
-"""The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
+"""The ingest graph: work units -> Ray Data tasks (groups of neighbouring units) -> Parquet shards, then
+manifest + rejects.
 
 Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each scene's
 SCL alone at its native 20 m onto the unit's 20 m grid and measures, per tile, its cloud+shadow and
@@ -17,7 +18,9 @@ decoded, so its faults go unseen.
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
-* ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived);
+* ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived); with
+  ``shard_mb > 0`` files of at least ``shard_mb`` MiB (encoded) of a unit group's rows instead, named after
+  their first unit (each unit's rows sorted by sample_id and its own row groups, units in the group's order);
 * ``<out>/units/<unit_id>.json`` — the unit's sidecar, written *after* its shard: shard size and
   sha256, band sums, tile/scene rejects, bytes read. Its presence means "unit done": a re-run skips
   the unit, and the final manifest is built from sidecars alone (no re-read of pixels);
@@ -33,12 +36,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline import shards as S
 from pipeline.config import IngestConfig
@@ -296,6 +301,21 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     (:func:`make_process_unit_fn` re-runs the unit); every data problem ends in a reject instead.
     """
     t0 = time.perf_counter()
+    table, sidecar = unit_rows(unit, cfg)
+    if table is not None:
+        data = S.table_to_parquet(table)
+        del table
+        write_bytes_atomic(join(out_uri, shard_relpath(unit.unit_id)), data, cfg.storage)
+        sidecar["shard"] = {"path": shard_relpath(unit.unit_id), "rows": sidecar["tiles_written"],
+                            "bytes": len(data), "sha256": S.sha256(data)}
+    write_bytes_atomic(sidecar_uri(out_uri, unit.unit_id), _json_bytes(sidecar), cfg.storage)
+    sidecar["seconds"] = time.perf_counter() - t0
+    return sidecar
+
+
+def unit_rows(unit, cfg: IngestConfig):
+    """Read and select one unit: ``(its rows as a contract-v3 table sorted by sample_id, or None when no
+    tile survived; its sidecar dict with ``shard`` None)``. Writes nothing."""
     h, t = cfg.tile_px, cfg.max_slots
     tile_m = cfg.tile_m
     grid = UnitGrid.from_bounds(unit.epsg, unit.bounds)
@@ -333,7 +353,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     rows = len(keep)
     s2_sums = S.empty_sums(len(S2.bands), integer=True)
     s1_sums = S.empty_sums(len(S1.bands), integer=False)
-    shard = None
+    table = shard = None
     if rows:
         meta = {k: np.zeros((rows, t), dt) for k, dt in (("s2_doy", np.int16), ("s2_valid", bool),
                                                          ("s2_cloud", np.float32), ("s1_doy", np.int16),
@@ -369,11 +389,6 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         )
         s2_sums = S.s2_band_sums(s2_rows.s10m, s2_rows.s20m, meta["s2_valid"])
         s1_sums = S.s1_band_sums(s1_rows, meta["s1_valid"])
-        data = S.table_to_parquet(table)
-        del table, s2_rows, s1_rows
-        write_bytes_atomic(join(out_uri, shard_relpath(unit.unit_id)), data, cfg.storage)
-        shard = {"path": shard_relpath(unit.unit_id), "rows": rows, "bytes": len(data),
-                 "sha256": S.sha256(data)}
     sidecar = {
         "schema_version": S.SCHEMA_VERSION,
         "unit_id": unit.unit_id,
@@ -385,9 +400,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         "s1_sums": s1_sums,
         "bytes_read": int(bytes_read),
     }
-    write_bytes_atomic(sidecar_uri(out_uri, unit.unit_id), _json_bytes(sidecar), cfg.storage)
-    sidecar["seconds"] = time.perf_counter() - t0
-    return sidecar
+    return table, sidecar
 
 
 def _json_bytes(d: dict) -> bytes:
@@ -404,25 +417,13 @@ def make_process_unit_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0
     """
     from pipeline.plan import WorkUnit
 
-    retries = cfg.storage.max_retries
-
     def process(row: dict) -> dict:
         unit = WorkUnit.from_json(row["unit"])
         side = sidecar_uri(out_uri, unit.unit_id)
         if exists(side, cfg.storage):
             done = json.loads(read_bytes(side, cfg.storage))
             return _summary_row(done, skipped=True, seconds=0.0)
-        for attempt in range(retries + 1):
-            try:
-                done = process_unit(unit, cfg, out_uri)
-                break
-            except TransientIOError as e:
-                if attempt == retries:
-                    raise
-                wait = min(backoff_s * 2**attempt, 30.0)
-                log.warning("unit %s: transient storage error (%s); retry %d/%d in %.1f s",
-                            unit.unit_id, e, attempt + 1, retries, wait)
-                time.sleep(wait)
+        done = _with_retries(lambda: process_unit(unit, cfg, out_uri), cfg, backoff_s, f"unit {unit.unit_id}")
         return _summary_row(done, skipped=False, seconds=done["seconds"])
 
     return process
@@ -435,7 +436,9 @@ def _summary_row(side: dict, skipped: bool, seconds: float) -> dict:
         "tiles_planned": int(side["tiles_planned"]),
         "tiles_written": int(side["tiles_written"]),
         "bytes_read": 0 if skipped else int(side["bytes_read"]),
-        "bytes_written": 0 if skipped or not side["shard"] else int(side["shard"]["bytes"]),
+        # a compacted file is counted once: by the unit it is named after
+        "bytes_written": 0 if skipped or not side["shard"] or side["shard"]["path"] != shard_relpath(
+            side["unit_id"]) else int(side["shard"]["bytes"]),
         "seconds": float(seconds),
     }
 
@@ -445,26 +448,40 @@ def unit_cell(unit, cfg: IngestConfig) -> tuple[int, int]:
     return int(round(unit.bounds[0] / cfg.unit_m)), int(round(unit.bounds[1] / cfg.unit_m))
 
 
-def group_units(units: Sequence, g: int, cfg: IngestConfig) -> list[list]:
+def s2_tile_origin(unit) -> tuple[float, float] | None:
+    """The block-grid origin ``(x, y)`` (top-left corner of B02) of the unit's Sentinel-2 tile: the smallest
+    of its scenes' (all scenes of one MGRS tile share it; a unit in the overlap of two tiles takes the
+    same one every time). None without S2 scenes."""
+    origins = [(a.transform[2], a.transform[5]) for a in (s.assets.get("B02") for s in unit.s2) if a]
+    return min(origins) if origins else None
+
+
+def group_units(units: Sequence, g: int | None, cfg: IngestConfig) -> list[list]:
     """Units -> groups of neighbours that one task processes in turn (sharing decoded COG blocks).
 
-    A group holds the units of one zone and period whose cell lies in one ``g x g`` square of unit cells
-    (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately east-
-    and westwards) so that consecutive units touch the same blocks. Groups are sorted by zone, period and
-    square; every unit lands in exactly one group.
+    A group holds the units of one zone, period and Sentinel-2 tile (:func:`s2_tile_origin`: the scenes
+    whose blocks they share), and with ``g`` only those whose cell lies in one ``g x g`` square of unit
+    cells (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately
+    east- and westwards) so that consecutive units touch the same blocks. A block is shared only by units
+    of one tile, so whole-tile groups (``g=None``) decode each once within the cache budget; squares cut
+    through blocks, whose neighbouring groups decode them again. Groups are sorted by their key; every
+    unit lands in exactly one group.
     """
     squares: dict[tuple, list[tuple[int, int, object]]] = {}
     for u in units:
         c, r = unit_cell(u, cfg)
-        squares.setdefault((u.epsg, u.period, c // g, r // g), []).append((r, c, u))
+        origin = s2_tile_origin(u) or (math.inf, math.inf)
+        square = (c // g, r // g) if g else (0, 0)
+        squares.setdefault((u.epsg, u.period, origin, square), []).append((r, c, u))
     groups = []
     for key in sorted(squares):
         members = sorted(squares[key], key=lambda m: (m[0], m[1]))
-        rows = sorted({r for r, _, _ in members})
         order = []
-        for k, row in enumerate(rows):
+        for row in sorted({r for r, _, _ in members}):
             cells = [u for r, _, u in members if r == row]
-            order.extend(reversed(cells) if k % 2 else cells)
+            # the direction follows the row's own parity, so any subset of a group (a resumed one) keeps
+            # the order of the whole
+            order.extend(reversed(cells) if row % 2 else cells)
         groups.append(order)
     return groups
 
@@ -474,28 +491,37 @@ def group_units(units: Sequence, g: int, cfg: IngestConfig) -> list[list]:
 BLOCK_TRACE_ENV = "SKYRAY_BLOCK_TRACE"
 
 
+#: row groups of compacted shards: at most about this many bytes of rows (in memory) each, and never more
+#: than one unit (streaming readers fetch one row group at a time)
+ROW_GROUP_BYTES = 64 * 2**20
+
+
 def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0) -> Callable[[dict], list]:
     """The per-row function of the Ray Data graph: ``{"units": [WorkUnit JSON, ...]}`` (one group of
     :func:`group_units`) -> one summary row per unit.
 
-    The units run in the given order through :func:`make_process_unit_fn` (skip when done, retries) inside
-    one :func:`~pipeline.read.block_cache` of ``block_cache_mb``, so a COG block that several of them need
-    is decoded once (within the budget). The rows' ``bytes_read`` then counts the bytes actually decoded;
-    sidecars keep the deterministic window bytes, so outputs do not depend on grouping or the cache.
+    The units run in the given order inside one :func:`~pipeline.read.block_cache` of ``block_cache_mb``,
+    so a COG block that several of them need is decoded once (within the budget). The rows' ``bytes_read``
+    then counts the bytes actually decoded; sidecars keep the deterministic window bytes, so outputs do not
+    depend on grouping or the cache. ``shard_mb = 0``: each unit through :func:`make_process_unit_fn` (its
+    own shard). ``shard_mb > 0``: see :func:`_compacting`.
     """
     unit_fn = make_process_unit_fn(cfg, out_uri, backoff_s)
     budget = cfg.block_cache_mb * 2**20
 
     def process(row: dict) -> list[dict]:
-        rows = []
         with block_cache(budget) if budget else contextlib.nullcontext() as cache:
-            for js in row["units"]:
-                before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
-                r = unit_fn({"unit": js})
-                if cache is not None and not r["skipped"]:
-                    # windows served by the cache are replaced by the blocks it decoded for them
-                    r["bytes_read"] += (cache.decoded_bytes - before[1]) - (cache.window_bytes - before[0])
-                rows.append(r)
+            if cfg.shard_mb:
+                rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache)
+            else:
+                rows = []
+                for js in row["units"]:
+                    before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+                    r = unit_fn({"unit": js})
+                    if cache is not None and not r["skipped"]:
+                        # windows served by the cache are replaced by the blocks it decoded for them
+                        r["bytes_read"] += _decoded_extra(cache, before)
+                    rows.append(r)
             trace = os.environ.get(BLOCK_TRACE_ENV)
             if trace and cache is not None and row["units"]:
                 first = json.loads(row["units"][0])["unit_id"]
@@ -506,6 +532,92 @@ def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.
         return rows
 
     return process
+
+
+def _decoded_extra(cache, before: tuple[int, int]) -> int:
+    """Bytes decoded minus window bytes read through ``cache`` since ``before = (window, decoded)``."""
+    return (cache.decoded_bytes - before[1]) - (cache.window_bytes - before[0])
+
+
+def _with_retries(fn: Callable, cfg: IngestConfig, backoff_s: float, what: str):
+    """``fn()``, re-run on :class:`TransientIOError` up to ``storage.max_retries`` times with exponential
+    back-off, then raised."""
+    retries = cfg.storage.max_retries
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except TransientIOError as e:
+            if attempt == retries:
+                raise
+            wait = min(backoff_s * 2**attempt, 30.0)
+            log.warning("%s: transient storage error (%s); retry %d/%d in %.1f s", what, e, attempt + 1,
+                        retries, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, backoff_s: float, cache) -> list:
+    """A group's units in order, their rows encoded into shard files of at least ``shard_mb`` MiB.
+
+    Each unit's rows are appended to the open file as its own row groups (of at most
+    ~:data:`ROW_GROUP_BYTES`); once the encoded file reaches ``shard_mb`` MiB (and after the last unit) it is
+    written as ``shards/<first unit id>.parquet``, then the sidecar of every unit in it, each naming that
+    file. A unit is done only once its file is, so the done units of a group are always its first files: a
+    retried or resumed group starts at a cut and writes the same files, byte for byte, as an uninterrupted
+    one (cuts depend only on the units and their rows). Memory: one file's encoded bytes plus one unit.
+    """
+    from pipeline.plan import WorkUnit
+
+    target = int(cfg.shard_mb * 2**20)
+    out_rows: list[dict] = []
+    # (sidecar, seconds, decoded - window bytes) of the units in the open file
+    part: list[tuple[dict, float, int]] = []
+    state: dict = {"buf": None, "writer": None, "rows": 0}
+
+    def flush():
+        shard = None
+        if state["writer"] is not None:
+            state["writer"].close()
+            data = state["buf"].getvalue().to_pybytes()
+            path = shard_relpath(part[0][0]["unit_id"])
+            write_bytes_atomic(join(out_uri, path), data, cfg.storage)
+            shard = {"path": path, "rows": state["rows"], "bytes": len(data), "sha256": S.sha256(data)}
+            del data
+        for side, seconds, extra in part:
+            side["shard"] = shard
+            write_bytes_atomic(sidecar_uri(out_uri, side["unit_id"]), _json_bytes(side), cfg.storage)
+            r = _summary_row(side, skipped=False, seconds=seconds)
+            r["bytes_read"] += extra  # windows served by the cache -> the blocks it decoded for them
+            out_rows.append(r)
+        part.clear()
+        state.update(buf=None, writer=None, rows=0)
+
+    for js in units_json:
+        unit = WorkUnit.from_json(js)
+        side_uri = sidecar_uri(out_uri, unit.unit_id)
+        if exists(side_uri, cfg.storage):
+            done = json.loads(read_bytes(side_uri, cfg.storage))
+            out_rows.append(_summary_row(done, skipped=True, seconds=0.0))
+            continue
+        t0 = time.perf_counter()
+        before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+        table, side = _with_retries(lambda unit=unit: unit_rows(unit, cfg), cfg, backoff_s,
+                                    f"unit {unit.unit_id}")
+        extra = _decoded_extra(cache, before) if cache else 0
+        if table is not None:
+            if state["writer"] is None:
+                state["buf"] = pa.BufferOutputStream()  # tell() is what is encoded so far
+                state["writer"] = S.parquet_writer(state["buf"], table.schema)
+            per_row = max(1, table.nbytes // table.num_rows)
+            state["writer"].write_table(table, row_group_size=max(1, ROW_GROUP_BYTES // per_row))
+            state["rows"] += table.num_rows
+            del table
+        part.append((side, time.perf_counter() - t0, extra))
+        if state["buf"] is not None and state["buf"].tell() >= target:
+            flush()
+    if part:
+        flush()
+    return out_rows
 
 
 # -------------------------------------------------------------------------------------- Ray Data
@@ -619,12 +731,13 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         sidecars += [json.loads(b) for b in read_many(uris[i : i + 10_000], cfg.storage)]
     s2 = S.empty_sums(len(S2.bands), integer=True)
     s1 = S.empty_sums(len(S1.bands), integer=False)
-    shard_list, rejects = [], [_as_dict(r) for r in upstream_rejects]
+    shard_list, rejects, seen = [], [_as_dict(r) for r in upstream_rejects], set()
     planned = written = 0
     for sc in sidecars:
         s2 = S.add_sums(s2, sc["s2_sums"])
         s1 = S.add_sums(s1, sc["s1_sums"])
-        if sc["shard"]:
+        if sc["shard"] and sc["shard"]["path"] not in seen:  # the units of a compacted file all name it
+            seen.add(sc["shard"]["path"])
             shard_list.append(sc["shard"])
         rejects.extend(sc["rejects"])
         planned += sc["tiles_planned"]

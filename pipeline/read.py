@@ -149,10 +149,9 @@ class BlockKey(NamedTuple):
 class BlockCache:
     """Decoded COG blocks, least recently used evicted beyond ``budget_bytes``; counts what it decodes.
 
-    ``decoded`` counts decodes per block (a block evicted and needed again counts twice; ``sizes`` their
-    pixel bytes), ``decoded_bytes``
-    their pixel bytes, ``hit_bytes`` the pixel bytes of blocks served from memory, ``window_bytes`` the
-    pixel bytes of the windows read through it.
+    ``decoded`` counts decodes per block (a block evicted and needed again counts twice) and ``sizes``
+    holds their pixel bytes; ``decoded_bytes`` sums the pixel bytes decoded, ``hit_bytes`` those of blocks
+    served from memory, ``window_bytes`` those of the windows read through the cache.
     """
 
     def __init__(self, budget_bytes: int):

@@ -393,23 +393,24 @@ def split_s2(s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s2[..., CUBE_INDEX_10M, :, :], s2[..., CUBE_INDEX_20M, :, :]
 
 
-def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
-    """Serialise a shard deterministically (same table + same pyarrow -> same bytes).
+#: how every shard is encoded: zstd level 1, dictionary only for ``sample_id``, statistics only for
+#: :data:`SCALAR_COLUMNS`, the Arrow schema stored (so the tensor fields keep their metadata)
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=1, use_dictionary=["sample_id"],
+                       write_statistics=list(SCALAR_COLUMNS), store_schema=True)
 
-    zstd level 1, dictionary only for ``sample_id``, statistics only for :data:`SCALAR_COLUMNS`, the Arrow
-    schema stored (so the tensor fields keep their metadata)."""
+
+def table_to_parquet(table: pa.Table, row_group_rows: int = 16) -> bytes:
+    """Serialise a shard deterministically (same table + same pyarrow -> same bytes), with
+    :data:`PARQUET_OPTIONS`."""
     buf = io.BytesIO()
-    pq.write_table(
-        table,
-        buf,
-        compression="zstd",
-        compression_level=1,
-        use_dictionary=["sample_id"],
-        write_statistics=list(SCALAR_COLUMNS),
-        row_group_size=max(1, row_group_rows),
-        store_schema=True,
-    )
+    pq.write_table(table, buf, row_group_size=max(1, row_group_rows), **PARQUET_OPTIONS)
     return buf.getvalue()
+
+
+def parquet_writer(sink, schema: pa.Schema) -> pq.ParquetWriter:
+    """A writer of one shard in parts (each ``write_table`` call ends its row groups), with
+    :data:`PARQUET_OPTIONS`: the same calls give the same bytes."""
+    return pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS)
 
 
 def sha256(data: bytes) -> str:

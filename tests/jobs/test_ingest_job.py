@@ -108,6 +108,13 @@ def test_local_run_accounts_for_every_sample(reference):
     for sh in m["shards"]:
         data = (out / sh["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == sh["sha256"] and len(data) == sh["bytes"]
+    # tiny.yaml compacts (shard_mb: 4): fewer files than units with rows, each named after its first unit
+    sides = [json.loads(p.read_text()) for p in sorted((out / "units").glob("*.json"))]
+    with_rows = [sc for sc in sides if sc["tiles_written"]]
+    assert 0 < len(m["shards"]) < len(with_rows)
+    assert {sh["path"] for sh in m["shards"]} == {sc["shard"]["path"] for sc in with_rows}
+    assert {sh["path"] for sh in m["shards"]} <= {f"shards/{sc['unit_id']}.parquet" for sc in sides}
+    assert sum(sh["rows"] for sh in m["shards"]) == m["rows"]
     # S2 stats at native resolution, in the canonical band order: B01 (60 m, on the 20 m grid), B04, B12
     s2_10m = got["s2_10m"][got["s2_valid"]].astype(np.float64)  # (K, 4, H, W)
     s2_20m = got["s2_20m"][got["s2_valid"]].astype(np.float64)  # (K, 8, H/2, W/2)

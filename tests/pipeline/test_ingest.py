@@ -375,22 +375,47 @@ def _decode_spy(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "rows, match",
+    "rows, squares, whole",
     [
-        # serpentine within a 2 x 2 square; (2, 0) is in the next square
-        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]]),
-        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]]),  # floor division: -1 is in square -1
-        ([(3, 5)], [[(3, 5)]]),
+        # serpentine within a 2 x 2 square; (2, 0) is in the next square; whole: one serpentine over all
+        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]],
+         [(0, 0), (1, 0), (2, 0), (1, 1), (0, 1)]),
+        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]], [(-1, -1), (0, 0)]),  # floor division: -1 in square -1
+        ([(3, 5)], [[(3, 5)]], [(3, 5)]),
     ],
 )
-def test_group_units_table(rows, match):
+def test_group_units_table(rows, squares, whole):
     units = [WorkUnit(f"32633_{c}_{r}_2022Q2", 32633, "2022Q2", (2560.0 * c, 2560.0 * r, 2560.0 * (c + 1),
                                                                   2560.0 * (r + 1)), (), (), ())
              for c, r in rows]
-    groups = ING.group_units(units, 2, CFG)
-    assert [[ING.unit_cell(u, CFG) for u in g] for g in groups] == match
+    assert [[ING.unit_cell(u, CFG) for u in g] for g in ING.group_units(units, 2, CFG)] == squares
+    (one,) = ING.group_units(units, None, CFG)
+    assert [ING.unit_cell(u, CFG) for u in one] == whole
     other = WorkUnit("32633_0_0_2022Q3", 32633, "2022Q3", units[0].bounds, (), (), ())  # another period
-    assert len(ING.group_units([units[0], other], 2, CFG)) == 2
+    assert len(ING.group_units([units[0], other], None, CFG)) == 2
+
+
+def test_whole_tile_groups_follow_the_s2_tile(scenes):
+    """Units of two Sentinel-2 tiles (block grids) never share a group; a unit seen by both takes the one
+    with the smaller origin."""
+    a = scenes["a"]
+    moved = {k: AssetRef(v.href, (v.transform[0], 0.0, v.transform[2] + 109800.0, 0.0, v.transform[4],
+                                  v.transform[5]), v.shape, v.nodata) for k, v in a.assets.items()}
+    fields = {f: getattr(a, f) for f in a.__dataclass_fields__}
+    east = type(a)(**{**fields, "assets": moved, "scene_id": "S2_EAST"})
+
+    def unit(c, s2):
+        b = (2560.0 * c, 2560.0 * 1951, 2560.0 * (c + 1), 2560.0 * 1952)
+        return WorkUnit(f"32633_{c}_1951_2022Q2", 32633, "2022Q2", b, (), tuple(s2), ())
+
+    us = [unit(195, [a]), unit(196, [a, east]), unit(240, [east]), unit(241, [east]), unit(197, [])]
+    assert ING.s2_tile_origin(us[1]) == (499980.0, 5000040.0) and ING.s2_tile_origin(us[4]) is None
+    groups = ING.group_units(us, None, CFG)
+    assert sorted(sorted(u.unit_id for u in g) for g in groups) == [
+        ["32633_195_1951_2022Q2", "32633_196_1951_2022Q2"],
+        ["32633_197_1951_2022Q2"],
+        ["32633_240_1951_2022Q2", "32633_241_1951_2022Q2"],
+    ]
 
 
 def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path, scenes, monkeypatch):
@@ -398,7 +423,8 @@ def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path
     scene, bands of the chosen ones) is decoded exactly once; one unit per task decodes shared blocks again.
     Shards and sidecars are byte-identical either way, and to reading without a cache."""
     units = _block_units(scenes)
-    (group,) = ING.group_units(units, 2, CFG)
+    (group,) = ING.group_units(units, None, CFG)
+    assert ING.group_units(units, 2, CFG) == [group]  # one 2 x 2 square: the same group
     counts = _decode_spy(monkeypatch)
     rows = ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
     assert [r["unit_id"] for r in rows] == [u.unit_id for u in group]
@@ -428,7 +454,7 @@ def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
     """A budget smaller than the group's blocks evicts the least recently used ones (decoded again when
     needed), with the same output."""
     units = _block_units(scenes)
-    (group,) = ING.group_units(units, 2, CFG)
+    (group,) = ING.group_units(units, None, CFG)
     counts = _decode_spy(monkeypatch)
     tiny = CFG.model_copy(update={"block_cache_mb": 1})
     ING.make_process_group_fn(tiny, str(tmp_path / "t"))({"units": [u.to_json() for u in group]})
@@ -436,3 +462,84 @@ def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
     ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
     for f in sorted((tmp_path / "g" / "shards").iterdir()):
         assert (tmp_path / "t" / "shards" / f.name).read_bytes() == f.read_bytes()
+
+
+# --------------------------------------------------------------------------- compacted shard files
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_compacted_shards_are_cut_by_size_named_and_hold_every_row(tmp_path, scenes, monkeypatch):
+    """shard_mb > 0: a group's rows are encoded into files cut once they reach shard_mb MiB (each of these
+    units' own files are 22-29 KB, footer included, so one unit stays under 30 KiB and two pass it: cuts after
+    every second unit), named after their first unit, each
+    unit in its own row groups of ~ROW_GROUP_BYTES; the rows are exactly those of one shard per unit."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    ING.make_process_group_fn(CFG, str(tmp_path / "u"))({"units": [u.to_json() for u in group]})
+    sizes = [(tmp_path / "u" / "shards" / f"{u.unit_id}.parquet").stat().st_size for u in group]
+    assert all(22_000 < n < 29_000 for n in sizes), sizes  # the premise of the cut below
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    rows = ING.make_process_group_fn(cfg, str(tmp_path / "c"))({"units": [u.to_json() for u in group]})
+    names = sorted(p.name for p in (tmp_path / "c" / "shards").iterdir())
+    assert names == sorted(f"{group[i].unit_id}.parquet" for i in (0, 2))
+    files = [tmp_path / "c" / "shards" / f"{group[i].unit_id}.parquet" for i in (0, 2)]
+    assert files[0].stat().st_size >= 30 * 1024  # cut once past the target
+    assert sum(r["bytes_written"] for r in rows) == sum(f.stat().st_size for f in files)
+    for f in files:
+        assert pq.ParquetFile(f).metadata.num_row_groups == 2  # one per unit: 2 MiB of rows < 64 MiB
+    # smaller row groups: 512 KiB of rows (~131 KiB a row in memory) -> at most 4 rows each
+    monkeypatch.setattr(ING, "ROW_GROUP_BYTES", 512 * 1024)
+    ING.make_process_group_fn(cfg, str(tmp_path / "rg"))({"units": [u.to_json() for u in group]})
+    for f in sorted((tmp_path / "rg" / "shards").iterdir()):
+        md = pq.ParquetFile(f).metadata
+        assert md.num_row_groups > 2 and max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 4
+    fin = ING.finalize(units, cfg, str(tmp_path / "c"))
+    m = fin["manifest"]
+    assert [s["path"] for s in m["shards"]] == [f"shards/{n}" for n in names]
+    ref = ING.finalize(units, CFG, str(tmp_path / "u"))["manifest"]
+    assert m["rows"] == ref["rows"] == sum(r["tiles_written"] for r in rows) and len(ref["shards"]) == 4
+    assert m["band_stats"] == ref["band_stats"]
+    got, want = read_shards(tmp_path / "c" / "shards"), read_shards(tmp_path / "u" / "shards")
+    order_got, order_want = np.argsort(got["sample_id"]), np.argsort(want["sample_id"])
+    assert sorted(got["sample_id"]) == sorted(want["sample_id"])
+    for k in ("s2_10m", "s2_20m", "s2_doy", "s1_valid"):
+        np.testing.assert_array_equal(got[k][order_got], want[k][order_want], err_msg=k)
+
+
+def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes, monkeypatch):
+    """A run killed after its first file (the third unit fails hard) leaves that file and the sidecars of
+    its units only; resuming the pending units writes the rest, and the output equals an uninterrupted run
+    byte for byte; running again writes nothing."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    (group,) = ING.group_units(units, None, cfg)
+    ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
+    ING.finalize(units, cfg, str(tmp_path / "ref"))
+    ref = _files(tmp_path / "ref")
+
+    real, seen = ING.unit_rows, []
+
+    def dies_on_the_third(unit, c):
+        seen.append(unit.unit_id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(unit, c)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ING, "unit_rows", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt, match="killed"):
+        ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    monkeypatch.setattr(ING, "unit_rows", real)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
+    todo, done = ING.pending_units(units, cfg, str(out))
+    assert sorted(u.unit_id for u in done) == sorted(u.unit_id for u in group[:2])
+    (rest,) = ING.group_units(todo, None, cfg)
+    rows = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in rest]})
+    assert not any(r["skipped"] for r in rows)
+    ING.finalize(units, cfg, str(out))
+    assert _files(out) == ref
+    again = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    assert all(r["skipped"] for r in again) and _files(out) == ref
