@@ -98,7 +98,11 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(REPO / "configs" / "ingest" / "default.yaml"))
     ap.add_argument("--set", dest="overrides", nargs="*", default=[])
     ap.add_argument("--workdir", default="/tmp/skyray_bench_requests")
+    ap.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="environment variables for this run and its Ray workers, e.g. GDAL config options "
+                         "such as CPL_VSIL_CURL_CACHE_SIZE=268435456 to try")
     args = ap.parse_args(argv)
+    os.environ.update(kv.split("=", 1) for kv in args.env)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if args.archive:
@@ -118,7 +122,8 @@ def main(argv=None) -> int:
             sets = [f"concurrency={args.cpus}", *args.overrides, f"storage.endpoint_url={proxy.url}"]
             cfg = load_config(IngestConfig, args.config, sets)
             gdal = {k: v for k, v in gdal_options(cfg.storage).items() if not k.startswith("AWS_")}
-            print(f"config {Path(args.config).name} {' '.join(args.overrides)}; GDAL {gdal}", flush=True)
+            print(f"config {Path(args.config).name} {' '.join(args.overrides)}; GDAL {gdal}; env {args.env}",
+                  flush=True)
             info = synthetic.ArchiveInfo(root=str(root), items=items, scenes=(), tiles=(), truth={},
                                          classes="", seed=1)
             s = run_ingest(info, cfg, work / "out", args.cpus)
