@@ -32,12 +32,12 @@ from jobs.cli import load_config  # noqa: E402
 from pipeline import synthetic  # noqa: E402
 from pipeline.config import IngestConfig, StorageConfig  # noqa: E402
 from pipeline.plan import plan_units  # noqa: E402
-from pipeline.shards import read_shards  # noqa: E402
 from pipeline.stac import load_scenes  # noqa: E402
 from pipeline.storage import gdal_options  # noqa: E402
 from tests.pipeline._cogblocks import (  # noqa: E402
     archive_layouts,
     needed_blocks,
+    output_rows,
     request_figures,
     tile_bounds_needed,
 )
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         scenes, _ = load_scenes(items, direct)
         units, _ = plan_units(scenes, cfg)
         layouts = archive_layouts(scenes, direct)
-    rows = read_shards(work / "out" / "shards")
+    rows = output_rows(work / "out" / "shards")
     need = needed_blocks(tile_bounds_needed(units, rows, scenes, cfg), layouts)
     s1 = [a.href for sc in scenes if sc.sensor == "s1" for a in sc.assets.values()]
     f = request_figures(requests, layouts, need, s1_hrefs=s1)

@@ -91,11 +91,29 @@ def cog_layout(href: str, storage: StorageConfig) -> CogLayout:
         return CogLayout(href, ds.width, ds.height, bh, bw, ds.transform, min(starts), blocks)
 
 
+#: the output columns the needed blocks depend on (not the pixels: a real output is many GB of them)
+NEED_COLUMNS = ("sample_id", "x_min", "y_max", "s2_valid", "sources")
+
+
+def output_rows(path) -> dict:
+    """:data:`NEED_COLUMNS` of the shards under ``path`` (a file or a directory): ``sample_id``, ``sources``
+    (lists), ``x_min``, ``y_max`` (N,), ``s2_valid`` (N, T)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=list(NEED_COLUMNS))
+    n = t.num_rows
+    valid = t["s2_valid"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return {"sample_id": t["sample_id"].to_pylist(), "sources": t["sources"].to_pylist(),
+            "x_min": t["x_min"].to_numpy(), "y_max": t["y_max"].to_numpy(),
+            "s2_valid": valid.reshape(n, -1) if n else np.zeros((0, 0), bool)}
+
+
 def tile_bounds_needed(units: Iterable, rows: Mapping, scenes: Iterable, cfg: IngestConfig
                        ) -> dict[str, list[tuple[float, float, float, float]]]:
     """href -> the tile bounds over which the output needs it: the SCL of every S2 scene of a unit over
     each of the unit's planned tiles; the 12 bands of each S2 scene in a written tile's slots over that tile.
-    ``rows``: the output as :func:`pipeline.shards.read_shards` returns it."""
+    ``rows``: the output as :func:`output_rows` (or :func:`pipeline.shards.read_shards`) returns it."""
     tm = cfg.tile_m
     by_id = {s.scene_id: s for s in scenes}
     need: dict[str, list[tuple[float, float, float, float]]] = {}
