@@ -1,18 +1,68 @@
-"""A flaky S3 endpoint for retry tests: an HTTP proxy on loopback in front of the moto server that answers
-``503 SlowDown`` to the first ``fail_first`` requests of every (method, path), then forwards faithfully."""
+"""HTTP proxies on loopback in front of the moto S3 server, for tests and benches that watch the wire.
+
+* :class:`FlakyProxy` answers ``503 SlowDown`` to the first ``fail_first`` requests of every (method, path),
+  then forwards faithfully (retry tests);
+* :class:`CountingProxy` forwards everything (``fail_first=0``).
+
+Both record every request they answer as a :class:`Request` in ``requests`` (method, bucket, key, the
+byte range asked for, status, body bytes sent back), so a test can count GETs and bytes per object.
+Path-style addressing only (``/bucket/key``), as :func:`pipeline.storage.gdal_options` sets for custom
+endpoints and s3fs uses for IP endpoints.
+"""
 
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
 
 _SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class Request(NamedTuple):
+    """One request as the proxy answered it: ``range`` is its ``Range`` header as sent (None without one),
+    ``nbytes`` the body bytes sent back."""
+
+    method: str
+    bucket: str
+    key: str
+    range: str | None
+    status: int
+    nbytes: int
+
+    @property
+    def byte_range(self) -> tuple[int | None, int | None]:
+        """The inclusive byte range asked for (see :func:`parse_range`)."""
+        return parse_range(self.range)
+
+
+def parse_range(header: str | None) -> tuple[int | None, int | None]:
+    """``"bytes=10-19"`` -> ``(10, 19)``; ``"bytes=10-"`` -> ``(10, None)``; absent -> ``(None, None)``.
+
+    Suffix (``bytes=-n``) and multi-range headers are refused: S3 clients do not send them to S3, and a
+    count that silently mis-attributed them would be wrong.
+    """
+    if header is None:
+        return None, None
+    m = _RANGE.match(header.strip())
+    if not m or not m.group(1):
+        raise ValueError(f"unsupported Range header {header!r} (single 'bytes=a-b' or 'bytes=a-' only)")
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``/bucket/some/key.tif?x=1`` -> ``("bucket", "some/key.tif")`` (URL-decoded)."""
+    p = unquote(path.split("?", 1)[0]).lstrip("/")
+    bucket, _, key = p.partition("/")
+    return bucket, key
 
 
 class FlakyProxy:
@@ -22,6 +72,7 @@ class FlakyProxy:
         self.fail_first = fail_first
         self.seen: Counter = Counter()
         self.failed = 0
+        self.requests: list[Request] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -30,6 +81,12 @@ class FlakyProxy:
 
             def log_message(self, *a):  # quiet
                 pass
+
+            def _record(self, status: int, nbytes: int) -> None:
+                bucket, key = split_path(self.path)
+                req = Request(self.command, bucket, key, self.headers.get("Range"), status, nbytes)
+                with proxy.lock:
+                    proxy.requests.append(req)
 
             def _handle(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -46,6 +103,7 @@ class FlakyProxy:
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(_SLOWDOWN)
+                    self._record(503, 0 if self.command == "HEAD" else len(_SLOWDOWN))
                     return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
@@ -61,6 +119,7 @@ class FlakyProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+                self._record(resp.status, 0 if self.command == "HEAD" else len(data))
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
@@ -75,3 +134,16 @@ class FlakyProxy:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+    def take(self) -> list[Request]:
+        """The requests recorded so far, in arrival order; the log starts empty again."""
+        with self.lock:
+            out, self.requests = self.requests, []
+        return out
+
+
+class CountingProxy(FlakyProxy):
+    """A faithful proxy that records every request (see the module docstring)."""
+
+    def __init__(self, upstream: str):
+        super().__init__(upstream, fail_first=0)
