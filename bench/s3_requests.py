@@ -3,11 +3,11 @@
     python bench/s3_requests.py --archive /tmp/skyray_bench_peer/archive_s3_10980px   # full-size scenes
     python bench/s3_requests.py --scenes 2 --size-px 4104 --set period=year max_slots=1
 
-The same figures as ``tests/pipeline/test_requests.py`` (definitions in :mod:`tests.pipeline._cogblocks`)
+The same figures as ``tests/pipeline/test_requests.py`` (definitions in :mod:`bench._cogblocks`)
 for a bigger archive: a synthetic Sentinel-2 archive (written with :mod:`pipeline.synthetic`, or an existing
 local one) is uploaded to a moto S3 server on loopback, its item hrefs rewritten to ``s3://``; the ingest
 (``jobs.ingest.run`` under a local Ray of ``--cpus`` CPUs, output on local disk) reads it through a
-:class:`~tests.pipeline._flaky.CountingProxy`, which records every request. Then the needed blocks are
+:class:`~bench._s3proxy.CountingProxy`, which records every request. Then the needed blocks are
 derived from the output and the COG layouts, and every GET is attributed (issue 10: <= 1.2 data GETs per
 needed block, <= 1.1x the needed bytes; headers and IFDs apart).
 """
@@ -27,6 +27,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._cogblocks import (  # noqa: E402
+    archive_layouts,
+    needed_blocks,
+    output_rows,
+    request_figures,
+    tile_bounds_needed,
+)
+from bench._s3proxy import CountingProxy  # noqa: E402
 from bench.ingest import ingest as run_ingest  # noqa: E402
 from jobs.cli import load_config  # noqa: E402
 from pipeline import synthetic  # noqa: E402
@@ -34,14 +42,6 @@ from pipeline.config import IngestConfig, StorageConfig  # noqa: E402
 from pipeline.plan import plan_units  # noqa: E402
 from pipeline.stac import load_scenes  # noqa: E402
 from pipeline.storage import gdal_options  # noqa: E402
-from tests.pipeline._cogblocks import (  # noqa: E402
-    archive_layouts,
-    needed_blocks,
-    output_rows,
-    request_figures,
-    tile_bounds_needed,
-)
-from tests.pipeline._flaky import CountingProxy  # noqa: E402
 
 BUCKET = "bench-requests"
 

@@ -1,6 +1,6 @@
 """Object storage requests of an ingest from ``s3://``: counted at a proxy in front of the loopback S3 server
 and compared with the COG blocks the output needs (issue 10: <= 1.2 GETs per needed block, <= 1.1x the
-needed bytes; headers and IFDs reported apart). See :mod:`tests.pipeline._cogblocks` for the definitions.
+needed bytes; headers and IFDs reported apart). See :mod:`bench._cogblocks` for the definitions.
 """
 
 from __future__ import annotations
@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from jobs.cli import load_config
-from pipeline import ingest as ING
-from pipeline import synthetic
-from pipeline.config import IngestConfig, StorageConfig
-from pipeline.plan import plan_units
-from pipeline.shards import read_shards
-from pipeline.stac import load_scenes
-from tests.conftest import REPO
-from tests.pipeline._cogblocks import (
+from bench._cogblocks import (
     Block,
     CogLayout,
     archive_layouts,
@@ -26,7 +18,15 @@ from tests.pipeline._cogblocks import (
     request_figures,
     tile_bounds_needed,
 )
-from tests.pipeline._flaky import CountingProxy, Request, parse_range, split_path
+from bench._s3proxy import CountingProxy, Request, parse_range, split_path
+from jobs.cli import load_config
+from pipeline import ingest as ING
+from pipeline import synthetic
+from pipeline.config import IngestConfig, StorageConfig
+from pipeline.plan import plan_units
+from pipeline.shards import read_shards
+from pipeline.stac import load_scenes
+from tests.conftest import REPO
 
 DEFAULT = str(REPO / "configs" / "ingest" / "default.yaml")
 
@@ -92,8 +92,8 @@ def test_ingest_from_s3_requests_per_needed_block(s3_server, s3_bucket, tmp_path
     the ingest's per-group function (what each Ray Data task runs; here in this process, so every request
     of every group passes the proxy), default preset: every needed byte goes over the wire, in <= 1.2 GETs
     per needed block and <= 1.1x the needed bytes."""
-    opts = {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}}
-    info = synthetic.make_archive(f"s3://{s3_bucket}/archive", storage_options=opts, scenes=3, s1_scenes=0,
+    # the archive is written straight to moto (AWS_ENDPOINT_URL), the ingest reads through the proxy
+    info = synthetic.make_archive(f"s3://{s3_bucket}/archive", scenes=3, s1_scenes=0,
                                   seed=7, size_px=1026, epsg=32633)
     out = str(tmp_path / "out")
     with CountingProxy(s3_server["endpoint_url"]) as proxy:

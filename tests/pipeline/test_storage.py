@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from bench._s3proxy import FlakyProxy
 from pipeline.config import StorageConfig
 from pipeline.storage import (
     BadURIError,
@@ -28,7 +29,6 @@ from pipeline.storage import (
     upload_tree,
     write_bytes_atomic,
 )
-from tests.pipeline._flaky import FlakyProxy
 
 ST = StorageConfig()
 

@@ -23,10 +23,10 @@ from typing import NamedTuple
 import rasterio
 from affine import Affine
 
+from bench._s3proxy import Request
 from pipeline.config import IngestConfig, StorageConfig
 from pipeline.sensors import S2, S2_SCL
 from pipeline.storage import gdal_path, rasterio_env
-from tests.pipeline._flaky import Request
 
 
 class Block(NamedTuple):
