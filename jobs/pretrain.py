@@ -25,11 +25,11 @@ At the end the encoder is exported to safetensors (``jobs.export``) and PNGs are
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -83,8 +83,17 @@ from pipeline.config import StorageConfig
 log = logging.getLogger("skyray.pretrain")
 
 
+#: written into the run directory by rank 0 when the loss is non-finite; the driver raises from it
+NON_FINITE_FILE = "non_finite.json"
+
+
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the message names the step."""
+    """The loss became NaN/inf; the message names the step. ``starts``: the steps the worker
+    group started at in this run's lineage (one entry: it was not restarted)."""
+
+    def __init__(self, message: str, step: int | None = None, starts: list[int] | None = None):
+        super().__init__(message)
+        self.step, self.starts = step, list(starts or [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +150,8 @@ class DebugSection(Strict):
 
     kill_worker_at_step: int | None = Field(default=None, ge=1)
     kill_marker: str | None = None
+    #: every rank's loss becomes NaN at this step (a deterministic non-finite loss)
+    nan_loss_at_step: int | None = Field(default=None, ge=1)
 
 
 class PretrainConfig(Strict):
@@ -230,8 +241,9 @@ def read_manifest(data_uri: str, storage: StorageConfig) -> dict:
 
 
 def build_dataset(cfg: PretrainConfig, manifest: dict):
-    """Ray Dataset of preprocessed samples: projected read, seeded per-epoch file and block order
-    shuffle, then the family's preprocess function (normalisation from the manifest)."""
+    """Ray Dataset of preprocessed samples: projected read in a seeded file order reshuffled every
+    epoch, then the family's preprocess function (normalisation from the manifest). Cached
+    (``data.cache``): materialised, and its block order reshuffled every epoch."""
     import ray.data
     from ray.data import FileShuffleConfig, RandomSeedConfig
 
@@ -250,9 +262,14 @@ def build_dataset(cfg: PretrainConfig, manifest: dict):
         shuffle=FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True),
     )
     ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=cfg.data.preprocess_batch_size)
-    if cfg.data.cache:
-        ds = ds.materialize()
-    return ds.randomize_block_order(seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True))
+    if not cfg.data.cache:
+        # Streaming: file order (above) + each worker's local shuffle buffer. A block-order
+        # shuffle here would be an all-to-all barrier materialising every block before batch one.
+        return ds
+    # Materialised once; reshuffling its block order per epoch is then only metadata.
+    return ds.materialize().randomize_block_order(
+        seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +447,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                     count_flops(lambda b=batch: forward_loss(engine.module, cfg, b)) * 3 / mb
                 )
             loss, c = forward_loss(engine, cfg, batch)
+            if cfg.debug.nan_loss_at_step == step + 1:
+                loss = loss * float("nan")
             engine.backward(loss)
             engine.step()
             loss_sum += float(loss.detach())
@@ -444,9 +463,20 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         # one all-reduce: mean loss across ranks + a non-finite flag
         red = torch.tensor([loss_sum / cfg.deepspeed.grad_accum, 0.0 if math.isfinite(loss_sum) else 1.0])
         dist.all_reduce(red)
-        # every rank raises: the run fails (after max_failures restarts from the last checkpoint)
+        # A deterministic NaN would recur after every restart, so it is not a worker failure: every
+        # rank leaves the loop, rank 0's report carries the flag, and the driver raises.
         if red[1] > 0:
-            raise NonFiniteLossError(f"non-finite loss at step {step} (stage {si}, lr {lr:.3e})")
+            if rank == 0:  # Ray Train's result keeps only checkpointed metrics: a file in the run
+                flag = tempfile.mkdtemp(prefix="flag-")
+                Path(flag, NON_FINITE_FILE).write_text(json.dumps({
+                    "step": step, "starts": starts,
+                    "message": f"non-finite loss at step {step} (stage {si}, lr {lr:.3e})"}))
+                _upload_dir(flag, ".")
+                shutil.rmtree(flag, ignore_errors=True)
+            ray.train.report({"step": step})
+            if writer is not None:
+                writer.close()
+            return
         mean_loss = float(red[0]) / world
         history.append({"step": step, "loss": mean_loss, "lr": lr, "stage": si, **comps})
 
@@ -586,6 +616,13 @@ def write_plots(out_dir: str, history: list[dict], recon, cfg: PretrainConfig) -
 # ---------------------------------------------------------------------------------------------
 
 
+def default_name(cfg: PretrainConfig) -> str:
+    """``pretrain-<model>-<8 hex>``: the digest of the resolved config without its name, so
+    relaunching the same command (same config, data and storage) finds the same run and resumes."""
+    body = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+    return f"pretrain-{cfg.model.name}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+
+
 def run(cfg: PretrainConfig) -> dict[str, Any]:
     """Train; returns ``{"name", "run_dir", "checkpoint", "metrics", "history", "starts", "export"}``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -601,7 +638,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
             raise ValueError(
                 f"stages.{i}.img_size {s.img_size} exceeds the shards' tile_px {manifest['tile_px']}"
             )
-    name = cfg.name or f"pretrain-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.name or default_name(cfg)
     cfg = cfg.model_copy(update={"name": name})
     init_ray()
 
@@ -626,15 +663,17 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         ),
         datasets={"train": ds},
     )
-    try:
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-    except Exception as e:
-        m = re.search(r"non-finite loss at step \d+[^\n]*", str(e))
-        if m:
-            raise NonFiniteLossError(m.group(0)) from e
-        raise
+    from pipeline.storage import filesystem
+
+    flag_fs, flag = filesystem(_join(cfg.storage, name, NON_FINITE_FILE), cfg.data.storage)
+    if flag_fs.exists(flag):  # from an earlier launch of this run
+        flag_fs.rm(flag)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if flag_fs.exists(flag):
+        f = json.loads(flag_fs.cat_file(flag))
+        raise NonFiniteLossError(f["message"], step=f["step"], starts=f["starts"])
     metrics = result.metrics or {}
     out: dict[str, Any] = {"name": name, "run_dir": _join(cfg.storage, name), "metrics": metrics}
     ckpt = result.checkpoint
@@ -657,7 +696,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_config_args(p, default_config="configs/pretrain/spectralgpt_tiny.yaml")
     p.add_argument("--data", help="shards root (local path or s3://)")
     p.add_argument("--storage", help="runs root (local path or s3://)")
-    p.add_argument("--name", help="run name; relaunching with the same name resumes")
+    p.add_argument("--name", help="run name (default: pretrain-<model>-<digest of the config>); "
+                                  "relaunching with the same name resumes")
     a = p.parse_args(argv)
     extra = [f"data.path={a.data}"] if a.data else []
     extra += [f"storage={a.storage}"] if a.storage else []
