@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jobs.train_common import SHARD_S2_BANDS, column_to_numpy, normalize_s2  # noqa: E402
+from jobs.train.data import SHARD_S2_BANDS, column_to_numpy, normalize_s2  # noqa: E402
 
 
 def prepare(out: Path, scenes: int, size_px: int, blocksize: int) -> tuple[Path, Path]:

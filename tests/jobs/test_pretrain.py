@@ -19,7 +19,8 @@ import torch
 
 from jobs.cli import ConfigError, load_config
 from jobs.pretrain import NonFiniteLossError, PretrainConfig, default_name, run
-from jobs.train_common import DS_TAG, lr_at
+from jobs.train.engine import DS_TAG
+from jobs.train.schedules import lr_at
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET_SGPT = REPO / "configs" / "pretrain" / "spectralgpt_tiny.yaml"
@@ -277,7 +278,7 @@ def test_streaming_dataset_has_no_all_to_all_barrier(ray_session, shards_dir, tm
     then block order reshuffled per epoch."""
     from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
 
-    from jobs.pretrain import build_dataset, read_manifest
+    from jobs.train.data import build_dataset, read_manifest
 
     cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "x", "data.cache=false")
     manifest = read_manifest(cfg.data.path, cfg.data.storage)
@@ -319,7 +320,7 @@ def test_relaunching_the_same_command_without_name_resumes(ray_session, shards_d
 def test_read_manifest_takes_contract_v1_and_v2_only(tmp_path):
     import json
 
-    from jobs.pretrain import read_manifest
+    from jobs.train.data import read_manifest
     from pipeline.config import StorageConfig
 
     for version in (1, 2):

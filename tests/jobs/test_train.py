@@ -1,6 +1,6 @@
-"""Pure parts of the training glue: LR schedule, stages, DeepSpeed config, parameter groups,
-shard decoding, preprocessing and augmentation (no cluster; one test reads shards through the session's
-local Ray Data, as ``jobs.pretrain`` does)."""
+"""Pure parts of ``jobs.train``: LR schedule, stages, DeepSpeed config, parameter groups, the family
+table, shard decoding, preprocessing and augmentation (no cluster; one test reads shards through the
+session's local Ray Data, as ``jobs.train.data.build_dataset`` does)."""
 
 from __future__ import annotations
 
@@ -13,29 +13,20 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from jobs.train_common import (
+from jobs.train.configs import DeepSpeedConfig, OptimConfig, StageConfig
+from jobs.train.data import (
     SHARD_S2_BANDS,
     SKYSENSE_S2_BANDS,
-    DeepSpeedConfig,
-    OptimConfig,
-    StageConfig,
     augment_sample,
     band_indices,
-    build_deepspeed_config,
     column_to_numpy,
-    cosine_momentum,
-    ema_update,
-    local_partitions,
-    lr_at,
     make_augment_fn,
     make_skysense_preprocess_fn,
     make_spectralgpt_preprocess_fn,
-    micro_batch,
-    param_groups,
     pick_slots,
-    stage_at,
-    warmup_cosine,
 )
+from jobs.train.engine import build_deepspeed_config, ema_update, local_partitions, param_groups
+from jobs.train.schedules import cosine_momentum, lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
 
@@ -400,7 +391,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.clos
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 dist.init_process_group("gloo", rank=0, world_size=1)
 import deepspeed
-from jobs.train_common import build_partitioned
+from jobs.train.engine import build_partitioned
 from models.registry import create
 torch.manual_seed(0)
 ds = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
@@ -425,3 +416,60 @@ def test_zero_init_construction_runs_the_models_own_init(tmp_path):
     out = subprocess.run([sys.executable, "-c", ZERO_INIT_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------ family table
+
+
+@pytest.mark.parametrize(
+    "name, family, trained",
+    [
+        ("spectralgpt_tiny", "spectralgpt", ["blocks.0.w", "decoder_embed.weight", "mask_token"]),
+        ("skysense_tiny", "skysense", ["student.blocks.0.w", "teacher.blocks.0.w", "heads.pixel.w"]),
+    ],
+)
+def test_family_table_row(name, family, trained):
+    from jobs.train.family import family_of
+
+    fam = family_of(name)
+    assert fam.name == family and "s2_valid" in fam.columns
+    kept = fam.encoder_state_dict({k: torch.zeros(1) for k in trained})
+    assert set(kept) == {"blocks.0.w"}  # decoder, teacher and heads are not the encoder
+
+
+def test_family_of_unknown_model():
+    from jobs.train.family import family_of
+
+    with pytest.raises(ValueError, match=r"'resnet50' belongs to no known family \(spectralgpt, skysense\)"):
+        family_of("resnet50")
+
+
+# ------------------------------------------------------------------------------------ cli.run_job
+
+
+def test_run_job_aliases_and_config_errors(tmp_path, capsys):
+    from pydantic import Field as F
+
+    from jobs import cli
+    from pipeline.config import Strict
+
+    class Inner(Strict):
+        path: str | None = None
+
+    class JobConfig(Strict):
+        n: int = F(default=1, ge=1)
+        flag: bool = True
+        inner: Inner = F(default_factory=Inner)
+
+    seen = []
+    aliases = {"--path": cli.Alias("inner.path", "a path"),
+               "--off": cli.Alias("flag", "turn off", const=False)}
+    argv = ["--path", "007", "--off", "--set", "n=3"]
+    assert cli.run_job(JobConfig, lambda c: seen.append(c) or {"ok": 1}, argv, aliases=aliases) == 0
+    assert seen == [JobConfig(n=3, flag=False, inner=Inner(path="007"))]  # alias values stay strings
+    assert '"ok": 1' in capsys.readouterr().out
+    assert cli.run_job(JobConfig, seen.append, ["--set", "n=0"], aliases=aliases) == 2
+    assert "error: invalid config" in (err := capsys.readouterr().err) and "n: Input should be greater" in err
+    assert cli.run_job(JobConfig, seen.append, ["--set", "inner.nope=1"], aliases=aliases) == 2
+    assert "inner.nope: Extra inputs are not permitted" in capsys.readouterr().err
+    assert len(seen) == 1  # invalid configs never reach run
