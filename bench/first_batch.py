@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
     from ray.data import RandomSeedConfig
 
     from jobs.cli import load_config
-    from jobs.pretrain import PretrainConfig, build_dataset, read_manifest
+    from jobs.pretrain import PretrainConfig
+    from jobs.train.data import build_dataset, read_manifest
     from tests.jobs.conftest import make_shards
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-first-batch-"))
