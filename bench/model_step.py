@@ -71,7 +71,7 @@ def spectralgpt_step(name: str, batch: int, device: torch.device) -> tuple[torch
     x = torch.randn(batch, c.in_chans, c.img_size, c.img_size, device=device)
 
     def step() -> torch.Tensor:
-        loss = model(x)[0]
+        loss = model({"x": x})["loss"]
         loss.backward()
         return loss
 
@@ -79,10 +79,10 @@ def spectralgpt_step(name: str, batch: int, device: torch.device) -> tuple[torch
 
 
 def skysense_step(name: str, batch: int, device: torch.device, dates: int = 4):
-    from models.skysense import build_pretrainer
+    from models.registry import create_pretrainer
 
-    pre = build_pretrainer(name).to(device).train()
-    c = pre.student.config
+    pre = create_pretrainer(name).to(device).train()
+    c = pre.config.encoder
     h = c.img_size
     doy = torch.linspace(1, 365, dates, device=device).long().expand(batch, -1)
     data = {

@@ -95,8 +95,7 @@ def engine_mode(args) -> list[dict]:
                                         OptimConfig(), micro_batch_size=mb, world_size=1, use_gpu=gpu)
         torch.manual_seed(0)
         model = fam.build(model_cfg)
-        if gpu:
-            fam.encoder(model).set_grad_checkpointing(True)
+        model.set_grad_checkpointing(gpu)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         if gpu:
@@ -118,8 +117,8 @@ def engine_mode(args) -> list[dict]:
                 "lonlat": torch.rand(mb, 2, device=device) * 100,
             }
 
-        def step(engine=engine, batch=batch, fam=fam, model_cfg=model_cfg):
-            loss = fam.forward(engine, batch, model_cfg)["loss"]
+        def step(engine=engine, batch=batch):
+            loss = engine(batch)["loss"]
             engine.backward(loss)
             engine.step()
             return loss
@@ -129,7 +128,7 @@ def engine_mode(args) -> list[dict]:
             torch.cuda.synchronize(device)
             state_mem = torch.cuda.memory_allocated(device)
         # fwd + bwd ≈ 3 × fwd
-        flops = count_flops(lambda e=engine, b=batch, f=fam, m=model_cfg: f.forward(e.module, b, m)) * 3
+        flops = count_flops(lambda e=engine, b=batch: e.module(b)) * 3
         for _ in range(args.warmup):
             step()
         if gpu:

@@ -44,13 +44,12 @@ class ExportConfig(Strict):
 
 
 def model_config(name: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Frozen dataclass config of the encoder preset and the overrides it takes (pretrainer-only
-    overrides, e.g. SkySense's ``proj_dim``, dropped)."""
-    from models.registry import get_config
+    """Frozen dataclass config of the encoder preset and the overrides it takes (pretrainer
+    options, e.g. SkySense's ``proj_dim``, dropped)."""
+    from models.registry import get_config, split_overrides
 
-    fields = {f.name for f in dataclasses.fields(get_config(name))}
-    overrides = {k: v for k, v in overrides.items() if k in fields}
-    return get_config(name, **overrides), overrides
+    enc, _ = split_overrides(name, overrides)
+    return get_config(name, **enc), enc
 
 
 def _local_checkpoint(uri: str, storage: StorageConfig, tmp: str) -> str:

@@ -16,6 +16,11 @@ re-written here on our shared layers:
 
 Our layout differs from the official one in a single place: attention uses one fused ``qkv``
 projection; ``models.checkpoint`` concatenates the official q/k/v weights on load.
+
+``SpectralGPT`` is both the encoder and its own pretrainer (``models.base`` protocol):
+``forward_features({"x": (B, C, H, W)})`` -> tokens (B, t*h*w, D); ``forward({"x": ...})`` ->
+``{"loss", "loss_masked", "loss_spectral", "pred", "mask"}`` at the config's ``mask_ratio``;
+``forward_mae(x, mask_ratio, noise)`` is the same on a tensor with an explicit mask.
 """
 
 from __future__ import annotations
@@ -23,16 +28,29 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from models.base import has_storage
 from models.layers import Attention, Block, checkpoint_blocks, resample_pos_embed_2d
-from models.registry import register_model
+from models.losses import mae_loss_terms
+from models.registry import register_presets
 
-__all__ = ["SpectralGPT", "SpectralGPTConfig"]
+__all__ = ["MAEOutput", "SpectralGPT", "SpectralGPTConfig"]
+
+
+class MAEOutput(NamedTuple):
+    """One masked-autoencoder pass: the loss, its two terms (scalars), pred (B, L, g*p*p), mask (B, L)."""
+
+    loss: torch.Tensor
+    loss_masked: torch.Tensor
+    loss_spectral: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -137,12 +155,12 @@ class SpectralGPT(nn.Module):
         self.decoder_norm = norm(c.decoder_embed_dim)
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_dim)
 
-        if not self.mask_token.is_meta:  # meta-device construction (param counts, deferred init)
-            self.initialize_weights()
+        if has_storage(self.mask_token):  # not on meta (param counts) nor ZeRO-3 partitions
+            self.init_weights()
 
     # ------------------------------------------------------------------------------ setup
 
-    def initialize_weights(self) -> None:
+    def init_weights(self) -> None:
         """Official init: pos embeds ~ trunc N(0, .02), mask token ~ N(0, .02), patch embed and
         Linear weights xavier-uniform (q, k, v each on its own, as the official separate Linears),
         biases 0, LayerNorm 1/0.
@@ -154,7 +172,7 @@ class SpectralGPT(nn.Module):
         """
 
         def init(fn, t: torch.Tensor, *args, **kw) -> None:
-            if t is not None and t.numel() > 0 and not t.is_meta:
+            if has_storage(t):
                 fn(t, *args, **kw)
 
         for pe in (
@@ -166,7 +184,7 @@ class SpectralGPT(nn.Module):
             init(nn.init.trunc_normal_, pe, std=0.02)
         init(nn.init.normal_, self.mask_token, std=0.02)
         w = self.patch_embed.proj.weight
-        if w.numel() > 0 and not w.is_meta:
+        if has_storage(w):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         init(nn.init.zeros_, self.patch_embed.proj.bias)
         for m in self.modules():
@@ -177,7 +195,7 @@ class SpectralGPT(nn.Module):
                 init(nn.init.ones_, m.weight)
                 init(nn.init.zeros_, m.bias)
         for m in self.modules():
-            if isinstance(m, Attention) and m.qkv.weight.numel() > 0 and not m.qkv.weight.is_meta:
+            if isinstance(m, Attention) and has_storage(m.qkv.weight):
                 for chunk in m.qkv.weight.data.chunk(3, dim=0):  # fused qkv: xavier per q, k, v
                     nn.init.xavier_uniform_(chunk)
 
@@ -187,7 +205,7 @@ class SpectralGPT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Parameter names to exclude from weight decay."""
+        """Position embeddings and the mask token (full parameter names); 1-D ones are implied."""
         return {
             "pos_embed_spatial",
             "pos_embed_temporal",
@@ -268,10 +286,14 @@ class SpectralGPT(nn.Module):
     def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         return checkpoint_blocks(blocks, x, self.grad_checkpointing)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder tokens without masking: (B, C, H, W) -> (B, t*h*w, D), after the final norm."""
         x, _ = self.embed(x)
         return self.norm(self._run_blocks(self.blocks, x))
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Protocol form of ``encode``: ``batch["x"]`` (B, C, H, W) -> (B, t*h*w, D)."""
+        return self.encode(batch["x"])
 
     def forward_encoder(
         self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
@@ -305,47 +327,41 @@ class SpectralGPT(nn.Module):
     def loss_terms(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two reconstruction terms, in fp32.
-
-        imgs (B, C, H, W), pred (B, L, g*p*p), mask (B, L) with 1 = masked. Returns
-        - masked: mean over masked tokens of the per-token MSE (target per-token normalised
-          when ``norm_pix_loss``);
-        - spectral: MSE between prediction and target summed over the t spectral groups,
-          i.e. (B, h*w, g*p*p) maps, averaged over all positions. As in the official code the
-          summed target is taken before the ``norm_pix_loss`` normalisation.
-        """
-        target = self.patchify(imgs).float()  # (B, L, P)
-        pred = pred.float()
-        B, L, P = target.shape
-        t = imgs.shape[1] // self.config.spectral_group
-        target_sum = target.view(B, t, L // t, P).sum(1)  # (B, h*w, P)
-        pred_sum = pred.view(B, t, L // t, P).sum(1)  # (B, h*w, P)
-        spectral = (pred_sum - target_sum).pow(2).mean()
-        if self.config.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
-        per_token = (pred - target).pow(2).mean(dim=-1)  # (B, L)
-        mask = mask.float()
-        masked = (per_token * mask).sum() / mask.sum().clamp(min=1.0)  # 0, not NaN, at mask_ratio 0
-        return masked, spectral
+        """(masked-token MSE, spectral-summed MSE) of ``pred`` (B, L, g*p*p) against ``imgs``
+        (B, C, H, W) under ``mask`` (B, L), 1 = masked; see ``models.losses.mae_loss_terms``."""
+        return mae_loss_terms(
+            self.patchify(imgs),
+            pred,
+            mask,
+            imgs.shape[1] // self.config.spectral_group,
+            self.config.norm_pix_loss,
+        )
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scalar loss = masked-token MSE + spectral_loss_weight × spectral-summed MSE."""
         masked, spectral = self.loss_terms(imgs, pred, mask)
         return masked + self.config.spectral_loss_weight * spectral
 
-    def forward(
+    def forward_mae(
         self, x: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (loss, pred (B, L, g*p*p), mask (B, L) with 1 = masked).
+    ) -> MAEOutput:
+        """x (B, C, H, W) -> ``MAEOutput`` (loss, its two terms, pred (B, L, g*p*p), mask (B, L)).
 
-        ``noise`` (B, L) fixes the mask (tokens with the smallest noise are kept).
+        ``mask_ratio`` None: the config's; ``noise`` (B, L) fixes the mask (smallest noise kept).
         """
         mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         latent, mask, ids_restore, thw = self.forward_encoder(x, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore, thw)
-        return self.forward_loss(x, pred, mask), pred, mask
+        masked, spectral = self.loss_terms(x, pred, mask)
+        return MAEOutput(masked + self.config.spectral_loss_weight * spectral, masked, spectral, pred, mask)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pretraining step: ``batch["x"]`` (B, C, H, W) (optional ``batch["noise"]`` (B, L)) ->
+        ``{"loss", "loss_masked", "loss_spectral"}`` scalars + ``"pred"`` (B, L, g*p*p), ``"mask"`` (B, L)."""
+        return self.forward_mae(batch["x"], noise=batch.get("noise"))._asdict()
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Nothing to do after an optimizer step (no EMA, no schedule inside the model)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,14 +384,4 @@ PRESETS: dict[str, SpectralGPTConfig] = {
 }
 
 
-def _register(name: str, cfg: SpectralGPTConfig) -> None:
-    def factory(**overrides) -> SpectralGPT:
-        return SpectralGPT(cfg, **overrides)
-
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"SpectralGPT preset {name}: {cfg}"
-    register_model(name)(factory)
-
-
-for _name, _cfg in PRESETS.items():
-    _register(_name, _cfg)
+register_presets("spectralgpt", SpectralGPT, PRESETS)

@@ -157,8 +157,6 @@ class TrainConfig(Strict):
                 micro_batch(s.batch_size, self.scaling.num_workers, self.deepspeed.grad_accum)
             except ValueError as e:
                 raise ValueError(f"stages.{i}.batch_size: {e}") from None
-        if self.deepspeed.zero_init and self.model.family == "skysense":
-            raise ValueError("deepspeed.zero_init is not supported for SkySense (the teacher is a deepcopy)")
         if self.debug.kill_worker_at_step is not None and not self.debug.kill_marker:
             raise ValueError("debug.kill_marker is required with debug.kill_worker_at_step")
         if self.name is not None and (not self.name or "/" in self.name or ".." in self.name):

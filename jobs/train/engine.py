@@ -1,5 +1,5 @@
-"""The DeepSpeed side of a training job: engine config, partitioned builds, parameter groups, the
-EMA step of a teacher, and the files of a checkpoint.
+"""The DeepSpeed side of a training job: engine config, partitioned builds, parameter groups and the
+files of a checkpoint (an EMA teacher is the model's own ``after_step``, ``models.base.ema_``).
 
     ds_config = build_deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=8, world_size=2,
                                        use_gpu=False)
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def build_deepspeed_config(
 
 def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
     """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
-    its own ``initialize_weights()`` on the gathered parameters.
+    its own ``init_weights()`` on the gathered parameters.
 
     ``zero.Init`` partitions each submodule as soon as it is built, so the model's init in
     ``__init__`` saw empty tensors and skipped them (their values would be PyTorch's defaults, not
@@ -90,7 +89,7 @@ def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[s
     with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
         model = build()
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-        model.initialize_weights()
+        model.init_weights()
     return model
 
 
@@ -98,74 +97,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     """AdamW groups: decay only ≥ 2-D weights not named by ``model.no_weight_decay()``; biases,
     norms, position embeddings and tokens get none. Frozen parameters (an EMA teacher) are left out.
     Uses ``ds_shape`` when parameters are already partitioned by ZeRO-3."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    skip = model.no_weight_decay()  # full parameter names (models.base protocol)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         ndim = len(getattr(p, "ds_shape", p.shape))
-        (no_decay if ndim < 2 or name in skip or name.split(".")[-1] in skip else decay).append(p)
+        (no_decay if ndim < 2 or name in skip else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-@contextmanager
-def local_partitions(params: Sequence[torch.nn.Parameter]):
-    """Under ZeRO-3, temporarily point each parameter's ``.data`` at its local partition.
-
-    Two parameters of equal numel are partitioned identically (the same flat slice on every
-    rank), so element-wise updates between them (an EMA ``teacher ← m·teacher + (1−m)·student``)
-    can run on the partitions alone: no all-gather, exact, and memory stays sharded. Outside
-    ZeRO-3 (no ``ds_tensor``) this is a no-op.
-    """
-    saved = []
-    for p in params:
-        if hasattr(p, "ds_tensor"):
-            saved.append((p, p.data))
-            p.data = p.ds_tensor.data
-    try:
-        yield
-    finally:
-        for p, d in saved:
-            p.data = d
-
-
-def ema_update(model: torch.nn.Module, momentum: float) -> None:
-    """Step the EMA teacher of ``model`` (``model.momentum_update(m)``), correct under ZeRO 0-3.
-
-    Why on the partitions: the teacher lives inside the engine, so ZeRO-3 partitions it exactly
-    like the student; updating the local slices needs no communication and no full copy, unlike
-    ``GatheredParameters`` (two all-gathers of the whole model per step) or keeping an unsharded
-    teacher outside the engine (4 B × params on every rank).
-
-    Precision: with bf16 parameters an update ``(1 − m)(s − t)`` with m ≥ 0.99 is mostly below
-    bf16's resolution and would be lost, so the teacher's (local) values are accumulated in an
-    fp32 shadow kept on the parameter (``_ema_fp32``, 4 B × teacher params / world size) and
-    rounded into the bf16 parameter after each update. Teacher = parameters without grad.
-    """
-    params = list(model.parameters())
-    with local_partitions(params):
-        swapped = []
-        for p in params:
-            if p.dtype == torch.float32:
-                continue
-            if p.requires_grad:  # student: an fp32 copy of its current value
-                tmp = p.data.float()
-            else:  # teacher: the persistent fp32 accumulator
-                tmp = getattr(p, "_ema_fp32", None)
-                if tmp is None or tmp.shape != p.data.shape:
-                    tmp = p._ema_fp32 = p.data.float()
-            swapped.append((p, p.data))
-            p.data = tmp
-        try:
-            model.momentum_update(momentum)
-        finally:
-            for p, d in swapped:
-                if not p.requires_grad:
-                    d.copy_(p.data)
-                p.data = d
 
 
 # ---------------------------------------------------------------------------------------------

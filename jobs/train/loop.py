@@ -104,16 +104,17 @@ class TrainLoop:
     # ------------------------------------------------------------------ the parts a job supplies
 
     def build_module(self) -> nn.Module:
-        """The module the engine trains (same init on every rank: the global seed is set)."""
+        """The module the engine trains, a ``models.base.Pretrainer`` (same init on every rank:
+        the global seed is set)."""
         return self.family.build(self.cfg.model)
 
     def forward(self, module: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         """``{"loss": (), "loss_<part>": (), ...}`` of one micro batch."""
-        return self.family.forward(module, batch, self.cfg.model)
+        return module(batch)
 
     def after_step(self, step: int) -> None:
-        """After optimizer step ``step`` (0-based) of every rank (e.g. an EMA teacher)."""
-        self.family.after_step(self.engine.module, step, self.total, self.cfg.model)
+        """After optimizer step ``step`` (0-based) on every rank (SkySense: its EMA teacher)."""
+        self.engine.module.after_step(step, self.total)
 
     def make_collate(self, stage: StageConfig, epoch: int) -> Callable[[Mapping[str, Any]], Batch]:
         """Numpy batch -> torch batch for this stage and epoch (seeded per rank and epoch)."""
@@ -160,8 +161,7 @@ class TrainLoop:
             module = build_partitioned(self.build_module, self.ds_config)
         else:
             module = self.build_module()
-        if cfg.deepspeed.activation_checkpointing:
-            self.family.encoder(module).set_grad_checkpointing(True)
+        module.set_grad_checkpointing(cfg.deepspeed.activation_checkpointing)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, model_parameters=param_groups(module, cfg.optim.weight_decay), config=self.ds_config
         )

@@ -52,12 +52,6 @@ def stage_at(step: int, stages: Sequence[_Stage]) -> tuple[int, int]:
     raise ValueError("no stages")
 
 
-def cosine_momentum(step: int, total_steps: int, m0: float, m1: float = 1.0) -> float:
-    """EMA teacher momentum, cosine from ``m0`` at step 0 to ``m1`` at the end (BYOL/DINO)."""
-    p = min(1.0, step / max(1, total_steps))
-    return m1 - (m1 - m0) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-
 def micro_batch(global_batch: int, num_workers: int, grad_accum: int) -> int:
     """Per-worker micro batch; ValueError naming the fields when it does not divide."""
     per = num_workers * grad_accum

@@ -5,7 +5,6 @@ session's local Ray Data, as ``jobs.train.data.build_dataset`` does)."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +24,8 @@ from jobs.train.data import (
     make_spectralgpt_preprocess_fn,
     pick_slots,
 )
-from jobs.train.engine import build_deepspeed_config, ema_update, local_partitions, param_groups
-from jobs.train.schedules import cosine_momentum, lr_at, micro_batch, stage_at, warmup_cosine
+from jobs.train.engine import build_deepspeed_config, param_groups
+from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
 
@@ -69,12 +68,6 @@ def test_stage_at_table(step, expected):
         StageConfig(img_size=128, steps=5, batch_size=4),
     ]
     assert stage_at(step, stages) == expected
-
-
-def test_cosine_momentum_goes_to_final():
-    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
-    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-    assert 0.99 < cosine_momentum(50, 100, 0.99) < 1.0
 
 
 def test_micro_batch_error_names_fields():
@@ -147,66 +140,13 @@ def test_param_groups_decay_only_matrices():
 
 
 def test_param_groups_leave_out_the_frozen_teacher():
-    from models.skysense import build_pretrainer
+    from models.registry import create_pretrainer
 
-    model = build_pretrainer("skysense_tiny")
+    model = create_pretrainer("skysense_tiny")
     groups = param_groups(model, 0.05)
     ids = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in ids for p in model.teacher.parameters())
     assert {id(p) for p in model.student.parameters()} <= ids
-
-
-def test_local_partitions_ema_on_slices():
-    """The ZeRO-3 EMA path: with .data pointed at equal-sized flat slices, ``momentum_update``
-    updates exactly those slices (emulated partitions of 2 ranks)."""
-    from models.skysense import build_pretrainer
-
-    torch.manual_seed(0)
-    model = build_pretrainer("skysense_tiny")
-    for p in model.student.parameters():
-        p.data.add_(torch.randn_like(p))
-    full_t = [p.detach().clone() for p in model.teacher.parameters()]
-    full_s = [p.detach().clone() for p in model.student.parameters()]
-    m = 0.9
-    for rank in range(2):  # each "rank" holds half of every flattened parameter
-        parts = {}
-        for p in model.parameters():
-            flat = p.detach().reshape(-1)
-            k = math.ceil(flat.numel() / 2)
-            p.ds_tensor = flat[rank * k : (rank + 1) * k].clone()
-            parts[id(p)] = p.ds_tensor
-        with local_partitions(list(model.parameters())):
-            assert all(p.data.ndim == 1 for p in model.parameters())
-            model.momentum_update(m)
-        for t, t0, s0 in zip(model.teacher.parameters(), full_t, full_s):
-            k = math.ceil(t0.numel() / 2)
-            want = (m * t0 + (1 - m) * s0).reshape(-1)[rank * k : (rank + 1) * k]
-            torch.testing.assert_close(parts[id(t)], want)
-            assert t.shape == t0.shape  # restored afterwards
-    for p in model.parameters():
-        del p.ds_tensor
-
-
-def test_ema_update_bf16_accumulates_in_fp32():
-    """In bf16 a 0.999-momentum EMA step is below the format's resolution; ``ema_update`` keeps
-    an fp32 accumulator so the teacher follows the fp32 reference."""
-    from models.skysense import build_pretrainer
-
-    torch.manual_seed(0)
-    model = build_pretrainer("skysense_tiny")
-    for p in model.student.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    ref_t = [p.detach().clone().to(torch.bfloat16).float() for p in model.teacher.parameters()]
-    ref_s = [p.detach().clone().to(torch.bfloat16).float() for p in model.student.parameters()]
-    model.to(torch.bfloat16)
-    t0 = [p.detach().clone() for p in model.teacher.parameters()]
-    for _ in range(20):
-        ema_update(model, 0.999)
-        ref_t = [0.999 * t + 0.001 * s for t, s in zip(ref_t, ref_s)]
-    moved = [p for p, p0 in zip(model.teacher.parameters(), t0) if not torch.equal(p, p0)]
-    assert len(moved) > len(t0) // 2  # a plain bf16 EMA would leave most of them unchanged
-    for p, r in zip(model.teacher.parameters(), ref_t):
-        torch.testing.assert_close(p._ema_fp32, r.reshape(p.shape), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ shards -> numpy

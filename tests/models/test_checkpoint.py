@@ -205,9 +205,9 @@ def test_official_layout_equivalence(norm_pix_loss):
     L = cfg.num_groups * cfg.grid_size**2
     noise = torch.rand(2, L)
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.encode(x), ref.forward_features(x), atol=1e-5, rtol=0)
         ref_loss, ref_pred, ref_mask = ref(x, 0.75, noise)  # int(64 * .25) == round(64 * .25)
-        loss, pred, mask = ours(x, mask_ratio=0.75, noise=noise)
+        loss, _, _, pred, mask = ours.forward_mae(x, mask_ratio=0.75, noise=noise)
     torch.testing.assert_close(mask, ref_mask)
     torch.testing.assert_close(pred, ref_pred, atol=1e-5, rtol=0)
     assert abs(loss.item() - ref_loss.item()) <= 1e-5 * max(1.0, abs(ref_loss.item()))
@@ -223,7 +223,7 @@ def test_official_pth_file_with_args_and_ddp_prefix(tmp_path):
     ours = create("spectralgpt_tiny", weights=path).eval()
     x = torch.randn(1, 12, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.encode(x), ref.forward_features(x), atol=1e-5, rtol=0)
 
 
 def test_encoder_only_checkpoint_with_head_loads():
@@ -246,7 +246,7 @@ def test_resamples_grid_and_band_count():
     # endpoints of the linearly resampled spectral embedding are the original ones
     torch.testing.assert_close(model.pos_embed_temporal[:, 0], sd["pos_embed_temporal"][:, 0])
     torch.testing.assert_close(model.pos_embed_temporal[:, -1], sd["pos_embed_temporal"][:, -1])
-    loss, _, _ = model(torch.randn(1, 15, 48, 48))
+    loss = model({"x": torch.randn(1, 15, 48, 48)})["loss"]
     assert torch.isfinite(loss)
 
 

@@ -91,16 +91,29 @@ def test_spectralgpt_base_encoder_count():
     assert enc == 85_403_904
 
 
-# SkySense presets take (s2, s1, doy, valid) kwargs and return a dict; they have their own tests.
-@pytest.mark.parametrize("name", list_models("spectralgpt*tiny*"))
-def test_tiny_forward_backward(name):
-    torch.manual_seed(0)
-    model = create(name)
-    cfg = model.config
-    x = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
-    loss, pred, mask = model(x)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    assert pred.shape[:2] == mask.shape
-    loss.backward()
-    no_grad = [k for k, p in model.named_parameters() if p.grad is None]
-    assert no_grad == []
+def test_every_family_registers_through_register_presets():
+    """One idiom: every listed preset has a Preset record naming its family and config class."""
+    for name in list_models():
+        preset = registry.get_preset(name)
+        assert name.startswith(preset.family + "_")
+        assert type(get_config(name)) is type(preset.config)
+
+
+def test_create_pretrainer_splits_overrides():
+    assert registry.split_overrides("spectralgpt_tiny", {"mask_ratio": 0.5}) == ({"mask_ratio": 0.5}, {})
+    enc, opts = registry.split_overrides("skysense_tiny", {"fusion_depth": 2, "proj_dim": 8})
+    assert enc == {"fusion_depth": 2} and opts == {"proj_dim": 8}
+    with torch.device("meta"):
+        mae = registry.create_pretrainer("spectralgpt_tiny", mask_ratio=0.5)
+        pre = registry.create_pretrainer("skysense_tiny", fusion_depth=2, proj_dim=8)
+    assert mae.config.mask_ratio == 0.5
+    assert pre.config.encoder.fusion_depth == 2 and pre.config.proj_dim == 8
+
+
+def test_get_preset_errors(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_model("plain_linear")(lambda **kw: torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="'plain_linear' is not a family preset"):
+        registry.create_pretrainer("plain_linear")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        registry.get_preset("nope")

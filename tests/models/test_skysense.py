@@ -1,4 +1,5 @@
-"""SkySense: presets, the encoder's masking/calendar contract, and each pretraining component's property."""
+"""SkySense (models.skysense, models.swin, models.skysense_pretrain): presets, the encoder's
+masking/calendar contract, and each pretraining component's property."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from models.registry import count_params, create, list_models
+from models.registry import count_params, create, create_pretrainer, list_models
 from models.skysense import (
     S2_BANDS,
     S2_SHARD_BANDS,
@@ -15,13 +16,7 @@ from models.skysense import (
     GeoContextPrototypes,
     SkySense,
     SkySenseConfig,
-    SkySensePretrainer,
-    augment_views,
-    build_pretrainer,
-    dihedral_table,
-    info_nce,
     region_index,
-    sinkhorn,
 )
 
 PRESETS = ["skysense_tiny", "skysense_base", "skysense_large", "skysense_1b"]
@@ -214,7 +209,8 @@ def test_bf16_autocast_forward_and_loss():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**make_batch(), hr=torch.randn(2, 4, 64, 64))
         assert out["dense"].dtype == torch.bfloat16 and torch.isfinite(out["dense"].float()).all()
-        res = SkySensePretrainer(model, proj_dim=16, pixel_samples=64)(make_batch())
+        pre = create_pretrainer("skysense_tiny", hr_enabled=True, proj_dim=16, pixel_samples=64)
+        res = pre(make_batch())
     assert torch.isfinite(res["loss"])
     res["loss"].backward()
 
@@ -265,79 +261,6 @@ def test_region_index_errors():
         region_index(torch.zeros(2, 3), 4, 2)
 
 
-def test_sinkhorn_balances_a_skewed_assignment():
-    g = torch.Generator().manual_seed(0)
-    n, k = 512, 8
-    scores = torch.randn(n, k, generator=g) * 0.1
-    scores[:, 0] += 0.5  # a plain softmax would put almost everything in cluster 0
-    plain = torch.softmax(scores / 0.05, dim=1).sum(0)
-    q = sinkhorn(scores, n_iters=10, eps=0.05)
-    torch.testing.assert_close(q.sum(1), torch.ones(n))
-    torch.testing.assert_close(q.sum(0), torch.full((k,), n / k), rtol=0.02, atol=0)
-    assert plain.max() > 0.5 * n  # the input really was skewed
-    assert not q.requires_grad
-
-
-def test_sinkhorn_errors():
-    with pytest.raises(ValueError, match=r"\(N, K\)"):
-        sinkhorn(torch.zeros(3))
-    with pytest.raises(ValueError, match="eps > 0"):
-        sinkhorn(torch.zeros(3, 2), eps=0.0)
-
-
-def test_info_nce_minimal_for_aligned_pairs():
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(64, 16, generator=g)
-    k = q + 0.05 * torch.randn(64, 16, generator=g)
-    aligned = info_nce(q, k, 0.1)
-    shuffled = info_nce(q, k[torch.randperm(64, generator=g)], 0.1)
-    assert aligned < 0.05 < shuffled
-    # rows with weight 0 do not count as queries
-    w = torch.ones(64)
-    w[0] = 0
-    k_bad = k.clone()
-    k_bad[0] = -q[0]
-    assert info_nce(q, k_bad, 0.1, w) < 2 * aligned + 1e-3 < info_nce(q, k_bad, 0.1)
-    with pytest.raises(ValueError, match="both be"):
-        info_nce(q, k[:3], 0.1)
-    with pytest.raises(ValueError, match="temperature"):
-        info_nce(q, k, 0.0)
-
-
-def test_dihedral_table_matches_torch_and_inverts():
-    img = torch.arange(16.0).view(4, 4)
-    table = dihedral_table(4, 4)
-    expected = [torch.rot90(img.flip(-1) if c >= 4 else img, c % 4, dims=(0, 1)) for c in range(8)]
-    for c in range(8):
-        torch.testing.assert_close(img.flatten()[table[c]].view(4, 4), expected[c])
-        back = img.flatten()[table[c]][table[c].argsort()]
-        torch.testing.assert_close(back, img.flatten())
-    assert len({tuple(t.tolist()) for t in table}) == 8
-    rect = dihedral_table(2, 3)
-    assert rect.shape == (8, 6) and rect[1].tolist() == list(range(6))
-
-
-def test_augment_views_keeps_correspondence_and_dates():
-    torch.manual_seed(0)
-    batch = make_batch(b=4, t=5, size=16)
-    batch["lonlat"] = torch.zeros(4, 2)
-    batch["s2_valid"][0] = torch.tensor([False, False, True, False, False])
-    view, codes = augment_views(batch, gain_jitter=0.0, noise_std=0.0, date_drop=0.9)
-    assert (view["s2_valid"] <= batch["s2_valid"]).all()  # never revives padding
-    assert view["s2_valid"].any(1).all() and view["s1_valid"].any(1).all()  # one date always kept
-    table = dihedral_table(16, 16)
-    for i, c in enumerate(codes.tolist()):  # one transform for every band and date of a sample
-        src = batch["s2"][i].flatten(-2)[..., table[c]].view_as(batch["s2"][i])
-        torch.testing.assert_close(view["s2"][i], src)
-        src1 = batch["s1"][i].flatten(-2)[..., table[c]].view_as(batch["s1"][i])
-        torch.testing.assert_close(view["s1"][i], src1)
-    # patch-grid features of the view, mapped back with the inverse table, sit on the original grid
-    pool = lambda x: torch.nn.functional.avg_pool2d(x.flatten(1, 2), 4).flatten(-2)  # (B, C, 16)
-    inv = dihedral_table(4, 4).argsort(1)[codes]
-    back = pool(view["s2"]).gather(-1, inv[:, None].expand(-1, 50, -1))
-    torch.testing.assert_close(back, pool(batch["s2"]))
-
-
 # ---------------------------------------------------------------------------------------------
 # geo-context prototypes
 # ---------------------------------------------------------------------------------------------
@@ -378,99 +301,6 @@ def test_encoder_geo_enhancement_depends_on_region(tiny):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def pre() -> SkySensePretrainer:
-    torch.manual_seed(0)
-    return SkySensePretrainer(create("skysense_tiny"), proj_dim=16, pixel_samples=64)
-
-
-def test_pretrainer_outputs_and_gradients(pre):
-    out = pre(make_batch())
-    assert set(out) == {"loss", "loss_pixel", "loss_object", "loss_image", "loss_cross_modal", "loss_geo"}
-    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
-    out["loss"].backward()
-    assert all(p.grad is None for p in pre.teacher.parameters())
-    assert all(not p.requires_grad for p in pre.teacher_heads.parameters())
-    grads = {n: p.grad for n, p in pre.named_parameters() if p.requires_grad}
-    assert [n for n, g in grads.items() if g is None] == []  # DDP needs no find_unused_parameters
-    for name in (
-        "student.s2_encoder.patch_embed.weight",
-        "student.s1_encoder.patch_embed.weight",
-        "student.geo.prototypes",
-        "heads.centres",
-        "heads.s1.fc1.weight",
-    ):
-        assert grads[name] is not None and grads[name].abs().sum() > 0, name
-    assert not pre.teacher.training and pre.train().student.training and not pre.teacher.training
-
-
-def test_contrastive_losses_minimal_for_aligned_features(pre):
-    torch.manual_seed(1)
-    feats = torch.randn(4, 16, pre.student.embed_dim)
-    perm = torch.randperm(16)
-    with torch.no_grad():
-        assert pre.pixel_loss(feats, feats) < pre.pixel_loss(feats, feats[:, perm])
-        assert pre.object_loss(feats, feats) < pre.object_loss(feats, feats[:, perm])
-        pooled = feats.mean(1)
-        assert pre.image_loss(pooled, pooled) < pre.image_loss(pooled, pooled[[1, 2, 3, 0]])
-
-
-def test_ema_update_moves_teacher_by_the_right_amount(pre):
-    with torch.no_grad():
-        for p in pre.student.parameters():
-            p.add_(torch.randn_like(p))
-        for p in pre.heads.parameters():
-            p.add_(1.0)
-    t_old = [p.clone() for m in (pre.teacher, pre.teacher_heads) for p in m.parameters()]
-    s = list(pre.student.parameters()) + list(pre.heads.parameters())
-    pre.momentum_update(0.9)
-    t_new = list(pre.teacher.parameters()) + list(pre.teacher_heads.parameters())
-    for old, new, stu in zip(t_old, t_new, s):
-        torch.testing.assert_close(new, 0.9 * old + 0.1 * stu)
-    pre.momentum_update(0.0)
-    for new, stu in zip(pre.teacher.parameters(), pre.student.parameters()):
-        torch.testing.assert_close(new, stu)
-    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
-        pre.momentum_update(1.5)
-
-
-def test_a_few_steps_lower_the_loss():
-    torch.manual_seed(0)
-    pre = SkySensePretrainer(create("skysense_tiny"), proj_dim=16, pixel_samples=64)
-    opt = torch.optim.AdamW([p for p in pre.parameters() if p.requires_grad], lr=2e-3)
-    batch = make_batch(b=4)
-    batch["lonlat"] = torch.tensor([[11.5, 48.1], [-60.0, -3.0], [100.0, 30.0], [11.0, 48.0]])
-    losses = []
-    for _ in range(30):
-        out = pre(batch)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        pre.momentum_update(0.9)
-        losses.append(out["loss"].item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 0.5, losses
-
-
-def test_prototype_ema_moves_only_present_regions_toward_their_features():
-    torch.manual_seed(0)
-    pre = SkySensePretrainer(create("skysense_tiny"), proj_dim=16, proto_momentum=0.5)
-    protos = pre.student.geo.prototypes
-    assert not protos.requires_grad
-    before = protos.detach().clone()
-    batch = make_batch()  # regions of (11.5, 48.1) and (-60, -3) on the 4 x 2 grid
-    region = region_index(batch["lonlat"], 4, 2)
-    pre.train()(batch)["loss"].backward()
-    moved = (protos - before).abs().sum(dim=(1, 2)) > 0
-    assert moved.nonzero().flatten().tolist() == sorted(region.tolist())
-    # with m = 0 every prototype of the region becomes the (normalized) mean of its features
-    f = torch.randn(1, 1, 32).expand(1, 16, 32)
-    pre.update_prototypes(f, torch.tensor([3]), m=0.0)
-    torch.testing.assert_close(protos[3], torch.nn.functional.normalize(f[0, :4], dim=-1))
-    with pytest.raises(ValueError, match="proto_momentum"):
-        SkySensePretrainer(create("skysense_tiny"), proto_momentum=1.0)
-
-
 def test_s2_band_selection_matches_the_shard_contract():
     from pipeline.sensors import S2
 
@@ -480,26 +310,25 @@ def test_s2_band_selection_matches_the_shard_contract():
     assert "B01" not in S2_BANDS and "B09" not in S2_BANDS
 
 
-def test_pretrainer_errors_and_builder():
-    torch.manual_seed(0)
-    pre = build_pretrainer("skysense_tiny", fusion_depth=2, proj_dim=8, num_clusters=4)
-    assert pre.student.config.fusion_depth == 2 and pre.heads.centres.shape == (4, 8)
-    batch = make_batch()
-    del batch["lonlat"]  # optional: everything falls in region 0
-    assert torch.isfinite(pre(batch)["loss"])
-    with pytest.raises(KeyError, match="lacks"):
-        pre({"s2": batch["s2"]})
-    with pytest.raises(TypeError, match="unexpected keyword"):
-        build_pretrainer("skysense_tiny", not_an_option=1)
-    with pytest.raises(TypeError, match="not a SkySense preset"):
-        build_pretrainer("spectralgpt_tiny")
-    with pytest.raises(TypeError, match="wraps a SkySense"):
-        SkySensePretrainer(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="num_clusters"):
-        SkySensePretrainer(create("skysense_tiny"), num_clusters=1)
-
-
 def test_config_is_frozen():
     cfg = create("skysense_tiny").config
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.s2_dim = 3
+
+
+def test_swin_and_drop_path_rate_errors():
+    from models.swin import SwinV2Encoder
+
+    with pytest.raises(ValueError, match="depths and heads must have the same length"):
+        SwinV2Encoder(4, 16, 4, depths=(1,), heads=(2, 4), window=4)
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.0"):
+        create("skysense_tiny", drop_path_rate=1.0)
+
+
+def test_drop_path_rate_rises_over_each_stack():
+    from models.layers import DropPath
+
+    model = create("skysense_tiny", s2_depth=3, fusion_depth=3, drop_path_rate=0.4)
+    for blocks in (model.s2_encoder.blocks, model.fusion_blocks):
+        rates = [b.drop_path1.p if isinstance(b.drop_path1, DropPath) else 0.0 for b in blocks]
+        assert rates == pytest.approx([0.0, 0.2, 0.4])

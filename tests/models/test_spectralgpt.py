@@ -27,13 +27,17 @@ def sample(b: int = 2, c: int = 12, size: int = 32, seed: int = 0) -> torch.Tens
 
 
 def test_forward_shapes_and_default_mask_ratio(model):
-    loss, pred, mask = model(sample())
+    out = model({"x": sample()})
+    assert set(out) == {"loss", "loss_masked", "loss_spectral", "pred", "mask"}
+    loss, pred, mask = out["loss"], out["pred"], out["mask"]
+    torch.testing.assert_close(loss, out["loss_masked"] + TINY.spectral_loss_weight * out["loss_spectral"])
     L = TINY.num_groups * TINY.grid_size**2
     assert loss.shape == () and loss.dtype == torch.float32
     assert pred.shape == (2, L, 3 * 8 * 8)
     assert mask.shape == (2, L) and mask.dtype == torch.float32
     assert mask.sum(1).tolist() == [L - round(L * 0.1)] * 2
-    assert model.forward_features(sample()).shape == (2, L, TINY.embed_dim)
+    assert model.forward_features({"x": sample()}).shape == (2, L, TINY.embed_dim)
+    torch.testing.assert_close(model.encode(sample()), model.forward_features({"x": sample()}))
 
 
 @pytest.mark.parametrize(
@@ -65,8 +69,8 @@ def test_masking_keeps_round_l_times_one_minus_r(model, L, ratio, keep):
 def test_noise_fixes_the_mask_smallest_kept(model):
     L = 64
     noise = torch.rand(2, L)
-    _, m1 = model(sample(), noise=noise)[1:]
-    _, m2 = model(sample(seed=1), noise=noise)[1:]
+    m1 = model.forward_mae(sample(), noise=noise).mask
+    m2 = model({"x": sample(seed=1), "noise": noise})["mask"]
     assert torch.equal(m1, m2)
     keep = round(L * 0.1)
     expected = torch.ones(2, L)
@@ -93,7 +97,7 @@ def test_loss_terms_follow_the_mask(model):
     """The token MSE sees masked tokens only; the spectral term (official) sees every position."""
     x = sample()
     with torch.no_grad():
-        _, pred, mask = model(x)
+        _, _, _, pred, mask = model.forward_mae(x)
     masked, spectral = model.loss_terms(x, pred, mask)
     visible = (mask == 0)[..., None]
     pred_vis = pred + 5.0 * visible  # perturb visible-token predictions only
@@ -131,11 +135,11 @@ def test_other_sizes_and_band_counts(model, size, bands):
     """Position embeddings resampled at run time from the configured 4×4 grid / 4 groups."""
     x = sample(1, bands, size)
     L = bands // 3 * (size // 8) ** 2
-    loss, pred, mask = model(x)
+    loss, _, _, pred, mask = model.forward_mae(x)
     assert pred.shape == (1, L, 192) and mask.shape == (1, L) and torch.isfinite(loss)
     loss.backward()
     assert model.pos_embed_spatial.grad is not None and model.pos_embed_temporal.grad is not None
-    assert model.forward_features(x).shape == (1, L, TINY.embed_dim)
+    assert model.encode(x).shape == (1, L, TINY.embed_dim)
 
 
 def test_native_size_uses_embeddings_unchanged(model):
@@ -149,7 +153,7 @@ def test_native_size_uses_embeddings_unchanged(model):
 )
 def test_indivisible_input_is_an_error(model, shape, match):
     with pytest.raises(ValueError, match=match):
-        model(torch.zeros(shape))
+        model({"x": torch.zeros(shape)})
 
 
 def test_config_errors():
@@ -161,7 +165,7 @@ def test_config_errors():
 
 def test_bf16_autocast_forward_backward(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, pred, mask = model(sample())
+        loss, _, _, pred, mask = model.forward_mae(sample())
     assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32 and mask.dtype == torch.float32
     assert torch.isfinite(loss)
     loss.backward()
@@ -175,16 +179,28 @@ def test_grad_checkpointing_same_gradients():
     ckpt.load_state_dict(plain.state_dict())
     x, noise = sample(), torch.rand(2, 64)
     for m in (plain, ckpt):
-        m(x, noise=noise)[0].backward()
+        m({"x": x, "noise": noise})["loss"].backward()
     for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
     ckpt.set_grad_checkpointing(False)
     assert not ckpt.grad_checkpointing
 
 
-def test_drop_path_trains():
-    model = create("spectralgpt_tiny", drop_path_rate=0.2).train()
-    model(sample())[0].backward()
+def test_drop_path_rate_rises_over_depth_and_is_stochastic_only_in_training():
+    from models.layers import DropPath
+
+    torch.manual_seed(0)
+    model = create("spectralgpt_tiny", depth=3, drop_path_rate=0.5).train()
+    rates = [b.drop_path1.p if isinstance(b.drop_path1, DropPath) else 0.0 for b in model.blocks]
+    assert rates == pytest.approx([0.0, 0.25, 0.5])
+    batch = {"x": sample(), "noise": torch.rand(2, 64)}
+    losses = [model(batch)["loss"] for _ in range(4)]
+    assert len({round(v.item(), 6) for v in losses}) > 1  # the same mask, different dropped paths
+    losses[0].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert model(batch)["loss"] == model(batch)["loss"]
 
 
 def test_meta_construction_then_materialise():
@@ -192,8 +208,8 @@ def test_meta_construction_then_materialise():
         model = create("spectralgpt_tiny")
     assert model.mask_token.is_meta
     model = model.to_empty(device="cpu")
-    model.initialize_weights()
-    assert torch.isfinite(model(sample())[0])
+    model.init_weights()
+    assert torch.isfinite(model({"x": sample()})["loss"])
 
 
 def test_overfits_one_batch():
@@ -206,7 +222,7 @@ def test_overfits_one_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        loss = model(x, noise=noise)[0]
+        loss = model({"x": x, "noise": noise})["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -217,10 +233,9 @@ def test_overfits_one_batch():
 def test_torch_compile_fullgraph_capture(model):
     """No graph breaks (Dynamo capture only, backend="eager": fast, no codegen), resampling included."""
     compiled = torch.compile(model, backend="eager", fullgraph=True)
-    loss, _, _ = compiled(sample(1, 12, 48))
-    loss.backward()
+    compiled({"x": sample(1, 12, 48)})["loss"].backward()
     features = torch.compile(model.forward_features, backend="eager", fullgraph=True)
-    assert features(sample(1)).shape == (1, 64, TINY.embed_dim)
+    assert features({"x": sample(1)}).shape == (1, 64, TINY.embed_dim)
 
 
 ZERO3_SCRIPT = """
@@ -235,7 +250,7 @@ with deepspeed.zero.Init(config_dict_or_path=cfg, dtype=torch.float32):
 w = m.blocks[0].attn.qkv.weight
 assert w.numel() == 0 and tuple(w.ds_shape) == (192, 64), (w.shape, w.ds_shape)
 with deepspeed.zero.GatheredParameters(list(m.parameters()), modifier_rank=0):
-    m.initialize_weights()
+    m.init_weights()
     assert 0.005 < m.pos_embed_spatial.std().item() < 0.05 and w.std().item() > 0.05
 print("ok")
 """

@@ -1,0 +1,165 @@
+"""The protocol every encoder and pretrainer implements, and the EMA primitive pretrainers share.
+
+Jobs call these methods directly (no ``hasattr`` probing): a preset that lacks one fails the
+registry-parametrized protocol test (``tests/models/test_protocol.py``), not a training run.
+
+Encoder (``models.registry.create(name)``)::
+
+    config                          frozen dataclass of the architecture
+    init_weights() -> None          (re-)initialise every parameter from the global RNG; skips
+                                    tensors without storage (meta, ZeRO-3 partitions), so under
+                                    ``deepspeed.zero.Init`` call it inside
+                                    ``zero.GatheredParameters(params, modifier_rank=0)``
+    set_grad_checkpointing(enable: bool = True) -> None
+                                    activation checkpointing of every block stack while training
+    no_weight_decay() -> set[str]   full names (as in ``named_parameters()``) of the parameters
+                                    that take no weight decay beyond the 1-D ones (biases, norms):
+                                    tokens, position/calendar/modality embeddings, prototypes
+    forward_features(batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]
+                                    the encoder's features of a batch of the family's inputs
+
+Pretrainer (``models.registry.create_pretrainer(name)``), additionally::
+
+    forward(batch: dict[str, Tensor]) -> dict[str, Tensor]
+        "loss": the scalar to back-propagate; "loss_<part>": each scalar component (logged);
+        other keys (e.g. SpectralGPT's "pred" (B, L, g·p·p) and "mask" (B, L) for pictures) are
+        tensors a job may use but never logs as losses.
+    after_step(step: int, total_steps: int) -> None
+        called once after every optimizer step with the 0-based step just taken; SkySense moves
+        its EMA teacher (cosine momentum schedule from its own config), SpectralGPT does nothing.
+
+Pure torch: no deepspeed, no ray. ZeRO-3 is met by duck typing: a parameter carrying a
+``ds_tensor`` attribute holds its local partition there (see ``ema_``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = ["Encoder", "Pretrainer", "cosine_momentum", "ema_", "has_storage"]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every registered preset's module provides (see the module docstring)."""
+
+    config: Any
+
+    def init_weights(self) -> None:
+        """Initialise every parameter that has storage from the global RNG (idempotent per seed)."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn activation checkpointing of every block stack on or off."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Full ``named_parameters()`` names exempt from weight decay (beyond the 1-D ones)."""
+        ...
+
+    def forward_features(self, batch: Mapping[str, torch.Tensor]) -> Any:
+        """Encoder features of a batch of the family's inputs."""
+
+
+@runtime_checkable
+class Pretrainer(Encoder, Protocol):
+    """An ``Encoder`` that also trains itself: a loss dict per batch and a hook after each step."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"loss": (), "loss_<part>": (), ...}`` plus optional non-loss tensors."""
+        ...
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (0-based) of ``total_steps``."""
+
+
+def has_storage(t: torch.Tensor | None) -> bool:
+    """False for None, meta tensors and ZeRO-3-partitioned parameters (numel 0)."""
+    return t is not None and t.numel() > 0 and not t.is_meta
+
+
+def cosine_momentum(step: int, total_steps: int, m0: float, m1: float = 1.0) -> float:
+    """EMA momentum, cosine from ``m0`` at step 0 to ``m1`` at ``total_steps`` (BYOL/DINO):
+    ``m1 − (m1 − m0) · ½ (1 + cos(π · min(1, step / total)))``."""
+    p = min(1.0, step / max(1, total_steps))
+    return m1 - (m1 - m0) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _gathered(p: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter whose full tensor is present (inside ``GatheredParameters``, or persistent)."""
+    return p.data.numel() > 0 and p.data.numel() == getattr(p, "ds_numel", None)
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _ema_pairs(t: torch.Tensor, s: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (teacher, student) tensors one EMA step updates for a parameter pair.
+
+    Outside ZeRO-3: the parameters' data. A ZeRO-3 parameter (duck-typed: it has ``ds_tensor``)
+    holds its local partition in ``ds_tensor``, the source of truth DeepSpeed gathers from and
+    checkpoints: two parameters of equal numel are partitioned identically (the same flat slice
+    on every rank), so the update runs on the partitions alone: exact, no communication, memory
+    stays sharded. A teacher parameter that is also gathered in its own storage (a persistent
+    small parameter, which DeepSpeed never re-gathers for a frozen module, or inside
+    ``GatheredParameters``) has its full tensor updated too, from the student's full tensor.
+    """
+    tp, sp = getattr(t, "ds_tensor", None), getattr(s, "ds_tensor", None)
+    if (tp is None) != (sp is None):
+        raise ValueError(
+            f"teacher and student parameters are partitioned differently: {t.shape} vs {s.shape}"
+        )
+    if tp is None:
+        return [(t.data, s.data)]
+    pairs = [(tp.data, sp.data)]
+    if _gathered(t) and not _same_storage(t.data, tp.data):
+        if not _gathered(s):
+            raise RuntimeError(
+                f"teacher parameter of shape {tuple(t.ds_shape)} is gathered but its student counterpart "
+                "is not: gather both (or neither) around the EMA step"
+            )
+        pairs.append((t.data, s.data))
+    return pairs
+
+
+@torch.no_grad()
+def ema_(teacher: Iterable[nn.Parameter], student: Iterable[nn.Parameter], momentum: float) -> None:
+    """``teacher ← m · teacher + (1 − m) · student``, parameter by parameter, correct under ZeRO 0-3.
+
+    Both sequences must pair parameters of equal shape (a second build of the same config).
+    Precision: with bf16/fp16 parameters an update ``(1 − m)(s − t)`` with m ≥ 0.99 is mostly
+    below the format's resolution and would be lost, so each low-precision teacher tensor keeps an
+    fp32 accumulator on the parameter (``_ema_fp32``; ``_ema_fp32_full`` for a gathered ZeRO-3
+    parameter's full tensor) and is rounded from it after each update.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    t_views, s_views = [], []
+    for t, s in zip(teacher, student, strict=True):
+        for i, (a, b) in enumerate(_ema_pairs(t, s)):
+            if a.numel() == 0:
+                continue
+            if momentum == 0.0:  # an exact copy, also over uninitialised (NaN) teacher memory
+                a.copy_(b)
+                attr = ("_ema_fp32", "_ema_fp32_full")[i]
+                if hasattr(t, attr):
+                    delattr(t, attr)
+                continue
+            if a.dtype in (torch.float32, torch.float64):
+                t_views.append(a)
+                s_views.append(b.to(a.dtype))
+                continue
+            attr = ("_ema_fp32", "_ema_fp32_full")[i]
+            acc = getattr(t, attr, None)
+            if acc is None or acc.shape != a.shape or acc.device != a.device:
+                acc = a.float()
+                setattr(t, attr, acc)
+            acc.mul_(momentum).add_(b.float(), alpha=1.0 - momentum)
+            a.copy_(acc)
+    if t_views:
+        torch._foreach_mul_(t_views, momentum)
+        torch._foreach_add_(t_views, s_views, alpha=1.0 - momentum)

@@ -1,0 +1,82 @@
+"""models.base: the protocol classes, the momentum schedule and the EMA primitive (ZeRO-3 duck typing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models.base import Encoder, Pretrainer, cosine_momentum, ema_, has_storage
+
+
+def test_protocols_reject_a_module_without_the_methods():
+    assert not isinstance(nn.Linear(2, 2), Encoder)
+    assert not isinstance(nn.Linear(2, 2), Pretrainer)
+
+
+@pytest.mark.parametrize(
+    ("step", "total", "m0", "m1", "want"),
+    [
+        (0, 100, 0.99, 1.0, 0.99),
+        (100, 100, 0.99, 1.0, 1.0),
+        (50, 100, 0.9, 1.0, 0.95),
+        (200, 100, 0.9, 0.95, 0.95),
+    ],
+)
+def test_cosine_momentum(step, total, m0, m1, want):
+    assert cosine_momentum(step, total, m0, m1) == pytest.approx(want)
+
+
+def test_has_storage():
+    assert has_storage(torch.zeros(2)) and not has_storage(None)
+    assert not has_storage(torch.empty(0)) and not has_storage(torch.zeros(2, device="meta"))
+
+
+def _pair(n: int = 6):
+    t = nn.Parameter(torch.zeros(n), requires_grad=False)
+    s = nn.Parameter(torch.ones(n))
+    return t, s
+
+
+def test_ema_plain_and_copy():
+    t, s = _pair()
+    ema_([t], [s], 0.75)
+    torch.testing.assert_close(t.data, torch.full((6,), 0.25))
+    t.data.fill_(float("nan"))  # momentum 0 copies, even over garbage
+    ema_([t], [s], 0.0)
+    torch.testing.assert_close(t.data, s.data)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        ema_([t], [s], 1.5)
+    with pytest.raises(ValueError, match="zip"):
+        ema_([t], [s, s], 0.5)
+
+
+def test_ema_on_zero3_partitions_and_gathered_tensors():
+    """Duck-typed ZeRO-3: the local partition (``ds_tensor``) is always updated; a teacher that is
+    also gathered in its own storage has its full tensor updated from the student's full one."""
+    t, s = _pair()
+    t.ds_tensor, s.ds_tensor = torch.zeros(3), torch.ones(3)  # this rank's half
+    t.ds_numel = s.ds_numel = 6
+    t.ds_shape = s.ds_shape = (6,)
+    ema_([t], [s], 0.5)
+    torch.testing.assert_close(t.ds_tensor, torch.full((3,), 0.5))
+    torch.testing.assert_close(t.data, torch.full((6,), 0.5))  # gathered: the full tensor too
+    s.data = torch.empty(0)  # the student released, the teacher still gathered
+    with pytest.raises(RuntimeError, match=r"teacher parameter of shape \(6,\) is gathered but its student"):
+        ema_([t], [s], 0.5)
+    t.data = torch.empty(0)  # both partitioned: partitions only
+    ema_([t], [s], 0.5)
+    torch.testing.assert_close(t.ds_tensor, torch.full((3,), 0.75))
+    plain = nn.Parameter(torch.ones(6))
+    with pytest.raises(ValueError, match="partitioned differently"):
+        ema_([t], [plain], 0.5)
+
+
+def test_ema_bf16_accumulates_in_fp32():
+    t = nn.Parameter(torch.zeros(4, dtype=torch.bfloat16), requires_grad=False)
+    s = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    for _ in range(10):
+        ema_([t], [s], 0.999)
+    want = 1 - 0.999**10
+    torch.testing.assert_close(t._ema_fp32, torch.full((4,), want), rtol=1e-6, atol=1e-7)
+    assert t.dtype == torch.bfloat16 and t.float().sub(want).abs().max() < 1e-4
