@@ -212,11 +212,10 @@ def test_end_to_end_synthetic_archive_ingest_pretrain(ray_session, tmp_path):
     """The real flow: synthetic COG archive -> jobs.ingest shards -> jobs.pretrain -> export."""
     from jobs import ingest
     from pipeline import synthetic
-    from pipeline.config import IngestConfig
 
     archive = synthetic.make_archive(tmp_path / "archive", scenes=3, s1_scenes=2, seed=11, size_px=516)
-    icfg = load_config(IngestConfig, REPO / "configs" / "ingest" / "tiny.yaml")
-    ingest.run(icfg, archive.items, str(tmp_path / "shards"))
+    ingest.run(load_config(ingest.IngestJobConfig, REPO / "configs" / "ingest" / "tiny.yaml",
+                           fields={"items": archive.items, "output": str(tmp_path / "shards")}))
     stages = "stages=[{img_size: 16, steps: 3, batch_size: 8}, {img_size: 32, steps: 3, batch_size: 8}]"
     out = run(_cfg("spectralgpt_tiny", tmp_path / "shards", tmp_path / "runs", "e2e", stages,
                    "log.every_steps=3", "checkpoint.every_steps=3", "log.plots=false"))
