@@ -5,7 +5,7 @@ buffer) against the same dataset ending in a block-order shuffle, on data larger
 
 Both sides are ``jobs.pretrain.build_dataset`` (SpectralGPT preset, ``data.cache=false``) consumed
 as a worker does (``iter_torch_batches`` with the preset's local shuffle buffer); the "block order"
-side appends ``randomize_block_order`` (what the job did before), an all-to-all that must execute
+side appends ``randomize_block_order``, an all-to-all that must execute
 every upstream block (and spill what does not fit) before it yields one. A local Ray starts with a
 small object store so that the preprocessed samples (float32, printed) exceed it. The two sides run
 alternately, ``--repeats`` times each; prints seconds to the first batch, to the whole epoch, the

@@ -150,8 +150,11 @@ def run_job(
     print ``show(result)`` (default: JSON). Exit code 0; 2 for a ``ConfigError`` (printed as
     ``error: ...`` naming the field, before any work when the config itself is invalid)."""
     setup_logging()
-    doc = getattr(sys.modules.get(run.__module__), "__doc__", None) or ""
-    p = argparse.ArgumentParser(description=description or doc.split("\n", 1)[0])
+    module = sys.modules.get(getattr(run, "__module__", None) or "")
+    doc = getattr(module, "__doc__", None) or ""
+    # under ``python -m jobs.x`` the module is __main__; its spec keeps the real name
+    prog = "python -m " + (getattr(getattr(module, "__spec__", None), "name", None) or str(run.__module__))
+    p = argparse.ArgumentParser(prog=prog, description=description or doc.split("\n", 1)[0])
     add_config_args(p, None if default_config is None else str(default_config))
     aliases = dict(aliases or {})
     for flag, a in aliases.items():
@@ -159,7 +162,8 @@ def run_job(
         if a.const is not None:
             p.add_argument(flag, dest=dest, action="store_const", const=a.const, help=f"{a.help} ({a.field})")
         else:
-            p.add_argument(flag, dest=dest, help=f"{a.help} ({a.field})")
+            metavar = a.field.rsplit(".", 1)[-1].upper()
+            p.add_argument(flag, dest=dest, metavar=metavar, help=f"{a.help} ({a.field})")
     args = p.parse_args(argv)
     fields = {}
     for flag, a in aliases.items():

@@ -1,4 +1,4 @@
-"""Ingest a Sentinel-1/2 STAC archive from object storage into Parquet shards (contract v1) with Ray Data.
+"""Ingest a Sentinel-1/2 STAC archive from object storage into Parquet shards with Ray Data.
 
 On a laptop (starts a local Ray)::
 
