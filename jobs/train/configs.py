@@ -79,7 +79,7 @@ class AugmentConfig(Strict):
 
 
 class ModelSection(Strict):
-    #: registry preset; the family (spectralgpt / skysense) is its prefix
+    #: registry preset; its family (``jobs.train.family``) is the name's prefix
     name: str = "spectralgpt_tiny"
     #: preset overrides (e.g. img_size) and, for SkySense, pretrainer settings (e.g. proj_dim)
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -88,10 +88,6 @@ class ModelSection(Strict):
     #: SkySense: EMA teacher momentum, cosine from this to ``teacher_momentum_final``
     teacher_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
     teacher_momentum_final: float = Field(default=1.0, ge=0.0, le=1.0)
-
-    @property
-    def family(self) -> Literal["spectralgpt", "skysense"]:
-        return "skysense" if self.name.startswith("skysense") else "spectralgpt"
 
 
 class DataSection(Strict):
