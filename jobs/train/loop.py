@@ -6,7 +6,8 @@ Shaped like Ray's benchmark ``TrainLoopRunner`` (``release/train_tests/benchmark
     train_epoch()  one pass over this worker's dataset shard at the current stage (ends early at a
                    stage switch or the last step); every ``grad_accum`` micro batches -> train_step()
     train_step()   LR from the schedule, forward/backward/step per micro batch, ``after_step``, one
-                   all-reduce (mean loss + non-finite flag), history, log line, checkpoint
+                   all-reduce (mean loss + non-finite flag), history, then log() and save() or a report
+    log()          the window's metrics, the rank-0 step line and TensorBoard scalars
     save()/restore()  the DeepSpeed shard of every rank + rank 0's state (step, history, starts,
                    config) reported together through ``ray.train.report``
 
@@ -279,10 +280,19 @@ class TrainLoop:
         do_ckpt = step % cfg.checkpoint.every_steps == 0 or step == self.total
         if not (do_log or do_ckpt):
             return
+        metrics = self.log(si, lr, mean_loss, parts)
+        if do_ckpt:
+            self.save(metrics)
+        else:
+            ray.train.report(metrics)
+
+    def log(self, si: int, lr: float, loss: float, parts: Mapping[str, float]) -> dict[str, Any]:
+        """The metrics of the window since the last log (throughput, data wait, memory, MFU, the
+        loss parts); rank 0 prints the step line and writes TensorBoard scalars."""
         dt = time.perf_counter() - self.win_t0
         sps = self.win_samples / max(dt, 1e-9)
         metrics = {
-            "step": step, "stage": si, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+            "step": self.step, "stage": si, "epoch": self.epoch, "loss": loss, "lr": lr,
             "samples_per_s": sps,
             "data_wait_frac": min(1.0, self.win_wait / max(dt, 1e-9)),
             "peak_mem_gb": peak_memory_gb(self.device),
@@ -294,11 +304,8 @@ class TrainLoop:
         self.history[-1].update(samples_per_s=sps, data_wait_frac=metrics["data_wait_frac"])
         if self.rank == 0:
             print(f"[{self.tag}] {format_step_line(metrics)}", flush=True)
-            self.tb.scalars(metrics, step)
-        if do_ckpt:
-            self.save(metrics)
-        else:
-            ray.train.report(metrics)
+            self.tb.scalars(metrics, self.step)
+        return metrics
 
     def save(self, metrics: dict[str, Any]) -> None:
         import ray.train
