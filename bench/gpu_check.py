@@ -15,7 +15,7 @@ Per model:
 
 1. the model FLOPs of one sample: ``torch.utils.flop_counter`` over a step at batch 2 with
    checkpointing *off* (so recomputation is not counted, the MFU convention), divided by 2;
-2. ``--steps`` timed steps at ``--batch`` after ``--warmup`` steps (CUDA-synchronised):
+2. ``--steps`` timed steps at ``--batch`` (halved until it fits) after ``--warmup`` steps (CUDA-synchronised):
    step time, samples/s, achieved TFLOP/s, MFU = achieved / the device's dense bf16 peak, and
    the peak memory allocated;
 3. the largest batch that fits: doubling from ``--batch`` until a step runs out of memory (or
@@ -207,26 +207,31 @@ def measure(name: str, args, device: torch.device, deadline: float) -> Row:
     n_all = sum(p.numel() for p in tr.pre.parameters())
     n_train = sum(p.numel() for p in tr.pre.parameters() if p.requires_grad)
     flops = tr.flops_per_sample()
+    batch = args.batch
+    while not tr.fits(batch)[0]:  # the timed batch must fit: halve it until it does
+        if batch == 1:
+            raise RuntimeError(f"{name}: not even batch 1 fits on {device}")
+        batch //= 2
     for _ in range(args.warmup):
-        tr.step(args.batch)
+        tr.step(batch)
     reset_memory(device)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        tr.step(args.batch)
+        tr.step(batch)
     sync(device)
     step_s = (time.perf_counter() - t0) / args.steps
     peak = memory_gib(device)
-    sps = args.batch / step_s
+    sps = batch / step_s
     achieved = flops * sps
     pk = peak_flops(device, args.peak_tflops)
-    max_b, note, max_gib = largest_batch(tr, args.batch, args.max_batch, deadline)
+    max_b, note, max_gib = largest_batch(tr, batch, args.max_batch, deadline)
     row = Row(
         model=name,
         params=n_all,
         trainable=n_train,
         shape=describe(name, tr.pre, args.dates),
-        batch=args.batch,
+        batch=batch,
         step_s=step_s,
         samples_per_s=sps,
         tflops=achieved / 1e12,
@@ -257,7 +262,7 @@ def table(rows: list[Row], device: torch.device) -> str:
         largest = f"{r.max_batch} ({r.max_batch_note})" if oom else stopped
         lines.append(
             f"| {r.model} | {r.params / 1e6:,.1f} M ({r.trainable / 1e6:,.1f} M) | {r.shape} | {r.batch} "
-            f"| {r.step_s:.3f} | {r.samples_per_s:.1f} | {r.tflops:.2f} | {mfu} | {r.peak_gib:.1f} "
+            f"| {r.step_s:.3f} | {r.samples_per_s:.1f} | {r.tflops:.3g} | {mfu} | {r.peak_gib:.1f} "
             f"| {largest} | {r.max_batch_gib:.1f} |"
         )
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.base import has_storage
+
 __all__ = [
     "Attention",
     "Block",
@@ -208,11 +210,6 @@ def resample_pos_embed_2d(
     return pos.squeeze(0) if squeeze else pos
 
 
-def _has_storage(t: torch.Tensor | None) -> bool:
-    """False for None, meta tensors and ZeRO-3-partitioned parameters (numel 0)."""
-    return t is not None and t.numel() > 0 and not t.is_meta
-
-
 def init_weights_mae(module: nn.Module) -> None:
     """MAE init, for ``model.apply``: Linear weights xavier-uniform, biases 0; LayerNorm 1/0.
 
@@ -220,12 +217,12 @@ def init_weights_mae(module: nn.Module) -> None:
     re-apply inside ``deepspeed.zero.GatheredParameters`` to initialise those.
     """
     if isinstance(module, nn.Linear):
-        if _has_storage(module.weight):
+        if has_storage(module.weight):
             nn.init.xavier_uniform_(module.weight)
-        if _has_storage(module.bias):
+        if has_storage(module.bias):
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
-        if _has_storage(module.weight):
+        if has_storage(module.weight):
             nn.init.ones_(module.weight)
-        if _has_storage(module.bias):
+        if has_storage(module.bias):
             nn.init.zeros_(module.bias)

@@ -9,15 +9,6 @@ import torch.nn.functional as F
 from models.heads import ChangeHead, LinearProbe, MultiLabelHead, SegmentationHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny heads gain nothing from intra-op threads, and on shared cores they spin-wait much slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def levels(b: int = 2, dims=(8, 8, 8, 16), sizes=(16, 8, 4, 2), seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, c, s, s, generator=g, requires_grad=True) for c, s in zip(dims, sizes)]

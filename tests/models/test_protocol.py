@@ -61,15 +61,6 @@ def build_pretrainer(name: str, seed: int = 0) -> torch.nn.Module:
     return create_pretrainer(name, **overrides(name), **OPTIONS[get_preset(name).family]).train()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models gain nothing from intra-op threads, and on shared cores they spin-wait."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # every preset
 # ---------------------------------------------------------------------------------------------

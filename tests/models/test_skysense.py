@@ -38,15 +38,6 @@ def make_batch(b: int = 2, t: int = 3, t1: int = 2, size: int = 32, seed: int = 
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared cores they spin-wait 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "lonlat"}
 

@@ -23,15 +23,6 @@ from models.skysense_pretrain import (
 from tests.models.test_skysense import make_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared cores they spin-wait 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_dihedral_table_matches_torch_and_inverts():
     img = torch.arange(16.0).view(4, 4)
     table = dihedral_table(4, 4)
