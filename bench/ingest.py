@@ -15,6 +15,16 @@ What it measures, in one process and one run:
    acquisitions) — peak RSS of the Ray worker processes must stay flat: units stream scene by scene
    into fixed-size outputs.
 
+With ``--trace`` every unit group records which COG blocks it decoded (``SKYRAY_BLOCK_TRACE``), and the
+run prints decodes per needed block: decoded pixel bytes / pixel bytes of the distinct blocks the output
+needed, and the same weighted by each block's compressed size (the TIFF tile byte count) — how much
+more than once the ingest inflated what it needed (goal <= 1.1). Compare ``--set group_units=1`` (every
+unit alone: what the ingest did before unit groups) with the default.
+
+``--s1-warp N`` instead times the cross-zone Sentinel-1 warp of one N-px unit (VV + VH, to dB): the
+ingest's numpy warp (``pipeline.read.read_s1_scene``) against GDAL's ``WarpedVRT`` (bilinear) on the same
+synthetic neighbouring-zone scene, best of 3 in CPU seconds, and their largest difference in dB.
+
 ``--scaling N1 N2 ...`` instead ingests the archive of the first ``--scales`` once per CPU count (a fresh
 local Ray of N CPUs, ``concurrency=N``) and prints speed-up and parallel efficiency against the smallest
 N (goal >= 0.85 from 1 to 16 CPUs).
@@ -154,14 +164,51 @@ class WorkerMemory:
         self._t.join()
 
 
-def ingest(info, cfg: IngestConfig, out: Path, cpus: int) -> dict:
+def block_trace(trace: Path) -> dict:
+    """Aggregate the groups' block traces: decodes and bytes per distinct block (see the module doc)."""
+    from pipeline.read import BlockKey
+
+    decodes: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for f in trace.glob("*.json"):
+        for k, (n, nbytes) in json.loads(f.read_text()).items():
+            decodes[k] = decodes.get(k, 0) + n
+            sizes[k] = nbytes
+    compressed: dict[str, int] = {}
+    by_path: dict[str, list[BlockKey]] = {}
+    for k in decodes:
+        path, band, row, col = k.split("|")
+        by_path.setdefault(path, []).append(BlockKey(path, int(band), int(row), int(col)))
+    for path, keys in by_path.items():
+        with rasterio.open(path) as ds:
+            for key in keys:
+                compressed["|".join(map(str, key))] = ds.block_size(key.band, key.row, key.col)
+    need = sum(sizes.values())
+    need_c = sum(compressed.values())
+    return {
+        "blocks": len(decodes),
+        "decodes": sum(decodes.values()),
+        "decoded_mb": sum(decodes[k] * sizes[k] for k in decodes) / 1e6,
+        "needed_mb": need / 1e6,
+        "needed_compressed_mb": need_c / 1e6,
+        "ratio": sum(decodes[k] * sizes[k] for k in decodes) / max(need, 1),
+        "ratio_compressed": sum(decodes[k] * compressed[k] for k in decodes) / max(need_c, 1),
+    }
+
+
+def ingest(info, cfg: IngestConfig, out: Path, cpus: int, trace: Path | None = None) -> dict:
     import ray
 
     from jobs.ingest import run
+    from pipeline.ingest import BLOCK_TRACE_ENV
 
     shutil.rmtree(out, ignore_errors=True)
+    env = {"PYTHONPATH": str(REPO)}
+    if trace is not None:
+        shutil.rmtree(trace, ignore_errors=True)
+        env[BLOCK_TRACE_ENV] = str(trace)
     ray.init(num_cpus=cpus, object_store_memory=256 * 1024**2, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=False)
+             runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         # warm the worker pool so start-up is not billed to the ingest (a long job amortises it)
         ray.get([ray.remote(num_cpus=1)(lambda: __import__("pipeline.ingest")).remote() for _ in range(cpus)])
@@ -173,7 +220,80 @@ def ingest(info, cfg: IngestConfig, out: Path, cpus: int) -> dict:
         s["worker_cpu_s"] = mem.cpu_seconds
     finally:
         ray.shutdown()
+    if trace is not None:
+        s["blocks"] = block_trace(trace)
     return s
+
+
+def s1_warp(n: int) -> int:
+    """Cross-zone S1 warp of one ``n``-px unit: numpy (the ingest) vs GDAL's WarpedVRT, CPU seconds."""
+    import datetime as dt
+    import tempfile
+
+    from rasterio.enums import Resampling
+    from rasterio.transform import Affine
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import transform_bounds
+
+    from pipeline.config import StorageConfig
+    from pipeline.read import UnitGrid, read_s1_scene, to_db
+    from pipeline.stac import AssetRef, Scene
+    from pipeline.storage import rasterio_env
+
+    st = StorageConfig()
+    um = n * 10.0
+    grid = UnitGrid.from_bounds(32633, (um * (491520 // n), um * (4986880 // n), um * (491520 // n + 1),
+                                        um * (4986880 // n + 1)))
+    x0, y0, x1, y1 = transform_bounds("EPSG:32633", "EPSG:32634", *grid.bounds)
+    tr = Affine(10, 0, np.floor(x0 / 10) * 10 - 300, 0, -10, np.ceil(y1 / 10) * 10 + 300)
+    shape = (int((y1 - y0) / 10) + 60, int((x1 - x0) / 10) + 60)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)  # speckle-like linear power, a nodata corner
+        assets = {}
+        for b in ("VV", "VH"):
+            a = rng.gamma(4.0, 0.01, shape).astype(np.float32)
+            a[:40, :40] = -32768.0
+            path = f"{tmp}/{b}.tif"
+            with rasterio.open(path, "w", driver="COG", width=shape[1], height=shape[0], count=1,
+                               dtype="float32", crs="EPSG:32634", transform=tr, nodata=-32768.0,
+                               compress="DEFLATE", blocksize=512) as dst:
+                dst.write(a, 1)
+            assets[b] = AssetRef(path, tuple(tr)[:6], shape, -32768.0)
+        sc = Scene(scene_id="S1_X", sensor="s1", datetime=dt.datetime(2022, 5, 3, tzinfo=dt.UTC), epsg=32634,
+                   bounds=(x0, y0, x1, y1), lonlat_bbox=(14.0, 44.0, 16.0, 46.0), assets=assets, boa_offset=0,
+                   cloud_cover=None)
+        ours, gdal, exact = (np.zeros((2, n, n), np.float32) for _ in range(3))
+        times = {"numpy": float("inf"), "gdal": float("inf")}
+        with rasterio_env(st):
+            for _ in range(3):
+                c = time.process_time()
+                read_s1_scene(sc, grid, st, ours)
+                times["numpy"] = min(times["numpy"], time.process_time() - c)
+                c = time.process_time()
+                for i, b in enumerate(("VV", "VH")):
+                    ref = sc.assets[b]
+                    with rasterio.open(ref.href) as ds, WarpedVRT(
+                        ds, crs="EPSG:32633", transform=grid.transform, width=n, height=n,
+                        resampling=Resampling.bilinear, src_nodata=ref.nodata, nodata=np.nan, dtype="float32",
+                    ) as vrt:
+                        vrt.read(1, out=gdal[i])
+                to_db(gdal)
+                times["gdal"] = min(times["gdal"], time.process_time() - c)
+            for i, b in enumerate(("VV", "VH")):  # GDAL, positions within 1e-4 px: the reference
+                ref = sc.assets[b]
+                with rasterio.open(ref.href) as ds, WarpedVRT(
+                    ds, crs="EPSG:32633", transform=grid.transform, width=n, height=n, tolerance=1e-4,
+                    resampling=Resampling.bilinear, src_nodata=ref.nodata, nodata=np.nan, dtype="float32",
+                ) as vrt:
+                    vrt.read(1, out=exact[i])
+            to_db(exact)
+    same_nan = bool((np.isnan(ours) == np.isnan(exact)).all())
+    print(f"cross-zone S1 warp of a {n}-px unit (VV + VH, dB, speckle): numpy {times['numpy']:.3f} CPU-s, "
+          f"GDAL WarpedVRT {times['gdal']:.3f} CPU-s ({times['gdal'] / times['numpy']:.2f}x); against GDAL "
+          f"with exact positions: numpy max |difference| {np.nanmax(np.abs(ours - exact)):.4f} dB "
+          f"(same NaN pixels: {same_nan}), GDAL's default 0.125-px approximation "
+          f"{np.nanmax(np.abs(gdal - exact)):.4f} dB")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -187,9 +307,13 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workdir", default="/tmp/skyray_bench_ingest")
     ap.add_argument("--gen-workers", type=int, default=1)
+    ap.add_argument("--trace", action="store_true", help="count decodes per needed COG block")
+    ap.add_argument("--s1-warp", type=int, metavar="N", help="time the cross-zone S1 warp of one N-px unit")
     ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
                     help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
     args = ap.parse_args(argv)
+    if args.s1_warp:
+        return s1_warp(args.s1_warp)
     if args.scaling:
         return scaling(args)
     cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
@@ -208,7 +332,7 @@ def main(argv=None) -> int:
     for k in args.scales:
         info = infos[k]
         mb_k = decoded_mb(cog_paths(info.root))
-        s = ingest(info, cfg, work / f"out_x{k}", args.cpus)
+        s = ingest(info, cfg, work / f"out_x{k}", args.cpus, work / f"trace_x{k}" if args.trace else None)
         per_core = mb_k / s["wall"] / args.cpus
         per_cpu_s = mb_k / max(s["worker_cpu_s"], 1e-9)
         rows.append((k, mb_k, s, per_core, per_cpu_s))
@@ -220,6 +344,12 @@ def main(argv=None) -> int:
               f"written {s['bytes_written'] / 1e6:.0f} MB; "
               f"peak worker RSS {s['peak_rss'] / 2**20:.0f} MiB (VmHWM {s['peak_hwm'] / 2**20:.0f} MiB, "
               f"{s['workers_seen']} workers)", flush=True)
+        if "blocks" in s:
+            b = s["blocks"]
+            print(f"x{k} blocks: {b['blocks']} needed ({b['needed_mb']:.0f} MB decoded size, "
+                  f"{b['needed_compressed_mb']:.0f} MB compressed), {b['decodes']} decodes "
+                  f"({b['decoded_mb']:.0f} MB): decoded / needed {b['ratio']:.2f}, "
+                  f"compressed-weighted {b['ratio_compressed']:.2f} (goal <= 1.1)", flush=True)
     print()
     for k, _, _, pc, pcs in rows:
         print(f"x{k} ratio ingest/decode per core: {pc / limit:.2f} wall-clock, "

@@ -58,6 +58,16 @@ class IngestConfig(Strict):
     #: Ray Data: CPUs per unit task and how many run at once (None: as many as fit).
     num_cpus_per_task: float = Field(default=1.0, gt=0)
     concurrency: int | None = Field(default=None, ge=1)
+    #: one Ray task processes the units of one Sentinel-2 tile and period in turn (null), or only those in
+    #: one ``group_units x group_units`` square of units, sharing one decoded-block cache: a COG block that
+    #: several of them need is decoded once per group (within the budget below).
+    group_units: int | None = Field(default=None, ge=1, le=64)
+    #: memory for that cache per task (MiB; 0 = no cache, one windowed read per band and unit).
+    block_cache_mb: int = Field(default=1024, ge=0)
+    #: 0: one shard file per unit. > 0: a group's rows go into shard files cut once their encoded size
+    #: reaches this many MiB (so files are this size plus at most one unit's rows), named after their first
+    #: unit: fewer, larger files for object storage.
+    shard_mb: float = Field(default=0.0, ge=0.0, le=4096.0)
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")

@@ -1,21 +1,26 @@
-"""The ingest graph: work units -> Ray Data tasks -> one Parquet shard per unit, then manifest + rejects.
+"""The ingest graph: work units -> Ray Data tasks (groups of neighbouring units) -> Parquet shards, then
+manifest + rejects.
 
-Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each
-scene's SCL alone onto the unit's 10 m grid and measures, per tile, its cloud+shadow and nodata (SCL 0 or
-outside the scene) fractions; every tile keeps its best usable slots (least cloudy, then earliest, then
-scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the square
-spanning the tiles that chose it — and copies them into a preallocated ``(tiles, T, 12, H, W)`` array in
-date order. Scenes that won nothing are never decoded beyond their SCL, so memory is one scene window plus
-the output, and decode work follows what is kept. S1 is read in one pass in date order (least nodata,
-then date), only for the tiles S2 keeps, each only until it holds T nodata-free slots (no later scene
-could change them), over the 2 x 2-tile cells still open. Tiles without ``min_s2_slots`` usable S2
-slots are rejected (``all_cloud`` when some slot failed on cloud only, else ``all_nodata``); unreadable
-scenes are rejected at scene level and the unit goes on without them (a band that fails in pass 2 re-runs
-the choice without its scene). A scene that is never needed is never decoded, so its faults go unseen.
+Per unit (one Ray Data task, :func:`process_unit`), Sentinel-2 in two passes: pass 1 reads each scene's
+SCL alone at its native 20 m onto the unit's 20 m grid and measures, per tile, its cloud+shadow and
+nodata (SCL 0 or outside the scene) fractions; every tile keeps its best usable slots (least cloudy, then
+earliest, then scene id). Pass 2 decodes the 12 bands of the scenes that won a slot — each once, over the
+square spanning the tiles that chose it — and copies them at native resolution (shard contract v3: never
+resampled on the 20 m lattice, 60 m pixels replicated 3 x 3) into preallocated ``(tiles, T, 4, H, W)``
+and ``(tiles, T, 8, H/2, W/2)`` arrays in date order. Scenes that won nothing are never decoded beyond
+their SCL, so memory is one scene window plus the output, and decode work follows what is kept. S1 is
+read in one pass in date order (least nodata, then date), only for the tiles S2 keeps, each only until it
+holds T nodata-free slots (no later scene could change them), over the 2 x 2-tile cells still open. Tiles
+without ``min_s2_slots`` usable S2 slots are rejected (``all_cloud`` when some slot failed on cloud only,
+else ``all_nodata``); unreadable scenes are rejected at scene level and the unit goes on without them (a
+band that fails in pass 2 re-runs the choice without its scene). A scene that is never needed is never
+decoded, so its faults go unseen.
 
 Outputs, all written atomically (temp + rename locally, one PUT on S3):
 
-* ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived);
+* ``<out>/shards/<unit_id>.parquet`` — rows sorted by sample_id (absent when no tile survived); with
+  ``shard_mb > 0`` files of at least ``shard_mb`` MiB (encoded) of a unit group's rows instead, named after
+  their first unit (each unit's rows sorted by sample_id and its own row groups, units in the group's order);
 * ``<out>/units/<unit_id>.json`` — the unit's sidecar, written *after* its shard: shard size and
   sha256, band sums, tile/scene rejects, bytes read. Its presence means "unit done": a re-run skips
   the unit, and the final manifest is built from sidecars alone (no re-read of pixels);
@@ -28,20 +33,23 @@ nothing. Ray Data settings live in :func:`configure_data_context` and nowhere el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline import shards as S
 from pipeline.config import IngestConfig
 from pipeline.grid import sample_id as make_sample_id
 from pipeline.grid import tile_centres_lonlat
-from pipeline.read import GSD, SceneReadError, UnitGrid, read_s1_scene, read_s2_scene
+from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, block_cache, read_s1_scene, read_s2_scene
 from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
 from pipeline.storage import (
     TransientIOError,
@@ -127,14 +135,16 @@ def _doy(scene) -> int:
 
 
 def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: list):
-    """Pass 1: read every S2 scene's SCL (one uint8 band at 20 m) and list, per tile, the usable slots
-    as keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
+    """Pass 1: read every S2 scene's SCL (one uint8 band, on the unit's 20 m grid: each 20 m pixel stands
+    for its 2 x 2 10 m pixels, so tile fractions are those at 10 m) and list, per tile, the usable slots as
+    keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
 
     A slot is usable when its nodata fraction (SCL 0, or outside the scene) is at most ``max_nodata``
     and its cloud+shadow fraction (SCL 3, 8, 9, 10) of the valid pixels at most ``max_cloud``. Returns
     ``(candidates per tile, failed_on_cloud per tile, decoded bytes)``.
     """
-    h, n = cfg.tile_px, grid.size
+    h, n = cfg.tile_px // 2, grid.size // 2
+    offsets = [(px // 2, py // 2) for px, py in offsets]  # on the 20 m grid
     cands: list[list[tuple]] = [[] for _ in offsets]
     failed_on_cloud = np.zeros(len(offsets), bool)
     nbytes = 0
@@ -163,9 +173,10 @@ def _choose(cands: list[list[tuple]], t: int, bad: set[int]) -> list[list[tuple]
     return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=_date_order) for c in cands]
 
 
-def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.ndarray, rejects: list):
+def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out, rejects: list):
     """Pass 2: read the bands of every chosen scene once, over the square spanning the tiles that chose
-    it, and copy each tile's part into its date-ordered slot of ``out (tiles, T, 12, H, W)``.
+    it, and copy each tile's part into its date-ordered slot of ``out`` (``s10m (tiles, T, 4, H, W)``,
+    ``s20m (tiles, T, 8, H/2, W/2)``).
 
     A scene whose bands turn out unreadable is rejected and the choice is made again without it (its
     slots go to the next candidates). Returns ``(chosen keys per tile, decoded bytes)``.
@@ -186,7 +197,8 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
             ys = [offsets[i][1] for i, _ in users[si]]
             x0, y0 = min(xs), min(ys)
             side = max(max(xs) - x0, max(ys) - y0) + h
-            buf = np.empty((len(S2.bands), side, side), np.uint16)
+            buf = S2Out(np.empty((len(S.S2_10M_BANDS), side, side), np.uint16),
+                        np.empty((len(S.S2_20M_BANDS), side // 2, side // 2), np.uint16))
             try:
                 nbytes += read_s2_scene(scene, grid.sub(x0, y0, side), cfg.storage, buf, None)
             except SceneReadError as e:
@@ -194,12 +206,15 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: np.nd
                 bad.add(si)
                 failed = True
                 break
+            h2 = h // 2
             for i, j in users[si]:
-                px, py = offsets[i][0] - x0, offsets[i][1] - y0
-                out[i, j] = buf[:, py : py + h, px : px + h]
+                px, py = offsets[i][0] - x0, offsets[i][1] - y0  # even: tiles are an even number of px
+                out.s10m[i, j] = buf.s10m[:, py : py + h, px : px + h]
+                out.s20m[i, j] = buf.s20m[:, py // 2 : py // 2 + h2, px // 2 : px // 2 + h2]
         if not failed:
             return chosen, nbytes
-        out.fill(0)  # slots move to other scenes: start the copy again
+        for a in out:  # slots move to other scenes: start the copy again
+            a.fill(0)
 
 
 def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, rejects: list) -> list[int]:
@@ -286,6 +301,21 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     (:func:`make_process_unit_fn` re-runs the unit); every data problem ends in a reject instead.
     """
     t0 = time.perf_counter()
+    table, sidecar = unit_rows(unit, cfg)
+    if table is not None:
+        data = S.table_to_parquet(table)
+        del table
+        write_bytes_atomic(join(out_uri, shard_relpath(unit.unit_id)), data, cfg.storage)
+        sidecar["shard"] = {"path": shard_relpath(unit.unit_id), "rows": sidecar["tiles_written"],
+                            "bytes": len(data), "sha256": S.sha256(data)}
+    write_bytes_atomic(sidecar_uri(out_uri, unit.unit_id), _json_bytes(sidecar), cfg.storage)
+    sidecar["seconds"] = time.perf_counter() - t0
+    return sidecar
+
+
+def unit_rows(unit, cfg: IngestConfig):
+    """Read and select one unit: ``(its rows as a contract-v3 table sorted by sample_id, or None when no
+    tile survived; its sidecar dict with ``shard`` None)``. Writes nothing."""
     h, t = cfg.tile_px, cfg.max_slots
     tile_m = cfg.tile_m
     grid = UnitGrid.from_bounds(unit.epsg, unit.bounds)
@@ -303,7 +333,8 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     rejects: list[dict] = []
     bytes_read = 0
 
-    s2_out = np.zeros((nt, t, len(S2.bands), h, h), np.uint16)
+    s2_out = S2Out(np.zeros((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
+                   np.zeros((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
 
     with rasterio_env(cfg.storage):
@@ -322,7 +353,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
     rows = len(keep)
     s2_sums = S.empty_sums(len(S2.bands), integer=True)
     s1_sums = S.empty_sums(len(S1.bands), integer=False)
-    shard = None
+    table = shard = None
     if rows:
         meta = {k: np.zeros((rows, t), dt) for k, dt in (("s2_doy", np.int16), ("s2_valid", bool),
                                                          ("s2_cloud", np.float32), ("s1_doy", np.int16),
@@ -345,7 +376,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
                     srcs.append(k[2])
             sources.append(srcs)
         # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
-        s2_rows = s2_out if rows == nt else s2_out[keep]
+        s2_rows = s2_out if rows == nt else S2Out(*(a[keep] for a in s2_out))
         s1_rows = s1_out if rows == nt else s1_out[keep]
         del s2_out, s1_out, s1_top
         cols = np.array([tiles[i][0] for i in keep])
@@ -353,15 +384,11 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         lon, lat = tile_centres_lonlat(unit.epsg, cols, rws, tile_m)
         table = S.build_table(
             sample_id=ids, epsg=np.full(rows, unit.epsg), x_min=cols * tile_m, y_max=(rws + 1) * tile_m,
-            gsd=np.full(rows, GSD), lon=lon, lat=lat, s2=s2_rows, s1=s1_rows, sources=sources, **meta,
+            gsd=np.full(rows, GSD), lon=lon, lat=lat, s2_10m=s2_rows.s10m, s2_20m=s2_rows.s20m, s1=s1_rows,
+            sources=sources, **meta,
         )
-        s2_sums = S.s2_band_sums(s2_rows, meta["s2_valid"])
+        s2_sums = S.s2_band_sums(s2_rows.s10m, s2_rows.s20m, meta["s2_valid"])
         s1_sums = S.s1_band_sums(s1_rows, meta["s1_valid"])
-        data = S.table_to_parquet(table)
-        del table, s2_rows, s1_rows
-        write_bytes_atomic(join(out_uri, shard_relpath(unit.unit_id)), data, cfg.storage)
-        shard = {"path": shard_relpath(unit.unit_id), "rows": rows, "bytes": len(data),
-                 "sha256": S.sha256(data)}
     sidecar = {
         "schema_version": S.SCHEMA_VERSION,
         "unit_id": unit.unit_id,
@@ -373,9 +400,7 @@ def process_unit(unit, cfg: IngestConfig, out_uri: str) -> dict:
         "s1_sums": s1_sums,
         "bytes_read": int(bytes_read),
     }
-    write_bytes_atomic(sidecar_uri(out_uri, unit.unit_id), _json_bytes(sidecar), cfg.storage)
-    sidecar["seconds"] = time.perf_counter() - t0
-    return sidecar
+    return table, sidecar
 
 
 def _json_bytes(d: dict) -> bytes:
@@ -392,25 +417,13 @@ def make_process_unit_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0
     """
     from pipeline.plan import WorkUnit
 
-    retries = cfg.storage.max_retries
-
     def process(row: dict) -> dict:
         unit = WorkUnit.from_json(row["unit"])
         side = sidecar_uri(out_uri, unit.unit_id)
         if exists(side, cfg.storage):
             done = json.loads(read_bytes(side, cfg.storage))
             return _summary_row(done, skipped=True, seconds=0.0)
-        for attempt in range(retries + 1):
-            try:
-                done = process_unit(unit, cfg, out_uri)
-                break
-            except TransientIOError as e:
-                if attempt == retries:
-                    raise
-                wait = min(backoff_s * 2**attempt, 30.0)
-                log.warning("unit %s: transient storage error (%s); retry %d/%d in %.1f s",
-                            unit.unit_id, e, attempt + 1, retries, wait)
-                time.sleep(wait)
+        done = _with_retries(lambda: process_unit(unit, cfg, out_uri), cfg, backoff_s, f"unit {unit.unit_id}")
         return _summary_row(done, skipped=False, seconds=done["seconds"])
 
     return process
@@ -423,9 +436,188 @@ def _summary_row(side: dict, skipped: bool, seconds: float) -> dict:
         "tiles_planned": int(side["tiles_planned"]),
         "tiles_written": int(side["tiles_written"]),
         "bytes_read": 0 if skipped else int(side["bytes_read"]),
-        "bytes_written": 0 if skipped or not side["shard"] else int(side["shard"]["bytes"]),
+        # a compacted file is counted once: by the unit it is named after
+        "bytes_written": 0 if skipped or not side["shard"] or side["shard"]["path"] != shard_relpath(
+            side["unit_id"]) else int(side["shard"]["bytes"]),
         "seconds": float(seconds),
     }
+
+
+def unit_cell(unit, cfg: IngestConfig) -> tuple[int, int]:
+    """``(ucol, urow)`` of a unit on its zone's unit grid (its lower-left corner over ``unit_m``)."""
+    return int(round(unit.bounds[0] / cfg.unit_m)), int(round(unit.bounds[1] / cfg.unit_m))
+
+
+def s2_tile_origin(unit) -> tuple[float, float] | None:
+    """The block-grid origin ``(x, y)`` (top-left corner of B02) of the unit's Sentinel-2 tile: the smallest
+    of its scenes' (all scenes of one MGRS tile share it; a unit in the overlap of two tiles takes the
+    same one every time). None without S2 scenes."""
+    origins = [(a.transform[2], a.transform[5]) for a in (s.assets.get("B02") for s in unit.s2) if a]
+    return min(origins) if origins else None
+
+
+def group_units(units: Sequence, g: int | None, cfg: IngestConfig) -> list[list]:
+    """Units -> groups of neighbours that one task processes in turn (sharing decoded COG blocks).
+
+    A group holds the units of one zone, period and Sentinel-2 tile (:func:`s2_tile_origin`: the scenes
+    whose blocks they share), and with ``g`` only those whose cell lies in one ``g x g`` square of unit
+    cells (``(ucol // g, urow // g)``), in serpentine order (rows from south to north, columns alternately
+    east- and westwards) so that consecutive units touch the same blocks. A block is shared only by units
+    of one tile, so whole-tile groups (``g=None``) decode each once within the cache budget; squares cut
+    through blocks, whose neighbouring groups decode them again. Groups are sorted by their key; every
+    unit lands in exactly one group.
+    """
+    squares: dict[tuple, list[tuple[int, int, object]]] = {}
+    for u in units:
+        c, r = unit_cell(u, cfg)
+        origin = s2_tile_origin(u) or (math.inf, math.inf)
+        square = (c // g, r // g) if g else (0, 0)
+        squares.setdefault((u.epsg, u.period, origin, square), []).append((r, c, u))
+    groups = []
+    for key in sorted(squares):
+        members = sorted(squares[key], key=lambda m: (m[0], m[1]))
+        order = []
+        for row in sorted({r for r, _, _ in members}):
+            cells = [u for r, _, u in members if r == row]
+            # the direction follows the row's own parity, so any subset of a group (a resumed one) keeps
+            # the order of the whole
+            order.extend(reversed(cells) if row % 2 else cells)
+        groups.append(order)
+    return groups
+
+
+#: when set (a local directory), each unit group writes ``<dir>/<first unit id>.json``: how many times each
+#: COG block was decoded and its bytes (for ``bench/ingest.py``; off in production)
+BLOCK_TRACE_ENV = "SKYRAY_BLOCK_TRACE"
+
+
+#: row groups of compacted shards: at most about this many bytes of rows (in memory) each, and never more
+#: than one unit (streaming readers fetch one row group at a time)
+ROW_GROUP_BYTES = 64 * 2**20
+
+
+def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.0) -> Callable[[dict], list]:
+    """The per-row function of the Ray Data graph: ``{"units": [WorkUnit JSON, ...]}`` (one group of
+    :func:`group_units`) -> one summary row per unit.
+
+    The units run in the given order inside one :func:`~pipeline.read.block_cache` of ``block_cache_mb``,
+    so a COG block that several of them need is decoded once (within the budget). The rows' ``bytes_read``
+    then counts the bytes actually decoded; sidecars keep the deterministic window bytes, so outputs do not
+    depend on grouping or the cache. ``shard_mb = 0``: each unit through :func:`make_process_unit_fn` (its
+    own shard). ``shard_mb > 0``: see :func:`_compacting`.
+    """
+    unit_fn = make_process_unit_fn(cfg, out_uri, backoff_s)
+    budget = cfg.block_cache_mb * 2**20
+
+    def process(row: dict) -> list[dict]:
+        with block_cache(budget) if budget else contextlib.nullcontext() as cache:
+            if cfg.shard_mb:
+                rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache)
+            else:
+                rows = []
+                for js in row["units"]:
+                    before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+                    r = unit_fn({"unit": js})
+                    if cache is not None and not r["skipped"]:
+                        # windows served by the cache are replaced by the blocks it decoded for them
+                        r["bytes_read"] += _decoded_extra(cache, before)
+                    rows.append(r)
+            trace = os.environ.get(BLOCK_TRACE_ENV)
+            if trace and cache is not None and row["units"]:
+                first = json.loads(row["units"][0])["unit_id"]
+                blocks = {"|".join(map(str, k)): [n, cache.sizes[k]] for k, n in cache.decoded.items()}
+                os.makedirs(trace, exist_ok=True)
+                with open(os.path.join(trace, f"{first}.json"), "w") as f:
+                    json.dump(blocks, f)
+        return rows
+
+    return process
+
+
+def _decoded_extra(cache, before: tuple[int, int]) -> int:
+    """Bytes decoded minus window bytes read through ``cache`` since ``before = (window, decoded)``."""
+    return (cache.decoded_bytes - before[1]) - (cache.window_bytes - before[0])
+
+
+def _with_retries(fn: Callable, cfg: IngestConfig, backoff_s: float, what: str):
+    """``fn()``, re-run on :class:`TransientIOError` up to ``storage.max_retries`` times with exponential
+    back-off, then raised."""
+    retries = cfg.storage.max_retries
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except TransientIOError as e:
+            if attempt == retries:
+                raise
+            wait = min(backoff_s * 2**attempt, 30.0)
+            log.warning("%s: transient storage error (%s); retry %d/%d in %.1f s", what, e, attempt + 1,
+                        retries, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, backoff_s: float, cache) -> list:
+    """A group's units in order, their rows encoded into shard files of at least ``shard_mb`` MiB.
+
+    Each unit's rows are appended to the open file as its own row groups (of at most
+    ~:data:`ROW_GROUP_BYTES`); once the encoded file reaches ``shard_mb`` MiB (and after the last unit) it is
+    written as ``shards/<first unit id>.parquet``, then the sidecar of every unit in it, each naming that
+    file. A unit is done only once its file is, so the done units of a group are always its first files: a
+    retried or resumed group starts at a cut and writes the same files, byte for byte, as an uninterrupted
+    one (cuts depend only on the units and their rows). Memory: one file's encoded bytes plus one unit.
+    """
+    from pipeline.plan import WorkUnit
+
+    target = int(cfg.shard_mb * 2**20)
+    out_rows: list[dict] = []
+    # (sidecar, seconds, decoded - window bytes) of the units in the open file
+    part: list[tuple[dict, float, int]] = []
+    state: dict = {"buf": None, "writer": None, "rows": 0}
+
+    def flush():
+        shard = None
+        if state["writer"] is not None:
+            state["writer"].close()
+            data = state["buf"].getvalue().to_pybytes()
+            path = shard_relpath(part[0][0]["unit_id"])
+            write_bytes_atomic(join(out_uri, path), data, cfg.storage)
+            shard = {"path": path, "rows": state["rows"], "bytes": len(data), "sha256": S.sha256(data)}
+            del data
+        for side, seconds, extra in part:
+            side["shard"] = shard
+            write_bytes_atomic(sidecar_uri(out_uri, side["unit_id"]), _json_bytes(side), cfg.storage)
+            r = _summary_row(side, skipped=False, seconds=seconds)
+            r["bytes_read"] += extra  # windows served by the cache -> the blocks it decoded for them
+            out_rows.append(r)
+        part.clear()
+        state.update(buf=None, writer=None, rows=0)
+
+    for js in units_json:
+        unit = WorkUnit.from_json(js)
+        side_uri = sidecar_uri(out_uri, unit.unit_id)
+        if exists(side_uri, cfg.storage):
+            done = json.loads(read_bytes(side_uri, cfg.storage))
+            out_rows.append(_summary_row(done, skipped=True, seconds=0.0))
+            continue
+        t0 = time.perf_counter()
+        before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+        table, side = _with_retries(lambda unit=unit: unit_rows(unit, cfg), cfg, backoff_s,
+                                    f"unit {unit.unit_id}")
+        extra = _decoded_extra(cache, before) if cache else 0
+        if table is not None:
+            if state["writer"] is None:
+                state["buf"] = pa.BufferOutputStream()  # tell() is what is encoded so far
+                state["writer"] = S.parquet_writer(state["buf"], table.schema)
+            per_row = max(1, table.nbytes // table.num_rows)
+            state["writer"].write_table(table, row_group_size=max(1, ROW_GROUP_BYTES // per_row))
+            state["rows"] += table.num_rows
+            del table
+        part.append((side, time.perf_counter() - t0, extra))
+        if state["buf"] is not None and state["buf"].tell() >= target:
+            flush()
+    if part:
+        flush()
+    return out_rows
 
 
 # -------------------------------------------------------------------------------------- Ray Data
@@ -452,21 +644,27 @@ WAVE_UNITS = 20_000
 
 
 def run_units(units: Sequence, cfg: IngestConfig, out_uri: str, wave_units: int = WAVE_UNITS) -> list[dict]:
-    """Process ``units`` with Ray Data (one task per unit, ``num_cpus_per_task`` each); summary rows."""
+    """Process ``units`` with Ray Data: one task per group of neighbouring units (:func:`group_units`,
+    ``num_cpus_per_task`` each); one summary row per unit, sorted by unit id."""
     import ray.data
 
     if not units:
         return []
     configure_data_context(cfg)
-    fn = make_process_unit_fn(cfg, out_uri)
-    n_waves = -(-len(units) // wave_units)
+    fn = make_process_group_fn(cfg, out_uri)
+    groups = group_units(units, cfg.group_units, cfg)
+    waves: list[list[list]] = [[]]
+    for grp in groups:  # waves of about wave_units units, whole groups each
+        if waves[-1] and sum(map(len, waves[-1])) + len(grp) > wave_units:
+            waves.append([])
+        waves[-1].append(grp)
     rows: list[dict] = []
-    for w, start in enumerate(range(0, len(units), wave_units)):
-        items = [{"unit": u.to_json()} for u in units[start : start + wave_units]]
-        if n_waves > 1:
-            log.info("wave %d/%d: %d units", w + 1, n_waves, len(items))
+    for w, wave in enumerate(waves):
+        items = [{"units": [u.to_json() for u in grp]} for grp in wave]
+        if len(waves) > 1:
+            log.info("wave %d/%d: %d groups, %d units", w + 1, len(waves), len(items), sum(map(len, wave)))
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
-        ds = ds.map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
+        ds = ds.flat_map(fn, num_cpus=cfg.num_cpus_per_task, concurrency=cfg.concurrency)
         rows.extend(ds.take_all())
         del items
     return sorted(rows, key=lambda r: r["unit_id"])
@@ -533,12 +731,13 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         sidecars += [json.loads(b) for b in read_many(uris[i : i + 10_000], cfg.storage)]
     s2 = S.empty_sums(len(S2.bands), integer=True)
     s1 = S.empty_sums(len(S1.bands), integer=False)
-    shard_list, rejects = [], [_as_dict(r) for r in upstream_rejects]
+    shard_list, rejects, seen = [], [_as_dict(r) for r in upstream_rejects], set()
     planned = written = 0
     for sc in sidecars:
         s2 = S.add_sums(s2, sc["s2_sums"])
         s1 = S.add_sums(s1, sc["s1_sums"])
-        if sc["shard"]:
+        if sc["shard"] and sc["shard"]["path"] not in seen:  # the units of a compacted file all name it
+            seen.add(sc["shard"]["path"])
             shard_list.append(sc["shard"])
         rejects.extend(sc["rejects"])
         planned += sc["tiles_planned"]
@@ -574,7 +773,8 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
 
 #: config fields that decide how the job runs, not what it writes: left out of the manifest, so re-running
 #: with another parallelism or retry budget (e.g. resuming on a bigger cluster) leaves it byte-identical.
-EXECUTION_ONLY = {"num_cpus_per_task": True, "concurrency": True, "storage": {"max_retries": True}}
+EXECUTION_ONLY = {"num_cpus_per_task": True, "concurrency": True, "group_units": True, "block_cache_mb": True,
+                  "storage": {"max_retries": True}}
 
 
 def manifest_config(cfg: IngestConfig) -> dict:

@@ -1,4 +1,4 @@
-"""Read one scene's window covering a work unit onto the unit's 10 m grid.
+"""Read one scene's window covering a work unit onto the unit's grids (10 m, and 20 m for Sentinel-2).
 
 A unit is a square of ``N = unit_tiles * tile_px`` pixels at 10 m whose corners are multiples of
 ``unit_m`` on the fixed per-UTM-zone grid (:mod:`pipeline.grid`); a caller may also pass a square part of
@@ -8,12 +8,22 @@ one HTTP range per block, adjacent ranges merged), never the whole scene, and ne
 per tile. Results land in caller-owned preallocated arrays, so a unit streams scene by scene in
 constant memory.
 
-* Sentinel-2: 10 m bands aligned with the grid are copied pixel-exact; 20/60 m bands (and misaligned
-  10 m ones) are resampled onto the grid (bilinear; SCL nearest) from a window with a one-pixel
+* Sentinel-2, stored at native resolution (shard contract v3): the 10 m bands land on the unit's 10 m
+  grid, the 20 m bands, the 60 m bands and the SCL on its 20 m grid (half the side). A scene on the
+  same lattice (every Sentinel-2 tile origin is a multiple of 20 m, and so are unit origins) is never
+  resampled: 10 and 20 m pixels are copied, each 60 m pixel is replicated onto its 3 x 3 20 m cells.
+  Only a raster off that lattice is resampled (bilinear; SCL nearest) from a window with a one-pixel
   margin. Then harmonised once: ``DN + scene.boa_offset`` on valid pixels, clipped to ``>= 1`` so
   0 stays nodata.
-* Sentinel-1: warped onto the unit grid (any CRS) with a ``WarpedVRT`` (bilinear, float32 linear
-  power), then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
+* Sentinel-1: resampled (same zone, separable) or warped (another zone: exact positions on a lattice fixed
+  to the unit grid, interpolated between) onto the unit's 10 m grid in numpy, bilinear on float32 linear
+  power with GDAL's nodata rule, then ``10 log10(max(p, 1e-5))`` dB; nodata stays NaN.
+
+Every pixel window (Sentinel-2, and Sentinel-1 too) goes through :func:`read_window`: with a
+:class:`BlockCache` active (:func:`block_cache`, which the ingest holds open over a group of neighbouring
+units) it decodes each COG block whole, once, keeps it decoded within a byte budget and assembles windows
+from it, so a block that several units (or both passes of one unit) need is decoded once; without one it
+is a plain windowed read.
 
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
 (the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
@@ -23,17 +33,19 @@ and the caller rejects that scene and goes on with the unit's other scenes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
@@ -57,12 +69,14 @@ class SceneReadError(Exception):
 
 @dataclass(frozen=True)
 class UnitGrid:
-    """The 10 m pixel grid of a unit: top-left corner ``(x_min, y_max)``, ``size x size`` pixels."""
+    """A pixel grid of a unit: top-left corner ``(x_min, y_max)``, ``size x size`` pixels of ``gsd`` metres
+    (10 m unless taken with :meth:`coarse`)."""
 
     epsg: int
     x_min: float
     y_max: float
     size: int
+    gsd: float = GSD
 
     @classmethod
     def from_bounds(cls, epsg: int, bounds: tuple[float, float, float, float]) -> UnitGrid:
@@ -74,15 +88,30 @@ class UnitGrid:
 
     def sub(self, col: int, row: int, size: int) -> UnitGrid:
         """The ``size x size`` square of this grid whose top-left pixel is ``(col, row)``."""
-        return UnitGrid(self.epsg, self.x_min + col * GSD, self.y_max - row * GSD, size)
+        return UnitGrid(self.epsg, self.x_min + col * self.gsd, self.y_max - row * self.gsd, size, self.gsd)
+
+    def coarse(self, k: int) -> UnitGrid:
+        """The same square with pixels ``k`` times larger (``size / k`` a side; ``size`` must divide)."""
+        if self.size % k:
+            raise ValueError(f"a {self.size}-px grid has no x{k} coarser grid")
+        return UnitGrid(self.epsg, self.x_min, self.y_max, self.size // k, self.gsd * k)
 
     @property
     def transform(self) -> Affine:
-        return Affine(GSD, 0.0, self.x_min, 0.0, -GSD, self.y_max)
+        return Affine(self.gsd, 0.0, self.x_min, 0.0, -self.gsd, self.y_max)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        return (self.x_min, self.y_max - self.size * GSD, self.x_min + self.size * GSD, self.y_max)
+        e = self.size * self.gsd
+        return (self.x_min, self.y_max - e, self.x_min + e, self.y_max)
+
+
+class S2Out(NamedTuple):
+    """Where a Sentinel-2 scene's bands land: ``s10m (4, N, N)`` B02 B03 B04 B08 on the unit's 10 m grid,
+    ``s20m (8, N/2, N/2)`` B01 B05 B06 B07 B8A B09 B11 B12 on its 20 m grid (uint16 DN)."""
+
+    s10m: np.ndarray
+    s20m: np.ndarray
 
 
 def _classify(exc: BaseException, what: str) -> Exception:
@@ -109,45 +138,162 @@ def _open(href: str, storage: StorageConfig, what: str):
     return ds
 
 
-def _aligned_offset(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int] | None:
-    """Integer (col, row) of the grid's corner in a 10 m north-up raster aligned with it, else None."""
-    t = ds_transform
-    if not (math.isclose(t.a, GSD) and math.isclose(t.e, -GSD) and t.b == 0 and t.d == 0):
+class BlockKey(NamedTuple):
+    """One decoded COG block: the raster (as opened), its band, block row and column."""
+
+    path: str
+    band: int
+    row: int
+    col: int
+
+
+class BlockCache:
+    """Decoded COG blocks, least recently used evicted beyond ``budget_bytes``; counts what it decodes.
+
+    ``decoded`` counts decodes per block (a block evicted and needed again counts twice) and ``sizes``
+    holds their pixel bytes; ``decoded_bytes`` sums the pixel bytes decoded, ``hit_bytes`` those of blocks
+    served from memory, ``window_bytes`` those of the windows read through the cache.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = int(budget_bytes)
+        self.blocks: OrderedDict[BlockKey, np.ndarray] = OrderedDict()
+        self.nbytes = 0
+        self.decoded: dict[BlockKey, int] = {}
+        self.sizes: dict[BlockKey, int] = {}
+        self.decoded_bytes = 0
+        self.hit_bytes = 0
+        self.window_bytes = 0
+
+    def get(self, ds, key: BlockKey) -> tuple[np.ndarray, int]:
+        """The decoded block and the bytes decoded to get it (0 when it was in memory)."""
+        blk = self.blocks.get(key)
+        if blk is not None:
+            self.blocks.move_to_end(key)
+            self.hit_bytes += blk.nbytes
+            return blk, 0
+        blk = decode_block(ds, key)
+        self.decoded[key] = self.decoded.get(key, 0) + 1
+        self.sizes[key] = blk.nbytes
+        self.decoded_bytes += blk.nbytes
+        self.blocks[key] = blk
+        self.nbytes += blk.nbytes
+        while self.nbytes > self.budget and len(self.blocks) > 1:
+            _, old = self.blocks.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return blk, blk.nbytes
+
+
+_CACHE: BlockCache | None = None
+
+
+@contextlib.contextmanager
+def block_cache(budget_bytes: int) -> Iterator[BlockCache]:
+    """Within the block, every :func:`read_window` of this process shares one :class:`BlockCache`
+    (dropped at the end, so memory is bounded by the budget and nothing leaks between groups)."""
+    global _CACHE
+    prev, _CACHE = _CACHE, BlockCache(budget_bytes)
+    try:
+        yield _CACHE
+    finally:
+        _CACHE = prev
+
+
+def decode_block(ds, key: BlockKey) -> np.ndarray:
+    """Decode one whole block of ``ds`` (GDAL reads and inflates exactly that tile)."""
+    bh, bw = ds.block_shapes[key.band - 1]
+    r0, c0 = key.row * bh, key.col * bw
+    return ds.read(key.band, window=Window(c0, r0, min(bw, ds.width - c0), min(bh, ds.height - r0)))
+
+
+def read_window(ds, win: Window, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Band 1 of ``ds`` over ``win`` (inside the raster) -> ``(pixels, the window's pixel bytes)``; into
+    ``out`` when given (C-contiguous, the raster's dtype). Through the active :class:`BlockCache` if any
+    (which counts the bytes actually decoded), else one windowed read."""
+    cache = _CACHE
+    if cache is None:
+        data = ds.read(1, window=win, out=out) if out is not None else ds.read(1, window=win)
+        return data, data.nbytes
+    c0, r0, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    data = out if out is not None else np.empty((h, w), ds.dtypes[0])
+    bh, bw = ds.block_shapes[0]
+    for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
+        for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
+            blk, _ = cache.get(ds, BlockKey(ds.name, 1, br, bc))
+            # the part of block (br, bc) inside the window, in window and in block coordinates
+            y0, x0 = br * bh, bc * bw
+            ys, ye = max(r0, y0), min(r0 + h, y0 + blk.shape[0])
+            xs, xe = max(c0, x0), min(c0 + w, x0 + blk.shape[1])
+            data[ys - r0 : ye - r0, xs - c0 : xe - c0] = blk[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    cache.window_bytes += data.nbytes
+    return data, data.nbytes
+
+
+def _replication(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int, int] | None:
+    """``(col, row, k)`` when a north-up raster of pixels ``k`` (a whole number) times the grid's shares its
+    lattice: its pixel ``(c, r)`` covers exactly the grid pixels ``col + c*k ... + k - 1`` (rows alike), with
+    ``(col, row)`` the grid's top-left corner in raster pixels of the grid's size. Else None."""
+    t, g = ds_transform, grid.gsd
+    if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e):
         return None
-    c, r = (grid.x_min - t.c) / GSD, (t.f - grid.y_max) / GSD
+    k = t.a / g
+    if k < 1 - 1e-9 or abs(k - round(k)) > 1e-9:
+        return None
+    c, r = (grid.x_min - t.c) / g, (t.f - grid.y_max) / g
     if abs(c - round(c)) > 1e-6 or abs(r - round(r)) > 1e-6:
         return None
-    return int(round(c)), int(round(r))
+    return int(round(c)), int(round(r)), int(round(k))
+
+
+def _copy_replicated(ds, grid: UnitGrid, rep: tuple[int, int, int], out: np.ndarray, nodata,
+                     src_nodata) -> int:
+    """The overlapping part of ``ds`` onto ``out``, each raster pixel copied onto its ``k x k`` grid pixels
+    (``k = 1``: a plain copy, decoded straight into ``out`` when it can); returns decoded bytes."""
+    c0, r0, k = rep
+    n = grid.size
+    # overlap in grid pixels, in the raster's frame (raster pixel i covers [i*k, i*k + k))
+    cs, rs = max(c0, 0), max(r0, 0)
+    ce, re_ = min(c0 + n, ds.width * k), min(r0 + n, ds.height * k)
+    if ce <= cs or re_ <= rs:
+        return 0
+    dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
+    dtype = np.dtype(ds.dtypes[0])
+    if k == 1:
+        win = Window(cs, rs, ce - cs, re_ - rs)
+        if dst.flags.c_contiguous and dst.dtype == dtype:
+            data, nbytes = read_window(ds, win, out=dst)  # no temporary, no copy
+        else:
+            data, nbytes = read_window(ds, win)
+            dst[...] = data
+        src = data
+    else:
+        scs, srs = cs // k, rs // k
+        win = Window(scs, srs, -(-ce // k) - scs, -(-re_ // k) - srs)
+        data, nbytes = read_window(ds, win)
+        big = data.repeat(k, 0).repeat(k, 1)  # (rows * k, cols * k): each pixel on its k x k cells
+        src = big[rs - srs * k : re_ - srs * k, cs - scs * k : ce - scs * k]
+        dst[...] = src
+    if src_nodata is not None and not _same_nodata(src_nodata, nodata):
+        dst[_is_nodata(src, src_nodata)] = nodata
+    return nbytes
 
 
 def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, nodata: float,
-               src_nodata: float | None = None) -> int:
+               src_nodata: float | None = None, exact: bool = False) -> int:
     """Read band 1 of ``ds`` (same CRS as the grid) onto ``grid`` into ``out`` (size x size); returns
     decoded bytes. Source ``src_nodata`` (default: the raster's) and pixels outside it become ``nodata``.
+    ``exact=True`` replicates the pixels of coarser rasters on the lattice instead of resampling them.
 
-    Aligned 10 m rasters are copied; north-up rasters of >= 10 m pixels are resampled with
+    Rasters on the grid's lattice are copied (pixels a whole number of times the grid's replicated onto
+    the grid pixels they cover); other north-up rasters of pixels at least the grid's are resampled with
     :func:`upsample` (GDAL's answer, faster); anything else goes through ``rasterio.warp.reproject``.
     """
     out.fill(nodata)
     n = grid.size
     src_nodata = ds.nodata if src_nodata is None else src_nodata
-    off = _aligned_offset(ds.transform, grid)
-    itemsize = np.dtype(ds.dtypes[0]).itemsize
-    if off is not None:  # pixel-exact copy of the overlapping part
-        c0, r0 = off
-        cs, rs = max(c0, 0), max(r0, 0)
-        ce, re_ = min(c0 + n, ds.width), min(r0 + n, ds.height)
-        if ce <= cs or re_ <= rs:
-            return 0
-        dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
-        if dst.flags.c_contiguous and dst.dtype == np.dtype(ds.dtypes[0]):
-            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs), out=dst)  # no temporary, no copy
-        else:
-            data = ds.read(1, window=Window(cs, rs, ce - cs, re_ - rs))
-            dst[...] = data
-        if src_nodata is not None and not _same_nodata(src_nodata, nodata):
-            dst[_is_nodata(data, src_nodata)] = nodata
-        return data.size * itemsize
+    rep = _replication(ds.transform, grid)
+    if rep is not None and (rep[2] == 1 or exact):
+        return _copy_replicated(ds, grid, rep, out, nodata, src_nodata)
     inv = ~ds.transform
     x0, y0, x1, y1 = grid.bounds
     cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
@@ -158,9 +304,9 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     if ce <= cs or re_ <= rs:
         return 0
     win = Window(cs, rs, ce - cs, re_ - rs)
-    data = ds.read(1, window=win)
+    data, nbytes = read_window(ds, win)
     src_nodata = nodata if src_nodata is None else src_nodata
-    factor = _scale_factor(ds.transform)
+    factor = _scale_factor(ds.transform, grid.gsd)
     if factor and resampling in (Resampling.bilinear, Resampling.nearest):
         # the grid's top-left corner in window pixel units; only output pixels whose centre lies in the
         # window can get a value, so resample just that rectangle (edge units: the rest stays nodata)
@@ -170,7 +316,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         if r1 > r0 and c1 > c0:
             upsample(data, factor, (off_r + r0 / factor, off_c + c0 / factor), out[r0:r1, c0:c1],
                      src_nodata, nodata, resampling)
-        return data.size * itemsize
+        return nbytes
     reproject(
         source=data,
         destination=out,
@@ -183,7 +329,7 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
         resampling=resampling,
         num_threads=1,
     )
-    return data.size * itemsize
+    return nbytes
 
 
 def _covered(n_out: int, factor: float, off: float, n_src: int) -> tuple[int, int]:
@@ -193,12 +339,12 @@ def _covered(n_out: int, factor: float, off: float, n_src: int) -> tuple[int, in
     return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
 
 
-def _scale_factor(t: Affine) -> float | None:
-    """``k = pixel / 10 m`` when ``t`` is north-up with square pixels of at least 10 m, else None
+def _scale_factor(t: Affine, gsd: float = GSD) -> float | None:
+    """``k = pixel / gsd`` when ``t`` is north-up with square pixels of at least ``gsd``, else None
     (downsampling would need GDAL's widened kernels)."""
     if t.b != 0 or t.d != 0 or not math.isclose(t.a, -t.e):
         return None
-    k = t.a / GSD
+    k = t.a / gsd
     return k if k >= 1 - 1e-9 else None
 
 
@@ -297,37 +443,51 @@ def _band_href(scene, band: Band) -> str:
     return ref.href
 
 
-def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray | None,
+def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: S2Out | None,
                   scl: np.ndarray | None) -> int:
-    """Read the S2 bands and/or the SCL of ``scene`` onto ``grid``, harmonised; returns decoded bytes.
+    """Read the S2 bands and/or the SCL of ``scene`` onto ``grid`` (10 m) and its 20 m grid, harmonised;
+    returns decoded bytes.
 
-    ``out (12, N, N) uint16`` receives DN (0 = nodata) in the pre-04.00 convention: the scene's
+    ``out`` (:class:`S2Out`) receives DN (0 = nodata) in the pre-04.00 convention: the scene's
     ``boa_offset`` is added to valid pixels exactly once and results are clipped to ``[1, 65535]``.
-    ``scl (N, N) uint8`` receives the scene classification (nearest, 0 = nodata). Either may be None
-    to skip it (the ingest selects slots from the SCL alone, then reads the bands of chosen scenes).
+    ``scl (N/2, N/2) uint8`` receives the scene classification on the 20 m grid (0 = nodata). Either may
+    be None to skip it (the ingest selects slots from the SCL alone, then reads the bands of chosen scenes).
+    On the 20 m lattice nothing is resampled (see the module docstring).
     """
     if scene.epsg != grid.epsg:
         msg = f"{scene.scene_id}: EPSG:{scene.epsg} is not the unit's {grid.epsg}"
         raise SceneReadError("unreadable_cog", msg)
+    g20 = grid.coarse(2)
+    jobs: list[tuple[Band, UnitGrid, np.ndarray]] = []
+    if out is not None:
+        i10 = i20 = 0
+        for band in S2.bands:
+            if band.resolution_m == 10:
+                jobs.append((band, grid, out.s10m[i10]))
+                i10 += 1
+            else:
+                jobs.append((band, g20, out.s20m[i20]))
+                i20 += 1
+    if scl is not None:
+        jobs.append((S2_SCL, g20, scl))
     nbytes = 0
-    jobs = ([] if out is None else list(enumerate(S2.bands))) + ([] if scl is None else [(-1, S2_SCL)])
-    for i, band in jobs:
+    for band, g, target in jobs:
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
-        target = scl if band is S2_SCL else out[i]
         buf = target if target.dtype == np.uint16 else np.empty(target.shape, np.uint16)
         ds = _open(href, storage, what)
         try:
             with ds:
                 if ds.crs.to_epsg() != grid.epsg:
                     raise SceneReadError("unreadable_cog", f"{what}: raster CRS {ds.crs} is not {grid.epsg}")
-                nbytes += _read_band(ds, grid, Resampling[band.resampling], buf, 0)
+                nbytes += _read_band(ds, g, Resampling[band.resampling], buf, 0, exact=True)
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
         if buf is not target:
             np.copyto(target, buf, casting="unsafe")
     if scene.boa_offset and out is not None:
-        harmonise(out, scene.boa_offset)
+        harmonise(out.s10m, scene.boa_offset)
+        harmonise(out.s20m, scene.boa_offset)
     return nbytes
 
 
@@ -359,10 +519,10 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
     ``out (2, N, N) float32`` receives dB, NaN where there is no data. ``cells``: the ``(col, row, side)``
     pixel squares of the grid to fill (default: the whole grid); pixels outside them may or may not change.
     Non-overlapping cells that tile a square are read in one go, others cell by cell. A same-zone scene is
-    resampled in numpy, with the same result either way; a scene in another UTM zone goes through GDAL's
-    warper, whose approximate transformer depends on the output window (positions within 0.125 px), so
-    its pixels may differ by that much between a whole-unit and a per-cell read. Returns an estimate of
-    the decoded source bytes (the area filled, in source pixels).
+    resampled in numpy (separable); a scene in another UTM zone is warped in numpy too (:func:`_warp_taps`:
+    exact source positions on a fixed lattice of the unit grid, interpolated in between, one map for both
+    bands), so either way a pixel does not depend on which cells are read. Returns the pixel bytes of the
+    source windows read.
     """
     n = grid.size
     cells = [(0, 0, n)] if cells is None else list(cells)
@@ -375,6 +535,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
     else:
         squares = cells
     nbytes = 0
+    taps: dict[tuple[int, int, int], _WarpTaps | None] = {}
     for i, band in enumerate(S1.bands):
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
@@ -383,36 +544,113 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         try:
             with ds:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
-                itemsize = np.dtype(ds.dtypes[0]).itemsize
-                if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform):
+                if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform, grid.gsd):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
                     for c, r, k in squares:
                         dst = out[i, r : r + k, c : c + k]
                         nbytes += _read_band(ds, grid.sub(c, r, k), Resampling[band.resampling], dst, np.nan,
                                              src_nodata)
                     continue
-                for c, r, k in squares:  # the source's blocks stay in GDAL's cache while ds is open
-                    with WarpedVRT(
-                        ds,
-                        crs=f"EPSG:{grid.epsg}",
-                        transform=grid.sub(c, r, k).transform,
-                        width=k,
-                        height=k,
-                        resampling=Resampling[band.resampling],
-                        src_nodata=src_nodata,
-                        nodata=np.nan,
-                        dtype="float32",
-                    ) as vrt:
-                        tgt = out[i, r : r + k, c : c + k]
-                        if tgt.flags.c_contiguous:
-                            vrt.read(1, out=tgt)
-                        else:
-                            tgt[...] = vrt.read(1)
-                    nbytes += k * k * itemsize
+                for c, r, k in squares:
+                    if (c, r, k) not in taps:  # one coordinate map per square, shared by VV and VH
+                        taps[(c, r, k)] = _warp_taps(ds.crs, ds.transform, ds.width, ds.height, grid, c, r, k)
+                    nbytes += _warp_band(ds, taps[(c, r, k)], out[i, r : r + k, c : c + k], src_nodata)
         except (RasterioError, OSError) as e:
             raise _classify(e, what) from None
     for c, r, k in squares:
         to_db(out[:, r : r + k, c : c + k])
+    return nbytes
+
+
+#: cross-zone warps: source positions are computed exactly every this many output pixels (on a lattice fixed
+#: to the unit grid) and interpolated bilinearly in between; the zone change bends them by << 0.01 px there
+WARP_STEP = 16
+
+
+class _WarpTaps(NamedTuple):
+    """Where a square of the unit grid samples a raster: the source window and, per output pixel, the four
+    bilinear taps as flat indices into the window (clamped) with their weights, the tap holding the centre,
+    and whether the centre is inside the raster."""
+
+    window: Window
+    idx: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # (k, k) each: taps 00, 01, 10, 11
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    own: np.ndarray
+    inside: np.ndarray
+
+
+def _warp_taps(src_crs, src_transform: Affine, width: int, height: int, grid: UnitGrid, c: int, r: int,
+               k: int) -> _WarpTaps | None:
+    """Bilinear taps of the ``k x k`` square at ``(c, r)`` of ``grid`` in a raster of another CRS (None when
+    the square misses it). Output pixel centres are transformed exactly on the lattice of unit pixels
+    ``(j * WARP_STEP, i * WARP_STEP)`` (plus the square's far edge) and bilinearly in between, the way
+    GDAL's approximate transformer does, but on a lattice that does not depend on the square."""
+    from rasterio.warp import transform as warp_transform
+
+    step = WARP_STEP
+    lo_c, lo_r = c // step * step, r // step * step
+    cols = np.arange(lo_c, c + k + step, step, dtype=np.float64)  # unit pixel coordinates of the lattice
+    rows = np.arange(lo_r, r + k + step, step, dtype=np.float64)
+    X, Y = np.meshgrid(grid.x_min + (cols + 0.5) * grid.gsd, grid.y_max - (rows + 0.5) * grid.gsd)
+    sx, sy = (np.asarray(v) for v in warp_transform(f"EPSG:{grid.epsg}", src_crs, X.ravel(), Y.ravel()))
+    inv = ~src_transform
+    u = (inv.a * sx + inv.b * sy + inv.c).reshape(X.shape)  # source column of each lattice point
+    v = (inv.d * sx + inv.e * sy + inv.f).reshape(X.shape)  # source row
+    # the lattice interpolated to every pixel of the square: along columns on the lattice rows, then rows
+    jc, tc = np.divmod(np.arange(c, c + k) - lo_c, step)
+    jr, tr = np.divmod(np.arange(r, r + k) - lo_r, step)
+    tc, tr = (tc / step).astype(np.float32), (tr / step)[:, None].astype(np.float32)
+
+    def lerp(a):
+        a = a.astype(np.float32)
+        along = a[:, jc] * (1 - tc) + a[:, jc + 1] * tc  # (lattice rows, k)
+        return along[jr] * (1 - tr) + along[jr + 1] * tr  # (k, k)
+
+    uu, vv = lerp(u), lerp(v)
+    inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+    if not inside.any():
+        return None
+    cs = max(int(np.floor(uu[inside].min() - 0.5)), 0)
+    rs = max(int(np.floor(vv[inside].min() - 0.5)), 0)
+    ce = min(int(np.floor(uu[inside].max() + 0.5)) + 1, width)
+    re_ = min(int(np.floor(vv[inside].max() + 0.5)) + 1, height)
+    h, w = re_ - rs, ce - cs
+    uu -= 0.5 + cs
+    vv -= 0.5 + rs
+    i0, j0 = np.floor(vv), np.floor(uu)
+    fr, fc = vv - i0, uu - j0  # float32 (k, k)
+    i0, j0 = i0.astype(np.int64), j0.astype(np.int64)
+    ra, rb = np.clip(i0, 0, h - 1) * w, np.clip(i0 + 1, 0, h - 1) * w
+    ca, cb = np.clip(j0, 0, w - 1), np.clip(j0 + 1, 0, w - 1)
+    gr, gc = 1 - fr, 1 - fc
+    own = np.where(fr >= 0.5, rb, ra) + np.where(fc >= 0.5, cb, ca)  # the tap holding the centre
+    return _WarpTaps(Window(cs, rs, w, h), (ra + ca, ra + cb, rb + ca, rb + cb),
+                     (gr * gc, gr * fc, fr * gc, fr * fc), own, inside)
+
+
+def _warp_band(ds, taps: _WarpTaps | None, out: np.ndarray, src_nodata) -> int:
+    """Bilinear sampling of band 1 of ``ds`` at ``taps`` into ``out (k, k) float32`` (GDAL's nodata rule, as
+    :func:`upsample`: nodata taps weigh 0, the rest renormalised, nodata where the centre's own pixel is);
+    NaN outside. Returns the window's pixel bytes."""
+    out.fill(np.nan)
+    if taps is None:
+        return 0
+    data, nbytes = read_window(ds, taps.window)
+    a = data.astype(np.float32).ravel()
+    valid = None if src_nodata is None else ~_is_nodata(a, src_nodata)
+    if valid is not None and valid.all():
+        valid = None
+    if valid is not None:
+        a[~valid] = 0
+    num = sum(np.take(a, i) * wt for i, wt in zip(taps.idx, taps.weights, strict=True))
+    ok = taps.inside
+    if valid is not None:
+        wv = valid.astype(np.float32)
+        den = sum(np.take(wv, i) * wt for i, wt in zip(taps.idx, taps.weights, strict=True))
+        # the centre's own source pixel must be valid (GDAL)
+        ok = ok & np.take(valid, taps.own) & (den > 1e-6)
+        np.divide(num, den, out=num, where=ok)
+    np.copyto(out, num, where=ok)
     return nbytes
 
 

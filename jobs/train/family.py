@@ -37,6 +37,9 @@ class Family:
     options: Callable[[ModelSection], dict[str, Any]]
     #: batch keys holding image tensors (cast to the engine's dtype); the rest keep theirs
     image_keys: tuple[str, ...]
+    #: the batch key of the S2 cube and the bands the model takes (``data.assemble_s2``)
+    s2_key: str
+    s2_bands: tuple[str, ...]
     encoder_prefix: str
     drop_prefixes: tuple[str, ...]
     #: a masked autoencoder: ``forward`` also returns ``pred`` and ``mask`` (reconstruction pictures)
@@ -67,9 +70,11 @@ FAMILIES: dict[str, Family] = {
         name="spectralgpt",
         columns=D.SPECTRALGPT_COLUMNS,
         make_preprocess=lambda manifest, cfg: D.make_spectralgpt_preprocess_fn(
-            manifest["band_stats"], slot=cfg.data.s2_slot, seed=cfg.seed),
+            manifest["band_stats"], slot=cfg.data.s2_slot, seed=cfg.seed, device_cube=cfg.scaling.use_gpu),
         options=_spectralgpt_options,
         image_keys=("x",),
+        s2_key="x",
+        s2_bands=D.SHARD_S2_BANDS,
         encoder_prefix="",
         drop_prefixes=("decoder_", "mask_token"),
         reconstructs=True,
@@ -77,9 +82,12 @@ FAMILIES: dict[str, Family] = {
     "skysense": Family(
         name="skysense",
         columns=D.SKYSENSE_COLUMNS,
-        make_preprocess=lambda manifest, cfg: D.make_skysense_preprocess_fn(manifest["band_stats"]),
+        make_preprocess=lambda manifest, cfg: D.make_skysense_preprocess_fn(
+            manifest["band_stats"], device_cube=cfg.scaling.use_gpu),
         options=_skysense_options,
         image_keys=("s2", "s1"),
+        s2_key="s2",
+        s2_bands=D.SKYSENSE_S2_BANDS,
         encoder_prefix="student.",
         drop_prefixes=(),
         reconstructs=False,

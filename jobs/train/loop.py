@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from jobs.train.configs import StageConfig, TrainConfig
-from jobs.train.data import make_augment_fn, pyarrow_fs
+from jobs.train.data import assemble_s2, make_augment_fn, pyarrow_fs
 from jobs.train.engine import (
     CONFIG_FILE,
     DS_TAG,
@@ -218,8 +218,10 @@ class TrainLoop:
             t_wait = time.perf_counter()
 
     def prepare_batch(self, batch: Batch) -> Batch:
-        """To the device; image tensors in the engine's dtype (lon/lat, days of year keep theirs)."""
+        """To the device; v3 S2 groups into the cube there (``assemble_s2``); image tensors in the
+        engine's dtype (lon/lat, days of year keep theirs)."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = assemble_s2(batch, self.family.s2_key, self.family.s2_bands)
         if self.bf16:
             batch.update({k: batch[k].to(torch.bfloat16) for k in self.family.image_keys if k in batch})
         return batch

@@ -95,7 +95,7 @@ def make_rows(rng: np.random.Generator, n: int, px: int, slots: int, start: int)
 
 def rows_to_table(r: dict) -> pa.Table:
     """Contract v2, through ``pipeline.shards.build_table`` (the ingest's own code)."""
-    return S.build_table(**r, sources=[["synthetic"]] * len(r["sample_id"]))
+    return S.build_table_v2(**r, sources=[["synthetic"]] * len(r["sample_id"]))
 
 
 def rows_to_table_v1(r: dict) -> pa.Table:
@@ -122,7 +122,7 @@ def make_shards(
         s1_px.append(r["s1"][r["s1_valid"]].transpose(1, 0, 2, 3).reshape(2, -1).astype(np.float64))
     s2_all, s1_all = np.concatenate(s2_px, 1), np.concatenate(s1_px, 1)
     manifest = {
-        "schema_version": S.SCHEMA_VERSION,
+        "schema_version": 2,
         "rows": rows * shards,
         "tile_px": tile_px,
         "max_slots": slots,

@@ -316,17 +316,17 @@ def test_relaunching_the_same_command_without_name_resumes(ray_session, shards_d
     assert [h["step"] for h in out["history"]] == [1, 2, 3, 4]
 
 
-def test_read_manifest_takes_contract_v1_and_v2_only(tmp_path):
+def test_read_manifest_takes_contract_v1_to_v3_only(tmp_path):
     import json
 
     from jobs.train.data import read_manifest
     from pipeline.config import StorageConfig
 
-    for version in (1, 2):
+    for version in (1, 2, 3):
         (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": version}))
         assert read_manifest(str(tmp_path), StorageConfig())["schema_version"] == version
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 3}))
-    with pytest.raises(ValueError, match=r"manifest schema_version 3 is not one of \(1, 2\)"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 4}))
+    with pytest.raises(ValueError, match=r"manifest schema_version 4 is not one of \(1, 2, 3\)"):
         read_manifest(str(tmp_path), StorageConfig())
     with pytest.raises(FileNotFoundError, match="no manifest.json under data.path"):
         read_manifest(str(tmp_path / "missing"), StorageConfig())

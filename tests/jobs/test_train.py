@@ -413,3 +413,69 @@ def test_run_job_aliases_and_config_errors(tmp_path, capsys):
     assert cli.run_job(JobConfig, seen.append, ["--set", "inner.nope=1"], aliases=aliases) == 2
     assert "inner.nope: Extra inputs are not permitted" in capsys.readouterr().err
     assert len(seen) == 1  # invalid configs never reach run
+
+
+# ------------------------------------------------------------------------------------ contract v3
+
+
+def _v3_table(r: dict, native_20m: bool) -> pa.Table:
+    """The rows of ``make_rows`` as a v3 table: 20 m bands on their own grid (2 x 2 means) or, like a
+    one-grid benchmark, on the 10 m grid."""
+    s2 = r["s2"]
+    g10, g20 = S.split_s2(s2)
+    if native_20m:
+        n, t, c, h, w = g20.shape
+        g20 = g20.reshape(n, t, c, h // 2, 2, w // 2, 2).mean((4, 6)).round().astype(np.uint16)
+    rest = {k: v for k, v in r.items() if k != "s2"}
+    return S.build_table(**rest, s2_10m=np.ascontiguousarray(g10), s2_20m=np.ascontiguousarray(g20),
+                         sources=[["synthetic"]] * len(r["sample_id"]))
+
+
+@pytest.mark.parametrize("family", ["spectralgpt", "skysense"])
+def test_v3_on_one_grid_preprocesses_exactly_as_v2(family, stats):
+    r = make_rows(np.random.default_rng(3), n=4, px=16, slots=2, start=0)
+    make = (lambda **kw: make_spectralgpt_preprocess_fn(stats, slot="all", **kw)) if family == "spectralgpt" \
+        else (lambda **kw: make_skysense_preprocess_fn(stats, **kw))
+    key = "x" if family == "spectralgpt" else "s2"
+    v2, v3 = make()(rows_to_table(r)), make()(_v3_table(r, native_20m=False))
+    assert set(v2) == set(v3)
+    np.testing.assert_array_equal(v2[key], v3[key])
+
+
+@pytest.mark.parametrize("family", ["spectralgpt", "skysense"])
+def test_v3_cube_on_the_device_equals_the_cube_in_ray_data(family, stats):
+    """With ``device_cube`` the 10 m / 20 m groups travel to the worker and ``assemble_s2`` builds the
+    cube there (torch); it equals the numpy cube Ray Data builds on CPU, and its 10 m bands are the
+    v2 values exactly (no resampling)."""
+    from jobs.train.data import SHARD_S2_BANDS, assemble_s2
+
+    r = make_rows(np.random.default_rng(4), n=4, px=16, slots=2, start=0)
+    table = _v3_table(r, native_20m=True)
+    if family == "spectralgpt":
+        key, bands = "x", SHARD_S2_BANDS
+        make = (lambda **kw: make_spectralgpt_preprocess_fn(stats, slot="all", **kw))
+    else:
+        key, bands = "s2", SKYSENSE_S2_BANDS
+        make = (lambda **kw: make_skysense_preprocess_fn(stats, **kw))
+    cpu = make()(table)
+    dev = make(device_cube=True)(table)
+    assert key not in dev and dev[f"{key}_20m"].shape[-1] == 8  # native 20 m grid
+    built = assemble_s2({k: torch.from_numpy(v) for k, v in dev.items()}, key, bands)
+    torch.testing.assert_close(built[key], torch.from_numpy(cpu[key]), rtol=1e-5, atol=1e-5)
+    v2 = make()(rows_to_table(r))[key]
+    for i, b in enumerate(bands):
+        if b in S.S2_10M_BANDS:
+            np.testing.assert_array_equal(cpu[key][..., i, :, :], v2[..., i, :, :])
+
+
+def test_augment_keeps_a_half_resolution_array_on_the_same_ground():
+    """Each 20 m pixel covers a 2 x 2 block of the 10 m array: after crop, rot90 and flip it still does."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 1000, (6, 3, 8, 8)).astype(np.float32)  # (N, C, 8, 8)
+    fine = coarse.repeat(2, -2).repeat(2, -1)  # (N, C, 16, 16): every 20 m pixel as its 2 x 2 block
+    out = make_augment_fn(crop=8, seed=1)({"x_10m": fine, "x_20m": coarse})
+    f, c = out["x_10m"].numpy(), out["x_20m"].numpy()
+    assert f.shape == (6, 3, 8, 8) and c.shape == (6, 3, 4, 4)
+    np.testing.assert_array_equal(f, c.repeat(2, -2).repeat(2, -1))
+    with pytest.raises(ValueError, match="crop 7 is not a multiple of 2"):
+        make_augment_fn(crop=7)({"x_10m": fine, "x_20m": coarse})

@@ -96,18 +96,27 @@ def test_process_unit_places_selects_and_rejects(tmp_path, scenes):
         doys = [{"S2_A": 123, "S2_B": 110, "S2_C": 161}[s] for s in want]  # May 3, Apr 20, Jun 10
         assert list(got["s2_doy"][k]) == doys and got["s2_valid"][k].all()
         np.testing.assert_array_equal(got["s2_cloud"][k], [0.0, 0.0])
-        # pixel-exact 10 m placement (and the offset of S2_A applied exactly once)
+        # pixel-exact placement at native resolution (and the offset of S2_A applied exactly once): 10 m
+        # bands on the 10 m grid, 20 m bands copied and 60 m bands replicated 3 x 3 on the 20 m grid
         tr_x = col * 640.0 + (np.arange(64) + 0.5) * 10
         tr_y = (row + 1) * 640.0 - (np.arange(64) + 0.5) * 10
         xs, ys = np.meshgrid(tr_x, tr_y)
+        c20 = (np.arange(32) + 0.5) * 20
+        xs20, ys20 = np.meshgrid(col * 640.0 + c20, (row + 1) * 640.0 - c20)
+        assert got["s2_10m"].shape[1:] == (2, 4, 64, 64) and got["s2_20m"].shape[1:] == (2, 8, 32, 32)
+        i10 = i20 = 0
         for i, band in enumerate(S2.bands):
-            if band.resolution_m == 10:
-                for slot in range(2):
+            res = band.resolution_m
+            for slot in range(2):
+                if res == 10:
                     want_dn = _cogs.hash10(xs, ys, i)
-                    np.testing.assert_array_equal(got["s2"][k, slot, i], want_dn, err_msg=band.name)
-            else:
-                diff = np.abs(got["s2"][k, 0, i].astype(float) - _cogs.ramp(xs, ys, i))
-                assert diff.max() <= 1.0, band.name
+                    np.testing.assert_array_equal(got["s2_10m"][k, slot, i10], want_dn, err_msg=band.name)
+                else:  # the value of the scene pixel (origin 499980, 5000040) holding each 20 m centre
+                    cx = 499980.0 + (np.floor((xs20 - 499980.0) / res) + 0.5) * res
+                    cy = 5000040.0 - (np.floor((5000040.0 - ys20) / res) + 0.5) * res
+                    want_dn = _cogs.band_value(i, res, cx, cy)
+                    np.testing.assert_array_equal(got["s2_20m"][k, slot, i20], want_dn, err_msg=band.name)
+            i10, i20 = i10 + (res == 10), i20 + (res != 10)
         # S1 co-registered on the same pixels, in dB
         assert got["s1_valid"][k].tolist() == [True, False]
         assert got["s1_doy"][k, 0] == _when(5, 5).timetuple().tm_yday
@@ -271,13 +280,20 @@ def test_resuming_into_an_output_of_another_contract_version_fails(tmp_path):
     ING.check_output_version(str(tmp_path), CFG, [])  # empty output: fine
     (tmp_path / "units").mkdir()
     (tmp_path / "units" / f"{unit.unit_id}.json").write_text(json.dumps({"unit_id": unit.unit_id}))
-    with pytest.raises(ValueError, match=r"holds shards of contract v1; this ingest writes v2"):
+    with pytest.raises(ValueError, match=r"holds shards of contract v1; this ingest writes v3"):
         ING.check_output_version(str(tmp_path), CFG, [unit])  # a v1 sidecar (no version field)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": S.SCHEMA_VERSION}))
     ING.check_output_version(str(tmp_path), CFG, [unit])  # the manifest speaks for the output
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(ValueError, match=r"contract v1"):
         ING.check_output_version(str(tmp_path), CFG, [])
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 2}))  # a v2 output: refused too
+    with pytest.raises(ValueError, match=r"contract v2; this ingest writes v3: use a new output"):
+        ING.check_output_version(str(tmp_path), CFG, [])
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "units" / f"{unit.unit_id}.json").write_text(json.dumps({"schema_version": 2}))
+    with pytest.raises(ValueError, match=r"contract v2"):  # a v2 sidecar, before any manifest
+        ING.check_output_version(str(tmp_path), CFG, [unit])
 
 
 def test_s1_reading_stops_once_no_later_scene_can_win(tmp_path, scenes, monkeypatch):
@@ -325,3 +341,205 @@ def test_s1_is_not_read_when_s2_keeps_no_tile(tmp_path, scenes, monkeypatch):
     monkeypatch.setattr(ING, "read_s1_scene", lambda scene, *a, **k: calls.append(scene.scene_id))
     side = ING.process_unit(_unit([scenes["cloudy"]], [scenes["s1"]]), CFG, str(tmp_path))
     assert side["tiles_written"] == 0 and calls == []
+
+
+# ------------------------------------------------------------------------ each COG block decoded once
+
+
+def _block_units(scenes):
+    """The 2 x 2 units (196..197, 1950..1951) over the scenes: 256-px units whose 10 m corner lies 178 px
+    east and 36 px south of a corner of the scenes' 256-px blocks, so neighbouring units share blocks of
+    every band."""
+    out = []
+    for uc in (196, 197):
+        for ur in (1950, 1951):
+            b = (2560.0 * uc, 2560.0 * ur, 2560.0 * (uc + 1), 2560.0 * (ur + 1))
+            tiles = tuple((c, r) for c in range(uc * 4, uc * 4 + 4) for r in range(ur * 4, ur * 4 + 4))
+            s2 = tuple(sorted((scenes[k] for k in "abc"), key=lambda s: (s.datetime, s.scene_id)))
+            out.append(WorkUnit(f"32633_{uc}_{ur}_2022Q2", 32633, "2022Q2", b, tiles, s2, ()))
+    return out
+
+
+def _decode_spy(monkeypatch):
+    import pipeline.read as R
+
+    counts: dict = {}
+    real = R.decode_block
+
+    def spy(ds, key):
+        counts[key] = counts.get(key, 0) + 1
+        return real(ds, key)
+
+    monkeypatch.setattr(R, "decode_block", spy)
+    return counts
+
+
+@pytest.mark.parametrize(
+    "rows, squares, whole",
+    [
+        # serpentine within a 2 x 2 square; (2, 0) is in the next square; whole: one serpentine over all
+        ([(0, 0), (1, 0), (0, 1), (1, 1), (2, 0)], [[(0, 0), (1, 0), (1, 1), (0, 1)], [(2, 0)]],
+         [(0, 0), (1, 0), (2, 0), (1, 1), (0, 1)]),
+        ([(-1, -1), (0, 0)], [[(-1, -1)], [(0, 0)]], [(-1, -1), (0, 0)]),  # floor division: -1 in square -1
+        ([(3, 5)], [[(3, 5)]], [(3, 5)]),
+    ],
+)
+def test_group_units_table(rows, squares, whole):
+    units = [WorkUnit(f"32633_{c}_{r}_2022Q2", 32633, "2022Q2", (2560.0 * c, 2560.0 * r, 2560.0 * (c + 1),
+                                                                  2560.0 * (r + 1)), (), (), ())
+             for c, r in rows]
+    assert [[ING.unit_cell(u, CFG) for u in g] for g in ING.group_units(units, 2, CFG)] == squares
+    (one,) = ING.group_units(units, None, CFG)
+    assert [ING.unit_cell(u, CFG) for u in one] == whole
+    other = WorkUnit("32633_0_0_2022Q3", 32633, "2022Q3", units[0].bounds, (), (), ())  # another period
+    assert len(ING.group_units([units[0], other], None, CFG)) == 2
+
+
+def test_whole_tile_groups_follow_the_s2_tile(scenes):
+    """Units of two Sentinel-2 tiles (block grids) never share a group; a unit seen by both takes the one
+    with the smaller origin."""
+    a = scenes["a"]
+    moved = {k: AssetRef(v.href, (v.transform[0], 0.0, v.transform[2] + 109800.0, 0.0, v.transform[4],
+                                  v.transform[5]), v.shape, v.nodata) for k, v in a.assets.items()}
+    fields = {f: getattr(a, f) for f in a.__dataclass_fields__}
+    east = type(a)(**{**fields, "assets": moved, "scene_id": "S2_EAST"})
+
+    def unit(c, s2):
+        b = (2560.0 * c, 2560.0 * 1951, 2560.0 * (c + 1), 2560.0 * 1952)
+        return WorkUnit(f"32633_{c}_1951_2022Q2", 32633, "2022Q2", b, (), tuple(s2), ())
+
+    us = [unit(195, [a]), unit(196, [a, east]), unit(240, [east]), unit(241, [east]), unit(197, [])]
+    assert ING.s2_tile_origin(us[1]) == (499980.0, 5000040.0) and ING.s2_tile_origin(us[4]) is None
+    groups = ING.group_units(us, None, CFG)
+    assert sorted(sorted(u.unit_id for u in g) for g in groups) == [
+        ["32633_195_1951_2022Q2", "32633_196_1951_2022Q2"],
+        ["32633_197_1951_2022Q2"],
+        ["32633_240_1951_2022Q2", "32633_241_1951_2022Q2"],
+    ]
+
+
+def test_each_block_is_decoded_once_per_group_and_outputs_do_not_change(tmp_path, scenes, monkeypatch):
+    """Four units sharing COG blocks, processed as one group: every block any of them needs (SCL of every
+    scene, bands of the chosen ones) is decoded exactly once; one unit per task decodes shared blocks again.
+    Shards and sidecars are byte-identical either way, and to reading without a cache."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    assert ING.group_units(units, 2, CFG) == [group]  # one 2 x 2 square: the same group
+    counts = _decode_spy(monkeypatch)
+    rows = ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
+    assert [r["unit_id"] for r in rows] == [u.unit_id for u in group]
+    assert all(r["tiles_written"] for r in rows)
+    assert counts and set(counts.values()) == {1}, "a block was decoded twice"
+    paths = {k.path.rsplit("/", 2)[-2:][1] for k in counts}
+    assert {"SCL.tif", "B02.tif", "B05.tif", "B01.tif"} <= paths
+    # rows count the bytes decoded: each block's pixels once
+    assert sum(r["bytes_read"] for r in rows) > 0
+
+    counts.clear()
+    one = CFG.model_copy(update={"group_units": 1})
+    for u in units:
+        ING.make_process_group_fn(one, str(tmp_path / "one"))({"units": [u.to_json()]})
+    assert max(counts.values()) > 1 and sum(counts.values()) > len(counts)  # shared blocks decoded again
+
+    none = CFG.model_copy(update={"block_cache_mb": 0})
+    for u in units:
+        ING.make_process_group_fn(none, str(tmp_path / "none"))({"units": [u.to_json()]})
+    for sub in ("shards", "units"):
+        for f in sorted((tmp_path / "g" / sub).iterdir()):
+            for other in ("one", "none"):
+                assert (tmp_path / other / sub / f.name).read_bytes() == f.read_bytes(), (other, f.name)
+
+
+def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
+    """A budget smaller than the group's blocks evicts the least recently used ones (decoded again when
+    needed), with the same output."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    counts = _decode_spy(monkeypatch)
+    tiny = CFG.model_copy(update={"block_cache_mb": 1})
+    ING.make_process_group_fn(tiny, str(tmp_path / "t"))({"units": [u.to_json() for u in group]})
+    assert max(counts.values()) > 1
+    ING.make_process_group_fn(CFG, str(tmp_path / "g"))({"units": [u.to_json() for u in group]})
+    for f in sorted((tmp_path / "g" / "shards").iterdir()):
+        assert (tmp_path / "t" / "shards" / f.name).read_bytes() == f.read_bytes()
+
+
+# --------------------------------------------------------------------------- compacted shard files
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_compacted_shards_are_cut_by_size_named_and_hold_every_row(tmp_path, scenes, monkeypatch):
+    """shard_mb > 0: a group's rows are encoded into files cut once they reach shard_mb MiB (each of these
+    units' own files are 22-29 KB, footer included, so one unit stays under 30 KiB and two pass it: cuts after
+    every second unit), named after their first unit, each
+    unit in its own row groups of ~ROW_GROUP_BYTES; the rows are exactly those of one shard per unit."""
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    ING.make_process_group_fn(CFG, str(tmp_path / "u"))({"units": [u.to_json() for u in group]})
+    sizes = [(tmp_path / "u" / "shards" / f"{u.unit_id}.parquet").stat().st_size for u in group]
+    assert all(22_000 < n < 29_000 for n in sizes), sizes  # the premise of the cut below
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    rows = ING.make_process_group_fn(cfg, str(tmp_path / "c"))({"units": [u.to_json() for u in group]})
+    names = sorted(p.name for p in (tmp_path / "c" / "shards").iterdir())
+    assert names == sorted(f"{group[i].unit_id}.parquet" for i in (0, 2))
+    files = [tmp_path / "c" / "shards" / f"{group[i].unit_id}.parquet" for i in (0, 2)]
+    assert files[0].stat().st_size >= 30 * 1024  # cut once past the target
+    assert sum(r["bytes_written"] for r in rows) == sum(f.stat().st_size for f in files)
+    for f in files:
+        assert pq.ParquetFile(f).metadata.num_row_groups == 2  # one per unit: 2 MiB of rows < 64 MiB
+    # smaller row groups: 512 KiB of rows (~131 KiB a row in memory) -> at most 4 rows each
+    monkeypatch.setattr(ING, "ROW_GROUP_BYTES", 512 * 1024)
+    ING.make_process_group_fn(cfg, str(tmp_path / "rg"))({"units": [u.to_json() for u in group]})
+    for f in sorted((tmp_path / "rg" / "shards").iterdir()):
+        md = pq.ParquetFile(f).metadata
+        assert md.num_row_groups > 2 and max(md.row_group(i).num_rows for i in range(md.num_row_groups)) <= 4
+    fin = ING.finalize(units, cfg, str(tmp_path / "c"))
+    m = fin["manifest"]
+    assert [s["path"] for s in m["shards"]] == [f"shards/{n}" for n in names]
+    ref = ING.finalize(units, CFG, str(tmp_path / "u"))["manifest"]
+    assert m["rows"] == ref["rows"] == sum(r["tiles_written"] for r in rows) and len(ref["shards"]) == 4
+    assert m["band_stats"] == ref["band_stats"]
+    got, want = read_shards(tmp_path / "c" / "shards"), read_shards(tmp_path / "u" / "shards")
+    order_got, order_want = np.argsort(got["sample_id"]), np.argsort(want["sample_id"])
+    assert sorted(got["sample_id"]) == sorted(want["sample_id"])
+    for k in ("s2_10m", "s2_20m", "s2_doy", "s1_valid"):
+        np.testing.assert_array_equal(got[k][order_got], want[k][order_want], err_msg=k)
+
+
+def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes, monkeypatch):
+    """A run killed after its first file (the third unit fails hard) leaves that file and the sidecars of
+    its units only; resuming the pending units writes the rest, and the output equals an uninterrupted run
+    byte for byte; running again writes nothing."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    (group,) = ING.group_units(units, None, cfg)
+    ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
+    ING.finalize(units, cfg, str(tmp_path / "ref"))
+    ref = _files(tmp_path / "ref")
+
+    real, seen = ING.unit_rows, []
+
+    def dies_on_the_third(unit, c):
+        seen.append(unit.unit_id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(unit, c)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ING, "unit_rows", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt, match="killed"):
+        ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    monkeypatch.setattr(ING, "unit_rows", real)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
+    todo, done = ING.pending_units(units, cfg, str(out))
+    assert sorted(u.unit_id for u in done) == sorted(u.unit_id for u in group[:2])
+    (rest,) = ING.group_units(todo, None, cfg)
+    rows = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in rest]})
+    assert not any(r["skipped"] for r in rows)
+    ING.finalize(units, cfg, str(out))
+    assert _files(out) == ref
+    again = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    assert all(r["skipped"] for r in again) and _files(out) == ref
