@@ -8,13 +8,14 @@ On a cluster the same command runs under ``ray job submit`` (``--data``/``--stor
 command resumes from the latest checkpoint: without ``--name`` the run is named
 ``pretrain-<model>-<8 hex of the config's sha256>`` (``default_name``), so the same config finds it.
 
-The machinery is ``jobs.train``: the dataset (``data.build_dataset``: projected ``read_parquet``, a
-seeded file order per epoch, the family's preprocess function, each worker's local shuffle buffer
-and ``make_augment_fn``), the loop (``loop.TrainLoop``: DeepSpeed ZeRO 0-3, schedules, progressive
-stages, checkpoints through ``ray.train.report``, restarts from the latest one, a non-finite loss
-failing the run at once) and the report (step line, TensorBoard, MFU). This job adds the pictures
-(loss curve; for a masked autoencoder input / masked / reconstruction) and the export of the
-encoder to safetensors (``jobs.export``) at the end.
+The machinery is ``jobs.train``: the dataset (``data.build_dataset``: projected ``read_parquet``
+of shard contract v1, v2 or v3, a seeded file order per epoch, the family's preprocess function,
+each worker's local shuffle buffer and ``make_augment_fn``; v3's native-resolution Sentinel-2
+becomes the 12-band cube on the GPU when training on GPUs), the loop (``loop.TrainLoop``:
+DeepSpeed ZeRO 0-3, schedules, progressive stages, checkpoints through ``ray.train.report``,
+restarts from the latest one, a non-finite loss failing the run at once) and the report (step
+line, TensorBoard, MFU). This job adds the pictures (loss curve; for a masked autoencoder input /
+masked / reconstruction) and the export of the encoder to safetensors (``jobs.export``).
 """
 
 from __future__ import annotations
