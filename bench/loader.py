@@ -36,7 +36,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jobs.train_common import SHARD_S2_BANDS, column_to_numpy, normalize_s2  # noqa: E402
+from jobs.train.data import (  # noqa: E402
+    SHARD_S2_BANDS,
+    column_to_numpy,
+    normalize_s2,
+    normalize_s2_groups,
+    read_s2,
+    s2_columns,
+    s2_cube,
+)
 
 
 def prepare(out: Path, scenes: int, size_px: int, blocksize: int) -> tuple[Path, Path]:
@@ -74,13 +82,9 @@ def compact(ingest_dir: Path, manifest: dict, out: Path) -> tuple[Path, dict]:
 
 
 def make_s2_fn(stats: dict):
-    mean = np.asarray(stats["s2"]["mean"], np.float32)
-    std = np.maximum(np.asarray(stats["s2"]["std"], np.float32), 1e-6)
-
     def fn(batch):
-        s2 = column_to_numpy(batch.column("s2"), batch.schema.field("s2"))  # (N, T, 12, H, W) uint16
+        x = s2_cube(normalize_s2_groups(read_s2(batch), stats))  # (N, T, 12, H, W) float32
         valid = column_to_numpy(batch.column("s2_valid")).astype(bool)
-        x = normalize_s2(s2, mean, std)
         x *= valid[:, :, None, None, None]
         return {"s2": x}
 
@@ -93,7 +97,8 @@ def bench_shards(ingest_dir: Path, manifest: dict, batch: int, repeat: int) -> d
     import ray
 
     paths = [str(ingest_dir / s["path"]) for s in manifest["shards"]] * repeat
-    ds = ray.data.read_parquet(paths, columns=["s2", "s2_valid"]).map_batches(
+    columns = [*s2_columns(manifest["schema_version"]), "s2_valid"]
+    ds = ray.data.read_parquet(paths, columns=columns).map_batches(
         make_s2_fn(manifest["band_stats"]), batch_format="pyarrow", batch_size=64
     )
     t0 = time.perf_counter()

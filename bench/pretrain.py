@@ -71,15 +71,10 @@ def engine_mode(args) -> list[dict]:
     import torch
     import torch.distributed as dist
 
-    from jobs.pretrain import ModelSection, PretrainConfig, build_model, forward_loss
-    from jobs.train_common import (
-        DeepSpeedConfig,
-        OptimConfig,
-        build_deepspeed_config,
-        count_flops,
-        param_groups,
-        peak_flops,
-    )
+    from jobs.train.configs import DeepSpeedConfig, ModelSection, OptimConfig
+    from jobs.train.engine import build_deepspeed_config, param_groups
+    from jobs.train.family import family_of
+    from jobs.train.report import count_flops, peak_flops
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -93,17 +88,13 @@ def engine_mode(args) -> list[dict]:
     for spec in args.models:
         name, stage, mb = spec.split(":")
         stage, mb = int(stage), int(mb)
-        family = "skysense" if name.startswith("skysense") else "spectralgpt"
+        fam = family_of(name)
         img = args.img
-        overrides = {"img_size": img}
-        cfg = PretrainConfig(model=ModelSection(name=name, overrides=overrides),
-                             stages=[{"img_size": img, "steps": args.steps, "batch_size": mb}],
-                             scaling={"num_workers": 1, "use_gpu": gpu},
-                             deepspeed=DeepSpeedConfig(zero_stage=stage, activation_checkpointing=gpu))
-        ds_cfg = build_deepspeed_config(cfg.deepspeed, OptimConfig(), micro_batch_size=mb, world_size=1,
-                                        use_gpu=gpu)
+        model_cfg = ModelSection(name=name, overrides={"img_size": img})
+        ds_cfg = build_deepspeed_config(DeepSpeedConfig(zero_stage=stage, activation_checkpointing=gpu),
+                                        OptimConfig(), micro_batch_size=mb, world_size=1, use_gpu=gpu)
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = fam.build(model_cfg)
         model.set_grad_checkpointing(gpu)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
@@ -112,7 +103,7 @@ def engine_mode(args) -> list[dict]:
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.05),
                                                config=ds_cfg)
         dtype = torch.bfloat16 if ds_cfg["bf16"]["enabled"] else torch.float32
-        if family == "spectralgpt":
+        if fam.reconstructs:
             batch = {"x": torch.randn(mb, 12, img, img, device=device, dtype=dtype)}
         else:
             t = 4
@@ -126,8 +117,8 @@ def engine_mode(args) -> list[dict]:
                 "lonlat": torch.rand(mb, 2, device=device) * 100,
             }
 
-        def step(engine=engine, cfg=cfg, batch=batch):
-            loss, _ = forward_loss(engine, cfg, batch)
+        def step(engine=engine, batch=batch):
+            loss = engine(batch)["loss"]
             engine.backward(loss)
             engine.step()
             return loss
@@ -137,7 +128,7 @@ def engine_mode(args) -> list[dict]:
             torch.cuda.synchronize(device)
             state_mem = torch.cuda.memory_allocated(device)
         # fwd + bwd ≈ 3 × fwd
-        flops = count_flops(lambda e=engine, c=cfg, b=batch: forward_loss(e.module, c, b)) * 3
+        flops = count_flops(lambda e=engine, b=batch: e.module(b)) * 3
         for _ in range(args.warmup):
             step()
         if gpu:

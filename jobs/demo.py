@@ -2,6 +2,7 @@
 
     make demo                                   # = python -m jobs.demo
     python -m jobs.demo --out demo-out --scenes 4 --skip-pretrain
+    python -m jobs.demo --set 'pretrain_overrides=[deepspeed.zero_stage=3]'
 
 Everything is written under ``--out`` (default ``demo-out/``): ``archive/`` (COGs + ``items.json``),
 ``ingest/`` (shards, ``manifest.json``, ``rejects.parquet``), ``runs/demo/`` (checkpoints,
@@ -11,46 +12,63 @@ the ingest resumes/does nothing, the pretraining run resumes from its last check
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
-from jobs.cli import init_ray, load_config, setup_logging
-from pipeline.config import IngestConfig
+from pydantic import Field
+
+from jobs import cli
+from pipeline.config import Strict
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("skyray.jobs.demo")
 
 
-def run(out: Path, scenes: int, s1_scenes: int, size_px: int, seed: int, pretrain: bool,
-        pretrain_config: str, overrides: list[str]) -> dict:
+class DemoConfig(Strict):
+    #: where everything is written
+    out: str = "demo-out"
+    #: Sentinel-2 / Sentinel-1 scenes in the synthetic archive
+    scenes: int = Field(default=4, ge=1)
+    s1_scenes: int = Field(default=2, ge=0)
+    #: scene size in 10 m pixels (multiple of 6)
+    size_px: int = Field(default=768, ge=6, multiple_of=6)
+    seed: int = 0
+    #: stop after the ingest when false
+    pretrain: bool = True
+    pretrain_config: str = "configs/pretrain/spectralgpt_tiny.yaml"
+    #: ``--set`` overrides of the pretraining config (``key=value`` strings)
+    pretrain_overrides: list[str] = Field(default_factory=list)
+
+
+def run(cfg: DemoConfig) -> dict:
     from jobs import ingest
+    from jobs import pretrain as pt
     from pipeline import synthetic
     from pipeline.ingest import format_summary
 
-    out = out.resolve()
+    out = Path(cfg.out).resolve()
     archive_dir = out / "archive"
     items = archive_dir / "items.json"
     if items.is_file():
         log.info("reusing the synthetic archive in %s", archive_dir)
     else:
-        log.info("writing a synthetic archive (%d S2 + %d S1 scenes, %d px) to %s", scenes, s1_scenes,
-                 size_px, archive_dir)
-        synthetic.make_archive(archive_dir, scenes=scenes, s1_scenes=s1_scenes, seed=seed, size_px=size_px)
+        log.info("writing a synthetic archive (%d S2 + %d S1 scenes, %d px) to %s", cfg.scenes, cfg.s1_scenes,
+                 cfg.size_px, archive_dir)
+        synthetic.make_archive(archive_dir, scenes=cfg.scenes, s1_scenes=cfg.s1_scenes, seed=cfg.seed,
+                               size_px=cfg.size_px)
 
-    init_ray()
-    cfg = load_config(IngestConfig, REPO / "configs" / "ingest" / "tiny.yaml")
-    summary = ingest.run(cfg, str(items), str(out / "ingest"))
+    cli.init_ray()
+    icfg = cli.load_config(ingest.IngestJobConfig, REPO / "configs" / "ingest" / "tiny.yaml",
+                           fields={"items": str(items), "output": str(out / "ingest")})
+    summary = ingest.run(icfg)
     print(format_summary(summary), flush=True)
     result = {"ingest": summary}
-    if not pretrain:
+    if not cfg.pretrain:
         return result
 
-    from jobs import pretrain as pt
-
-    pcfg = load_config(pt.PretrainConfig, REPO / pretrain_config,
-                       [f"data.path={out / 'ingest'}", f"storage={out / 'runs'}", "name=demo", *overrides])
+    pcfg = cli.load_config(pt.PretrainConfig, REPO / cfg.pretrain_config, cfg.pretrain_overrides,
+                           fields={"data.path": str(out / "ingest"), "storage": str(out / "runs"),
+                                   "name": "demo"})
     res = pt.run(pcfg)
     hist = res.get("history") or []
     if hist:
@@ -64,22 +82,16 @@ def run(out: Path, scenes: int, s1_scenes: int, size_px: int, seed: int, pretrai
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo-out", help="where everything is written (default: demo-out)")
-    p.add_argument("--scenes", type=int, default=4, help="Sentinel-2 scenes in the synthetic archive")
-    p.add_argument("--s1-scenes", type=int, default=2, help="Sentinel-1 scenes in the synthetic archive")
-    p.add_argument("--size-px", type=int, default=768, help="scene size in 10 m pixels (multiple of 6)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-pretrain", action="store_true", help="stop after the ingest")
-    p.add_argument("--pretrain-config", default="configs/pretrain/spectralgpt_tiny.yaml")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="pretrain config overrides")
-    a = p.parse_args(argv)
-    setup_logging()
-    run(Path(a.out), a.scenes, a.s1_scenes, a.size_px, a.seed, not a.skip_pretrain, a.pretrain_config,
-        a.overrides)
-    return 0
+    return cli.run_job(DemoConfig, run, argv, show=lambda r: "demo finished", aliases={
+        "--out": cli.Alias("out", "where everything is written (default: demo-out)"),
+        "--scenes": cli.Alias("scenes", "Sentinel-2 scenes in the synthetic archive"),
+        "--s1-scenes": cli.Alias("s1_scenes", "Sentinel-1 scenes in the synthetic archive"),
+        "--size-px": cli.Alias("size_px", "scene size in 10 m pixels (multiple of 6)"),
+        "--seed": cli.Alias("seed", "seed of the synthetic archive"),
+        "--skip-pretrain": cli.Alias("pretrain", "stop after the ingest", const=False),
+        "--pretrain-config": cli.Alias("pretrain_config", "pretraining preset"),
+    })
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

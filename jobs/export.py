@@ -1,11 +1,13 @@
 """Export the encoder of a pretraining checkpoint to safetensors + the model config JSON.
 
-    python -m jobs.export --checkpoint out/runs/RUN [--output out/runs/RUN/export]
+    python -m jobs.export --checkpoint out/runs/RUN [--output out/runs/RUN/export] [--endpoint-url URL]
 
 ``--checkpoint`` is a run directory (its latest checkpoint is used) or one checkpoint directory,
 local or ``s3://``. The fp32 weights are consolidated with DeepSpeed's own ``zero_to_fp32``
-(ZeRO 1-3) or read from the saved module (ZeRO-0); only the encoder is kept (SpectralGPT without
-its decoder, SkySense's student without the teacher and heads). The result loads without pickle:
+(ZeRO 1-3) or read from the saved module (ZeRO-0); only the encoder is kept (the family table's
+``encoder_state_dict``: SpectralGPT without its decoder, SkySense's student without the teacher and
+heads), loaded into the registry's encoder (strict: every tensor accounted for) and written by
+``models.checkpoint.export_safetensors``. The result loads without pickle:
 
     >>> from models.registry import create
     >>> model = create("spectralgpt_tiny", weights="out/runs/RUN/export/spectralgpt_tiny.safetensors")
@@ -13,7 +15,6 @@ its decoder, SkySense's student without the teacher and heads). The result loads
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -23,32 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
-from jobs.train_common import STATE_FILE, consolidated_state_dict, read_state
-from pipeline.config import StorageConfig
+from jobs import cli
+from jobs.train.engine import STATE_FILE, consolidated_state_dict, read_state
+from jobs.train.family import family_of
+from pipeline.config import StorageConfig, Strict
+from pipeline.storage import join
 
 log = logging.getLogger("skyray.export")
 
-SPECTRALGPT_DECODER_PREFIXES = ("decoder_", "mask_token")
+
+class ExportConfig(Strict):
+    #: a run directory (its latest checkpoint) or one checkpoint directory, local or ``s3://``
+    checkpoint: str
+    #: output directory (default: ``<run>/export``)
+    output: str | None = None
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
-def encoder_state_dict(sd: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """The encoder's tensors from the trained module's state dict (see module docstring)."""
-    if family == "skysense":
-        return {k.removeprefix("student."): v for k, v in sd.items() if k.startswith("student.")}
-    return {k: v for k, v in sd.items() if not k.startswith(SPECTRALGPT_DECODER_PREFIXES)}
+def model_config(name: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Frozen dataclass config of the encoder preset and the overrides it takes (pretrainer
+    options, e.g. SkySense's ``proj_dim``, dropped)."""
+    from models.registry import get_config, split_overrides
 
-
-def model_config(name: str, overrides: dict[str, Any]) -> Any:
-    """Frozen dataclass config of the encoder preset (pretrainer-only overrides dropped)."""
-    from models.registry import get_config
-
-    if name.startswith("skysense"):
-        from models.skysense import SkySenseConfig
-
-        fields = {f.name for f in dataclasses.fields(SkySenseConfig)}
-        overrides = {k: v for k, v in overrides.items() if k in fields}
-    return get_config(name, **overrides), overrides
+    enc, _ = split_overrides(name, overrides)
+    return get_config(name, **enc), enc
 
 
 def _local_checkpoint(uri: str, storage: StorageConfig, tmp: str) -> str:
@@ -72,64 +73,53 @@ def _local_checkpoint(uri: str, storage: StorageConfig, tmp: str) -> str:
 def export_checkpoint(ckpt_dir: str, output: str, storage: StorageConfig | None = None) -> dict[str, str]:
     """Write ``<output>/<model>.safetensors`` and ``<output>/<model>.json`` from a local
     checkpoint directory; returns their URIs."""
-    from safetensors.torch import save_file
-
-    from models.checkpoint import METADATA_CLASS, METADATA_CONFIG
+    from models.checkpoint import export_safetensors
+    from models.registry import create
     from pipeline.storage import filesystem
 
     storage = storage or StorageConfig()
     state = read_state(ckpt_dir)
     mcfg = state["config"]["model"]
-    name, family = mcfg["name"], ("skysense" if mcfg["name"].startswith("skysense") else "spectralgpt")
+    name = mcfg["name"]
     config, overrides = model_config(name, mcfg.get("overrides", {}))
-    sd = encoder_state_dict(consolidated_state_dict(ckpt_dir), family)
-    sd = {k: v.contiguous() for k, v in sd.items()}
-    cfg_dict = dataclasses.asdict(config)
-    meta = {
-        "format": "pt",
-        METADATA_CLASS: "SkySense" if family == "skysense" else "SpectralGPT",
-        METADATA_CONFIG: json.dumps(cfg_dict, sort_keys=True),
-    }
-    info = {"model": name, "overrides": overrides, "config": cfg_dict, "step": state["step"],
-            "source_checkpoint": str(ckpt_dir), "tensors": len(sd)}
+    sd = family_of(name).encoder_state_dict(consolidated_state_dict(ckpt_dir))
+    with torch.device("meta"):  # the encoder's names and class, no memory
+        encoder = create(name, **overrides)
+    unknown = sorted(set(sd) - set(encoder.state_dict()))
+    if unknown:
+        raise ValueError(f"checkpoint tensors the {name} encoder does not have: {unknown[:5]}")
+    info = {"model": name, "overrides": overrides, "config": dataclasses.asdict(config),
+            "step": state["step"], "source_checkpoint": str(ckpt_dir), "tensors": len(sd)}
     fs, out_path = filesystem(output, storage)
     fs.makedirs(out_path, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        st = Path(tmp, f"{name}.safetensors")
-        save_file(sd, str(st), metadata=meta)
+        st = export_safetensors(encoder, Path(tmp, f"{name}.safetensors"), config, state_dict=sd)
         js = Path(tmp, f"{name}.json")
         js.write_text(json.dumps(info, sort_keys=True, indent=1, default=str))
         for f in (st, js):
             fs.put_file(str(f), f"{out_path}/{f.name}")
-    sep = "" if output.endswith("/") else "/"
-    return {"weights": f"{output}{sep}{name}.safetensors", "config": f"{output}{sep}{name}.json"}
+    return {"weights": join(output, f"{name}.safetensors"), "config": join(output, f"{name}.json")}
 
 
-def export(
-    checkpoint: str, output: str | None = None, storage: StorageConfig | None = None
-) -> dict[str, str]:
-    """Export ``checkpoint`` (a run: its latest) to ``output`` (default ``<run>/export``)."""
-    storage = storage or StorageConfig()
+def run(cfg: ExportConfig) -> dict[str, str]:
+    """Export ``cfg.checkpoint`` (a run: its latest) to ``cfg.output`` (default ``<run>/export``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        local = _local_checkpoint(checkpoint, storage, tmp)
+        local = _local_checkpoint(cfg.checkpoint, cfg.storage, tmp)
+        output = cfg.output
         if output is None:
-            base = checkpoint.rstrip("/")
+            base = cfg.checkpoint.rstrip("/")
             run_dir = base if Path(local).resolve() != Path(base).resolve() else base.rsplit("/", 1)[0]
             output = f"{run_dir}/export"
-        return export_checkpoint(local, output, storage)
+        return export_checkpoint(local, output, cfg.storage)
 
 
-def main(argv: list[str] | None = None) -> dict[str, str]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory (path or s3://)")
-    p.add_argument("--output", help="output directory (default: <run>/export)")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
-    a = p.parse_args(argv)
-    out = export(a.checkpoint, a.output, StorageConfig(endpoint_url=a.endpoint_url))
-    print(json.dumps(out, indent=1))
-    return out
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_job(ExportConfig, run, argv, aliases={
+        "--checkpoint": cli.Alias("checkpoint", "run directory or checkpoint directory (path or s3://)"),
+        "--output": cli.Alias("output", "output directory (default: <run>/export)"),
+        "--endpoint-url": cli.Alias("storage.endpoint_url", "S3 endpoint (default: AWS_ENDPOINT_URL)"),
+    })
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Ingest a Sentinel-1/2 STAC archive from object storage into Parquet shards (contract v3) with Ray Data.
+"""Ingest a Sentinel-1/2 STAC archive from object storage into Parquet shards with Ray Data.
 
 On a laptop (starts a local Ray)::
 
@@ -24,13 +24,12 @@ bytes, MB/s) is printed at the end and returned by :func:`run`.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
-from jobs.cli import ConfigError, add_config_args, init_ray, load_config, log_config, setup_logging
+from jobs import cli
+from jobs.cli import ConfigError
 from pipeline.config import IngestConfig
 from pipeline.storage import BadURIError, check_uri, redact
 
@@ -39,11 +38,25 @@ log = logging.getLogger("skyray.jobs.ingest")
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ingest" / "default.yaml")
 
 
-def run(cfg: IngestConfig, items: str, output: str) -> dict:
+class IngestJobConfig(IngestConfig):
+    """The ingest settings (``pipeline.config.IngestConfig``, stored in the manifest) + where from and to."""
+
+    #: an ItemCollection JSON, a directory/prefix of item JSON files, or a STAC API search spec
+    items: str
+    #: output directory or ``s3://`` prefix
+    output: str
+
+    def pipeline_config(self) -> IngestConfig:
+        return IngestConfig.model_validate(self.model_dump(exclude={"items", "output"}))
+
+
+def run(job: IngestJobConfig) -> dict:
     """Plan on the driver, process pending units with Ray Data, write manifest + rejects; the summary."""
     from pipeline import ingest as ING
     from pipeline.plan import plan_units
     from pipeline.stac import load_scenes
+
+    cfg, items, output = job.pipeline_config(), job.items, job.output
 
     for what, uri in (("--items", items), ("--output", output)):
         try:
@@ -101,22 +114,20 @@ def run(cfg: IngestConfig, items: str, output: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", required=True, help="ItemCollection JSON, item dir/prefix, or search spec")
-    p.add_argument("--output", required=True, help="output directory or s3:// prefix")
-    add_config_args(p, DEFAULT_CONFIG)
-    args = p.parse_args(argv)
-    setup_logging()
-    cfg = load_config(IngestConfig, args.config, args.overrides)  # ConfigError before any work
-    log_config(cfg, "ingest config")
-    init_ray()
     from pipeline.ingest import format_summary
 
-    summary = run(cfg, args.items, args.output)
-    print(format_summary(summary), flush=True)
-    return 0
+    def start(job: IngestJobConfig) -> dict:
+        cli.log_config(job, "ingest config")
+        cli.init_ray()
+        return run(job)
+
+    aliases = {
+        "--items": cli.Alias("items", "ItemCollection JSON, item dir/prefix, or search spec"),
+        "--output": cli.Alias("output", "output directory or s3:// prefix"),
+    }
+    return cli.run_job(IngestJobConfig, start, argv, aliases=aliases, default_config=DEFAULT_CONFIG,
+                       show=format_summary, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -233,18 +233,24 @@ def _config_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"cannot serialise config of type {type(config).__name__}")
 
 
-def export_safetensors(model: nn.Module, path: str | PathLike, config: Any = None) -> Path:
+def export_safetensors(
+    model: nn.Module,
+    path: str | PathLike,
+    config: Any = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``model``'s weights to ``path`` (safetensors) with the config as JSON metadata.
 
-    ``config`` defaults to ``model.config`` (dataclass, pydantic model or dict). Tied tensors
-    are stored once per name (cloned), so the file loads with plain ``load_weights``.
+    ``config`` defaults to ``model.config`` (dataclass, pydantic model or dict); ``state_dict``
+    (default ``model.state_dict()``) the tensors to write, e.g. an encoder's part of a trained
+    module. Tied tensors are stored once per name (cloned), so the file loads with plain ``load_weights``.
     """
     from safetensors.torch import save_file
 
     config = getattr(model, "config", None) if config is None else config
     seen: set[tuple[int, int]] = set()
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
+    for k, v in (model.state_dict() if state_dict is None else state_dict).items():
         v = v.detach().to("cpu").contiguous()
         ident = (v.untyped_storage().data_ptr(), v.storage_offset())
         tensors[k] = v.clone() if ident in seen else v

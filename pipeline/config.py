@@ -11,11 +11,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """The base of every config model (ingest and jobs): unknown keys fail, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StorageConfig(_Strict):
+class StorageConfig(Strict):
     """How to reach object storage (any S3-compatible endpoint) and which URIs are allowed.
 
     Unset fields fall back to the standard AWS variables (``AWS_ENDPOINT_URL``,
@@ -32,7 +34,7 @@ class StorageConfig(_Strict):
     max_retries: int = Field(default=8, ge=0)
 
 
-class IngestConfig(_Strict):
+class IngestConfig(Strict):
     """Everything that decides what the ingest writes. Stored in the manifest."""
 
     #: tile edge in pixels at 10 m; tile origins are multiples of ``tile_px * 10 m`` per UTM zone.

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import shards as S
+from pipeline.sensors import S2
 
-S2_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+S2_BANDS = list(S2.band_names)
 # class spectra in DN (×10000 reflectance): water, forest, crop, urban, bare
 SPECTRA = np.array(
     [

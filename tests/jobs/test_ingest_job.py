@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import ConfigError, load_config
-from jobs.ingest import main, run
+from jobs.ingest import IngestJobConfig, main, run
 from pipeline import synthetic
-from pipeline.config import IngestConfig
 from pipeline.sensors import S2
 from pipeline.shards import read_shards
 
@@ -35,8 +35,8 @@ SECRET = "testing-secret-DO-NOT-LOG"
 ARCHIVE_KW = dict(scenes=3, s1_scenes=2, seed=11, size_px=516, epsg=32633)
 
 
-def _cfg(*overrides: str) -> IngestConfig:
-    return load_config(IngestConfig, TINY, list(overrides))
+def _job(items, output, *overrides: str) -> IngestJobConfig:
+    return load_config(IngestJobConfig, TINY, list(overrides), {"items": str(items), "output": str(output)})
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -55,7 +55,7 @@ def archive(tmp_path_factory):
 def reference(ray_session, archive, tmp_path_factory):
     """One uninterrupted local run of the archive: (output dir, summary)."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    return out, run(_cfg(), archive.items, str(out))
+    return out, run(_job(archive.items, out))
 
 
 # ------------------------------------------------------------------------------------ config errors
@@ -71,21 +71,24 @@ def reference(ray_session, archive, tmp_path_factory):
         (["min_s2_slots=5", "max_slots=2"], "min_s2_slots"),
     ],
 )
-def test_invalid_config_fails_before_any_work(tmp_path, overrides, match):
+def test_invalid_config_fails_before_any_work(tmp_path, capsys, overrides, match):
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=match):
-        main(["--items", str(tmp_path / "items.json"), "--output", str(out), "--config", str(TINY),
-              "--set", *overrides])
+    assert main(["--items", str(tmp_path / "items.json"), "--output", str(out), "--config", str(TINY),
+                 "--set", *overrides]) == 2
+    assert re.search(match, capsys.readouterr().err)
     assert not out.exists()
 
 
-def test_bad_uris_and_missing_config_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found"):
-        main(["--items", "x.json", "--output", str(tmp_path), "--config", str(tmp_path / "none.yaml")])
+def test_bad_uris_and_missing_config_are_config_errors(tmp_path, capsys):
+    none = str(tmp_path / "none.yaml")
+    assert main(["--items", "x.json", "--output", str(tmp_path), "--config", none]) == 2
+    assert "error: config file not found" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="items: Field required"):
+        load_config(IngestJobConfig, TINY, [], {"output": str(tmp_path)})
     with pytest.raises(ConfigError, match="--output: URI scheme 'gs' not allowed"):
-        run(_cfg(), str(tmp_path / "items.json"), "gs://bucket/out")
+        run(_job(tmp_path / "items.json", "gs://bucket/out"))
     with pytest.raises(ConfigError, match=r"--items: URI contains a '\.\.' path segment"):
-        run(_cfg(), "/data/../items.json", str(tmp_path / "out"))
+        run(_job("/data/../items.json", tmp_path / "out"))
 
 
 # ------------------------------------------------------------------------------ a whole local run
@@ -133,7 +136,7 @@ def test_rerun_writes_nothing_and_is_byte_identical(reference, archive):
     out, _ = reference
     before = _digests(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    s = run(_cfg("concurrency=1"), archive.items, str(out))  # parallelism does not change the output
+    s = run(_job(archive.items, out, "concurrency=1"))  # parallelism does not change the output
     assert s["units_processed"] == 0 and s["units_skipped"] == s["units"] and s["files_written"] == []
     assert s["bytes_written"] == 0
     assert _digests(out) == before
@@ -163,7 +166,7 @@ def pattern(tmp_path_factory):
 
 def test_known_pattern_through_the_whole_ingest(ray_session, pattern, tmp_path):
     items, x0, y0 = pattern
-    s = run(_cfg(), str(items), str(tmp_path / "out"))
+    s = run(_job(items, tmp_path / "out"))
     got = read_shards(tmp_path / "out" / "shards")
     n = len(got["sample_id"])
     assert n > 10 and s["tiles_written"] == n
@@ -217,7 +220,7 @@ def test_known_pattern_through_the_whole_ingest(ray_session, pattern, tmp_path):
 
 def test_every_reject_reason_and_the_job_finishes(ray_session, tmp_path):
     bad = synthetic.make_bad_inputs(tmp_path / "bad", seed=3, size_px=516)
-    s = run(_cfg(), bad.items_dir, str(tmp_path / "out"))
+    s = run(_job(bad.items_dir, tmp_path / "out"))
     rej = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     by_id = {}
     for r in rej:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ import pytest
 import torch
 
 from jobs.cli import ConfigError, load_config
-from jobs.pretrain import NonFiniteLossError, PretrainConfig, run
-from jobs.train_common import DS_TAG, lr_at
+from jobs.pretrain import NonFiniteLossError, PretrainConfig, default_name, run
+from jobs.train.engine import DS_TAG
+from jobs.train.schedules import lr_at
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET_SGPT = REPO / "configs" / "pretrain" / "spectralgpt_tiny.yaml"
@@ -44,6 +46,15 @@ def _lr(step: int, cfg: PretrainConfig, batch: int, total: int) -> float:
 
 def _latest_checkpoint(run_dir: str) -> str:
     return sorted(glob.glob(f"{run_dir}/checkpoint_2*"))[-1]
+
+
+def _zero_to_fp32_as_documented(ckpt: str, out_dir: Path) -> dict[str, torch.Tensor]:
+    """``python <checkpoint>/zero_to_fp32.py <checkpoint> <out>`` (the README's command, no
+    options), in a fresh interpreter; the consolidated fp32 state dict it writes."""
+    p = subprocess.run([sys.executable, f"{ckpt}/zero_to_fp32.py", ckpt, str(out_dir)], cwd=out_dir.parent,
+                       env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    return torch.load(out_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
 
 
 # ------------------------------------------------------------------------------------ config
@@ -128,6 +139,11 @@ def test_spectralgpt_zero2_progressive_resume_export(ray_session, shards_dir, tm
 
     with safe_open(out["export"]["weights"], "pt") as f:
         assert set(f.keys()) == set(enc)  # no decoder in the export
+    # DeepSpeed's own zero_to_fp32.py, as documented, gives the same encoder weights as our export
+    full = _zero_to_fp32_as_documented(ckpt, tmp_path / "fp32")
+    assert set(enc) <= set(full)
+    for k in enc:
+        torch.testing.assert_close(sd[k], full[k].float(), rtol=0, atol=0)
 
     # relaunch with the same name and a longer second stage: resumes at step 24, same LR function
     stages2 = "stages=[{img_size: 16, steps: 8, batch_size: 16}, {img_size: 32, steps: 24, batch_size: 16}]"
@@ -159,22 +175,9 @@ def test_skysense_zero3_survives_worker_kill(ray_session, shards_dir, tmp_path):
     for h in hist:
         assert h["lr"] == pytest.approx(_lr(h["step"] - 1, cfg, 8, 12))
 
-    # DeepSpeed's own zero_to_fp32 (the script shipped inside each checkpoint) on our ZeRO-3 checkpoint.
-    # Its CLI needs huggingface_hub to write files, so call the script's function in a subprocess.
+    # DeepSpeed's own zero_to_fp32.py on our ZeRO-3 checkpoint, run exactly as the README writes it
     ckpt = _latest_checkpoint(out["run_dir"])
-    dest = tmp_path / "fp32.safetensors"
-    code = (
-        "import importlib.util, sys; from safetensors.torch import save_file; "
-        "spec = importlib.util.spec_from_file_location('z', sys.argv[1] + '/zero_to_fp32.py'); "
-        "z = importlib.util.module_from_spec(spec); spec.loader.exec_module(z); "
-        "sd = z.get_fp32_state_dict_from_zero_checkpoint(sys.argv[1], tag=sys.argv[3]); "
-        "save_file({k: v.contiguous() for k, v in sd.items()}, sys.argv[2])"
-    )
-    subprocess.run([sys.executable, "-c", code, ckpt, str(dest), DS_TAG], check=True, cwd=tmp_path,
-                   env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True)
-    from safetensors.torch import load_file
-
-    full = load_file(str(dest))
+    full = _zero_to_fp32_as_documented(ckpt, tmp_path / "fp32")
     assert any(k.startswith("teacher.") for k in full)  # the whole module, teacher included
 
     # export round trip: the student encoder, loadable by the registry without pickle
@@ -193,12 +196,15 @@ def test_skysense_zero3_survives_worker_kill(ray_session, shards_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_naming_the_step(ray_session, shards_dir, tmp_path):
-    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "nan", "optim.base_lr=1e30", "optim.warmup_steps=0",
-               "optim.grad_clip=0", "stages=[{img_size: 32, steps: 6, batch_size: 8}]", "max_failures=0",
-               "log.plots=false")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(stage 0"):
+def test_non_finite_loss_fails_the_run_at_once_naming_the_step(ray_session, shards_dir, tmp_path):
+    """A deterministic NaN is not retried from the last checkpoint (it would recur): the worker
+    group starts once although max_failures allows restarts and a checkpoint exists."""
+    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "nan", "debug.nan_loss_at_step=3",
+               "stages=[{img_size: 16, steps: 6, batch_size: 8}]", "max_failures=2",
+               "checkpoint.every_steps=1", "log.every_steps=1", "log.plots=false")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 \(stage 0") as e:
         run(cfg)
+    assert e.value.step == 3 and e.value.starts == [0]
 
 
 @pytest.mark.slow
@@ -206,11 +212,10 @@ def test_end_to_end_synthetic_archive_ingest_pretrain(ray_session, tmp_path):
     """The real flow: synthetic COG archive -> jobs.ingest shards -> jobs.pretrain -> export."""
     from jobs import ingest
     from pipeline import synthetic
-    from pipeline.config import IngestConfig
 
     archive = synthetic.make_archive(tmp_path / "archive", scenes=3, s1_scenes=2, seed=11, size_px=516)
-    icfg = load_config(IngestConfig, REPO / "configs" / "ingest" / "tiny.yaml")
-    ingest.run(icfg, archive.items, str(tmp_path / "shards"))
+    ingest.run(load_config(ingest.IngestJobConfig, REPO / "configs" / "ingest" / "tiny.yaml",
+                           fields={"items": archive.items, "output": str(tmp_path / "shards")}))
     stages = "stages=[{img_size: 16, steps: 3, batch_size: 8}, {img_size: 32, steps: 3, batch_size: 8}]"
     out = run(_cfg("spectralgpt_tiny", tmp_path / "shards", tmp_path / "runs", "e2e", stages,
                    "log.every_steps=3", "checkpoint.every_steps=3", "log.plots=false"))
@@ -262,17 +267,66 @@ def test_s3_data_and_checkpoints_through_the_cli(s3_server, s3_bucket, shards_di
     assert json.loads(fs.cat(f"{ckpts[-1]}/skyray_state.json"))["starts"] == [0, 4]
 
 
-def test_read_manifest_takes_contract_v1_and_v2_only(tmp_path):
+def _operators(ds) -> list[str]:
+    return [type(op).__name__ for op in ds._logical_plan.dag.post_order_iter()]
+
+
+def test_streaming_dataset_has_no_all_to_all_barrier(ray_session, shards_dir, tmp_path):
+    """Not cached: file-order shuffle + the workers' local buffers, no block-order shuffle (an
+    all-to-all that materialises every block before the first batch). Cached: materialised once,
+    then block order reshuffled per epoch."""
+    from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
+
+    from jobs.train.data import build_dataset, read_manifest
+
+    cfg = _cfg("spectralgpt_tiny", shards_dir, tmp_path, "x", "data.cache=false")
+    manifest = read_manifest(cfg.data.path, cfg.data.storage)
+    ds = build_dataset(cfg, manifest)
+    ops = list(ds._logical_plan.dag.post_order_iter())
+    assert not [op for op in ops if isinstance(op, AbstractAllToAll)], _operators(ds)
+    assert "RandomizeBlocks" in _operators(build_dataset(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"cache": True})}), manifest))
+
+
+def test_default_name_is_the_config_digest():
+    a = load_config(PretrainConfig, PRESET_SGPT, ["data.path=/d", "storage=/s"])
+    assert default_name(a) == default_name(load_config(PretrainConfig, PRESET_SGPT, ["data.path=/d",
+                                                                                      "storage=/s"]))
+    assert default_name(a) == default_name(a.model_copy(update={"name": "ignored"}))
+    assert re.fullmatch(r"pretrain-spectralgpt_tiny-[0-9a-f]{8}", default_name(a))
+    b = load_config(PretrainConfig, PRESET_SGPT, ["data.path=/d", "storage=/s", "seed=1"])
+    assert default_name(a) != default_name(b)
+
+
+@pytest.mark.slow
+def test_relaunching_the_same_command_without_name_resumes(ray_session, shards_dir, tmp_path):
+    """The first launch dies at step 3 (no restarts allowed) after its step-2 checkpoint; the same
+    command again (no name given) finds that run and finishes from step 2."""
+    from ray.train import TrainingFailedError
+
+    overrides = [f"data.path={shards_dir}", f"storage={tmp_path / 'runs'}", "data.cache=true",
+                 "stages=[{img_size: 16, steps: 4, batch_size: 8}]", "checkpoint.every_steps=2",
+                 "log.every_steps=2", "log.plots=false", "max_failures=0", "debug.kill_worker_at_step=3",
+                 f"debug.kill_marker={tmp_path / 'killed'}"]
+    cfg = load_config(PretrainConfig, PRESET_SGPT, overrides)
+    with pytest.raises(TrainingFailedError):
+        run(cfg)
+    out = run(load_config(PretrainConfig, PRESET_SGPT, overrides))
+    assert out["name"] == default_name(cfg) and out["starts"] == [0, 2]
+    assert [h["step"] for h in out["history"]] == [1, 2, 3, 4]
+
+
+def test_read_manifest_takes_contract_v1_to_v3_only(tmp_path):
     import json
 
-    from jobs.pretrain import read_manifest
+    from jobs.train.data import read_manifest
     from pipeline.config import StorageConfig
 
-    for version in (1, 2):
+    for version in (1, 2, 3):
         (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": version}))
         assert read_manifest(str(tmp_path), StorageConfig())["schema_version"] == version
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 3}))
-    with pytest.raises(ValueError, match=r"manifest schema_version 3 is not one of \(1, 2\)"):
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 4}))
+    with pytest.raises(ValueError, match=r"manifest schema_version 4 is not one of \(1, 2, 3\)"):
         read_manifest(str(tmp_path), StorageConfig())
     with pytest.raises(FileNotFoundError, match="no manifest.json under data.path"):
         read_manifest(str(tmp_path / "missing"), StorageConfig())

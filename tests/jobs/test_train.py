@@ -1,11 +1,10 @@
-"""Pure parts of the training glue: LR schedule, stages, DeepSpeed config, parameter groups,
-shard decoding, preprocessing and augmentation (no cluster; one test reads shards through the session's
-local Ray Data, as ``jobs.pretrain`` does)."""
+"""Pure parts of ``jobs.train``: LR schedule, stages, DeepSpeed config, parameter groups, the family
+table, shard decoding, preprocessing and augmentation (no cluster; one test reads shards through the
+session's local Ray Data, as ``jobs.train.data.build_dataset`` does)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -13,29 +12,20 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from jobs.train_common import (
+from jobs.train.configs import DeepSpeedConfig, OptimConfig, StageConfig
+from jobs.train.data import (
     SHARD_S2_BANDS,
     SKYSENSE_S2_BANDS,
-    DeepSpeedConfig,
-    OptimConfig,
-    StageConfig,
     augment_sample,
     band_indices,
-    build_deepspeed_config,
     column_to_numpy,
-    cosine_momentum,
-    ema_update,
-    local_partitions,
-    lr_at,
     make_augment_fn,
     make_skysense_preprocess_fn,
     make_spectralgpt_preprocess_fn,
-    micro_batch,
-    param_groups,
     pick_slots,
-    stage_at,
-    warmup_cosine,
 )
+from jobs.train.engine import build_deepspeed_config, param_groups
+from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
 
@@ -78,12 +68,6 @@ def test_stage_at_table(step, expected):
         StageConfig(img_size=128, steps=5, batch_size=4),
     ]
     assert stage_at(step, stages) == expected
-
-
-def test_cosine_momentum_goes_to_final():
-    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
-    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-    assert 0.99 < cosine_momentum(50, 100, 0.99) < 1.0
 
 
 def test_micro_batch_error_names_fields():
@@ -156,66 +140,13 @@ def test_param_groups_decay_only_matrices():
 
 
 def test_param_groups_leave_out_the_frozen_teacher():
-    from models.skysense import build_pretrainer
+    from models.registry import create_pretrainer
 
-    model = build_pretrainer("skysense_tiny")
+    model = create_pretrainer("skysense_tiny")
     groups = param_groups(model, 0.05)
     ids = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in ids for p in model.teacher.parameters())
     assert {id(p) for p in model.student.parameters()} <= ids
-
-
-def test_local_partitions_ema_on_slices():
-    """The ZeRO-3 EMA path: with .data pointed at equal-sized flat slices, ``momentum_update``
-    updates exactly those slices (emulated partitions of 2 ranks)."""
-    from models.skysense import build_pretrainer
-
-    torch.manual_seed(0)
-    model = build_pretrainer("skysense_tiny")
-    for p in model.student.parameters():
-        p.data.add_(torch.randn_like(p))
-    full_t = [p.detach().clone() for p in model.teacher.parameters()]
-    full_s = [p.detach().clone() for p in model.student.parameters()]
-    m = 0.9
-    for rank in range(2):  # each "rank" holds half of every flattened parameter
-        parts = {}
-        for p in model.parameters():
-            flat = p.detach().reshape(-1)
-            k = math.ceil(flat.numel() / 2)
-            p.ds_tensor = flat[rank * k : (rank + 1) * k].clone()
-            parts[id(p)] = p.ds_tensor
-        with local_partitions(list(model.parameters())):
-            assert all(p.data.ndim == 1 for p in model.parameters())
-            model.momentum_update(m)
-        for t, t0, s0 in zip(model.teacher.parameters(), full_t, full_s):
-            k = math.ceil(t0.numel() / 2)
-            want = (m * t0 + (1 - m) * s0).reshape(-1)[rank * k : (rank + 1) * k]
-            torch.testing.assert_close(parts[id(t)], want)
-            assert t.shape == t0.shape  # restored afterwards
-    for p in model.parameters():
-        del p.ds_tensor
-
-
-def test_ema_update_bf16_accumulates_in_fp32():
-    """In bf16 a 0.999-momentum EMA step is below the format's resolution; ``ema_update`` keeps
-    an fp32 accumulator so the teacher follows the fp32 reference."""
-    from models.skysense import build_pretrainer
-
-    torch.manual_seed(0)
-    model = build_pretrainer("skysense_tiny")
-    for p in model.student.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    ref_t = [p.detach().clone().to(torch.bfloat16).float() for p in model.teacher.parameters()]
-    ref_s = [p.detach().clone().to(torch.bfloat16).float() for p in model.student.parameters()]
-    model.to(torch.bfloat16)
-    t0 = [p.detach().clone() for p in model.teacher.parameters()]
-    for _ in range(20):
-        ema_update(model, 0.999)
-        ref_t = [0.999 * t + 0.001 * s for t, s in zip(ref_t, ref_s)]
-    moved = [p for p, p0 in zip(model.teacher.parameters(), t0) if not torch.equal(p, p0)]
-    assert len(moved) > len(t0) // 2  # a plain bf16 EMA would leave most of them unchanged
-    for p, r in zip(model.teacher.parameters(), ref_t):
-        torch.testing.assert_close(p._ema_fp32, r.reshape(p.shape), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ shards -> numpy
@@ -400,7 +331,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.clos
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 dist.init_process_group("gloo", rank=0, world_size=1)
 import deepspeed
-from jobs.train_common import build_partitioned
+from jobs.train.engine import build_partitioned
 from models.registry import create
 torch.manual_seed(0)
 ds = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
@@ -425,3 +356,126 @@ def test_zero_init_construction_runs_the_models_own_init(tmp_path):
     out = subprocess.run([sys.executable, "-c", ZERO_INIT_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------ family table
+
+
+@pytest.mark.parametrize(
+    "name, family, trained",
+    [
+        ("spectralgpt_tiny", "spectralgpt", ["blocks.0.w", "decoder_embed.weight", "mask_token"]),
+        ("skysense_tiny", "skysense", ["student.blocks.0.w", "teacher.blocks.0.w", "heads.pixel.w"]),
+    ],
+)
+def test_family_table_row(name, family, trained):
+    from jobs.train.family import family_of
+
+    fam = family_of(name)
+    assert fam.name == family and "s2_valid" in fam.columns
+    kept = fam.encoder_state_dict({k: torch.zeros(1) for k in trained})
+    assert set(kept) == {"blocks.0.w"}  # decoder, teacher and heads are not the encoder
+
+
+def test_family_of_unknown_model():
+    from jobs.train.family import family_of
+
+    with pytest.raises(ValueError, match=r"'resnet50' belongs to no known family \(spectralgpt, skysense\)"):
+        family_of("resnet50")
+
+
+# ------------------------------------------------------------------------------------ cli.run_job
+
+
+def test_run_job_aliases_and_config_errors(tmp_path, capsys):
+    from pydantic import Field as F
+
+    from jobs import cli
+    from pipeline.config import Strict
+
+    class Inner(Strict):
+        path: str | None = None
+
+    class JobConfig(Strict):
+        n: int = F(default=1, ge=1)
+        flag: bool = True
+        inner: Inner = F(default_factory=Inner)
+
+    seen = []
+    aliases = {"--path": cli.Alias("inner.path", "a path"),
+               "--off": cli.Alias("flag", "turn off", const=False)}
+    argv = ["--path", "007", "--off", "--set", "n=3"]
+    assert cli.run_job(JobConfig, lambda c: seen.append(c) or {"ok": 1}, argv, aliases=aliases) == 0
+    assert seen == [JobConfig(n=3, flag=False, inner=Inner(path="007"))]  # alias values stay strings
+    assert '"ok": 1' in capsys.readouterr().out
+    assert cli.run_job(JobConfig, seen.append, ["--set", "n=0"], aliases=aliases) == 2
+    assert "error: invalid config" in (err := capsys.readouterr().err) and "n: Input should be greater" in err
+    assert cli.run_job(JobConfig, seen.append, ["--set", "inner.nope=1"], aliases=aliases) == 2
+    assert "inner.nope: Extra inputs are not permitted" in capsys.readouterr().err
+    assert len(seen) == 1  # invalid configs never reach run
+
+
+# ------------------------------------------------------------------------------------ contract v3
+
+
+def _v3_table(r: dict, native_20m: bool) -> pa.Table:
+    """The rows of ``make_rows`` as a v3 table: 20 m bands on their own grid (2 x 2 means) or, like a
+    one-grid benchmark, on the 10 m grid."""
+    s2 = r["s2"]
+    g10, g20 = S.split_s2(s2)
+    if native_20m:
+        n, t, c, h, w = g20.shape
+        g20 = g20.reshape(n, t, c, h // 2, 2, w // 2, 2).mean((4, 6)).round().astype(np.uint16)
+    rest = {k: v for k, v in r.items() if k != "s2"}
+    return S.build_table(**rest, s2_10m=np.ascontiguousarray(g10), s2_20m=np.ascontiguousarray(g20),
+                         sources=[["synthetic"]] * len(r["sample_id"]))
+
+
+@pytest.mark.parametrize("family", ["spectralgpt", "skysense"])
+def test_v3_on_one_grid_preprocesses_exactly_as_v2(family, stats):
+    r = make_rows(np.random.default_rng(3), n=4, px=16, slots=2, start=0)
+    make = (lambda **kw: make_spectralgpt_preprocess_fn(stats, slot="all", **kw)) if family == "spectralgpt" \
+        else (lambda **kw: make_skysense_preprocess_fn(stats, **kw))
+    key = "x" if family == "spectralgpt" else "s2"
+    v2, v3 = make()(rows_to_table(r)), make()(_v3_table(r, native_20m=False))
+    assert set(v2) == set(v3)
+    np.testing.assert_array_equal(v2[key], v3[key])
+
+
+@pytest.mark.parametrize("family", ["spectralgpt", "skysense"])
+def test_v3_cube_on_the_device_equals_the_cube_in_ray_data(family, stats):
+    """With ``device_cube`` the 10 m / 20 m groups travel to the worker and ``assemble_s2`` builds the
+    cube there (torch); it equals the numpy cube Ray Data builds on CPU, and its 10 m bands are the
+    v2 values exactly (no resampling)."""
+    from jobs.train.data import SHARD_S2_BANDS, assemble_s2
+
+    r = make_rows(np.random.default_rng(4), n=4, px=16, slots=2, start=0)
+    table = _v3_table(r, native_20m=True)
+    if family == "spectralgpt":
+        key, bands = "x", SHARD_S2_BANDS
+        make = (lambda **kw: make_spectralgpt_preprocess_fn(stats, slot="all", **kw))
+    else:
+        key, bands = "s2", SKYSENSE_S2_BANDS
+        make = (lambda **kw: make_skysense_preprocess_fn(stats, **kw))
+    cpu = make()(table)
+    dev = make(device_cube=True)(table)
+    assert key not in dev and dev[f"{key}_20m"].shape[-1] == 8  # native 20 m grid
+    built = assemble_s2({k: torch.from_numpy(v) for k, v in dev.items()}, key, bands)
+    torch.testing.assert_close(built[key], torch.from_numpy(cpu[key]), rtol=1e-5, atol=1e-5)
+    v2 = make()(rows_to_table(r))[key]
+    for i, b in enumerate(bands):
+        if b in S.S2_10M_BANDS:
+            np.testing.assert_array_equal(cpu[key][..., i, :, :], v2[..., i, :, :])
+
+
+def test_augment_keeps_a_half_resolution_array_on_the_same_ground():
+    """Each 20 m pixel covers a 2 x 2 block of the 10 m array: after crop, rot90 and flip it still does."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 1000, (6, 3, 8, 8)).astype(np.float32)  # (N, C, 8, 8)
+    fine = coarse.repeat(2, -2).repeat(2, -1)  # (N, C, 16, 16): every 20 m pixel as its 2 x 2 block
+    out = make_augment_fn(crop=8, seed=1)({"x_10m": fine, "x_20m": coarse})
+    f, c = out["x_10m"].numpy(), out["x_20m"].numpy()
+    assert f.shape == (6, 3, 8, 8) and c.shape == (6, 3, 4, 4)
+    np.testing.assert_array_equal(f, c.repeat(2, -2).repeat(2, -1))
+    with pytest.raises(ValueError, match="crop 7 is not a multiple of 2"):
+        make_augment_fn(crop=7)({"x_10m": fine, "x_20m": coarse})

@@ -1,0 +1,164 @@
+"""Typed config sections of the training jobs (pydantic, ``Strict``: unknown keys fail before any work).
+
+``TrainConfig`` holds what every training job has (run name and storage, model, data, stages,
+optimiser, DeepSpeed, scaling, checkpoints, logging, fault injection); a job's config extends it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from jobs.train.schedules import micro_batch
+from pipeline.config import StorageConfig, Strict
+
+__all__ = [
+    "AugmentConfig", "CheckpointSection", "DataSection", "DebugSection", "DeepSpeedConfig", "LogSection",
+    "ModelSection", "OptimConfig", "ScalingSection", "StageConfig", "Strict", "TrainConfig",
+]
+
+
+class StageConfig(Strict):
+    """One progressive-training stage: input size, length, global batch (samples per optimizer step)."""
+
+    img_size: int = Field(ge=8)
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+
+class OptimConfig(Strict):
+    """AdamW with warmup + cosine; the peak LR is ``base_lr × global_batch / 256``."""
+
+    base_lr: float = Field(default=1.5e-4, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
+
+
+class DeepSpeedConfig(Strict):
+    """The DeepSpeed knobs we expose; ``override`` (a dict or a JSON file path) is merged on top."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    #: "auto": bf16 on GPUs, fp32 on CPU.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    grad_accum: int = Field(default=1, ge=1)
+    #: build the model inside ``deepspeed.zero.Init`` (ZeRO-3): parameters never exist whole on one rank.
+    zero_init: bool = False
+    activation_checkpointing: bool = False
+    override: dict[str, Any] | str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DeepSpeedConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        if self.zero_init and self.zero_stage != 3:
+            raise ValueError("zero_init needs zero_stage 3")
+        return self
+
+
+class ScalingSection(Strict):
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    #: CPUs reserved per worker; keep it below the node's share so Ray Data keeps some.
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+
+
+class AugmentConfig(Strict):
+    """Augmentations applied identically to every band, date and modality of a sample."""
+
+    flip: bool = True
+    rot90: bool = True
+
+
+class ModelSection(Strict):
+    #: registry preset; its family (``jobs.train.family``) is the name's prefix
+    name: str = "spectralgpt_tiny"
+    #: preset overrides (e.g. img_size) and, for SkySense, pretrainer settings (e.g. proj_dim)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    #: SpectralGPT: fraction of tokens masked (None: the preset's)
+    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    #: SkySense: EMA teacher momentum, cosine from this to ``teacher_momentum_final``
+    teacher_momentum: float = Field(default=0.996, ge=0.0, le=1.0)
+    teacher_momentum_final: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class DataSection(Strict):
+    #: shards root (``<path>/manifest.json``, ``<path>/shards/*.parquet``); ``--data`` sets it
+    path: str | None = None
+    #: SpectralGPT: which S2 date of a sample to use (``all``: every valid date is a sample)
+    s2_slot: Literal["least_cloudy", "random", "all"] = "least_cloudy"
+    #: rows in each worker's local shuffle buffer (0: none)
+    shuffle_buffer: int = Field(default=256, ge=0)
+    prefetch_batches: int = Field(default=2, ge=0)
+    #: rows per Ray Data preprocessing task call
+    preprocess_batch_size: int = Field(default=64, ge=1)
+    #: keep the preprocessed samples in the object store after the first pass (small data sets,
+    #: tests, demos): later epochs only re-shuffle block order and re-split
+    cache: bool = False
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+class CheckpointSection(Strict):
+    every_steps: int = Field(default=100, ge=1)
+    keep: int = Field(default=2, ge=1)
+
+
+class LogSection(Strict):
+    every_steps: int = Field(default=10, ge=1)
+    tensorboard: bool = True
+    plots: bool = True
+
+
+class DebugSection(Strict):
+    """Fault injection for tests and drills: the last rank SIGKILLs itself once at this step
+    (``marker`` records that it happened, so the restarted run does not repeat it)."""
+
+    kill_worker_at_step: int | None = Field(default=None, ge=1)
+    kill_marker: str | None = None
+    #: every rank's loss becomes NaN at this step (a deterministic non-finite loss)
+    nan_loss_at_step: int | None = Field(default=None, ge=1)
+
+
+class TrainConfig(Strict):
+    """The fields every Ray Train + DeepSpeed job has; ``<storage>/<name>/`` is the run."""
+
+    name: str | None = None
+    #: where runs go: ``<storage>/<name>/`` holds checkpoints, TensorBoard, PNGs, the export
+    storage: str | None = None
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    stages: list[StageConfig] = Field(min_length=1)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    log: LogSection = Field(default_factory=LogSection)
+    max_failures: int = Field(default=2, ge=0)
+    debug: DebugSection = Field(default_factory=DebugSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        for i, s in enumerate(self.stages):
+            try:
+                micro_batch(s.batch_size, self.scaling.num_workers, self.deepspeed.grad_accum)
+            except ValueError as e:
+                raise ValueError(f"stages.{i}.batch_size: {e}") from None
+        if self.debug.kill_worker_at_step is not None and not self.debug.kill_marker:
+            raise ValueError("debug.kill_marker is required with debug.kill_worker_at_step")
+        if self.name is not None and (not self.name or "/" in self.name or ".." in self.name):
+            raise ValueError(f"name {self.name!r} must be a plain directory name")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)

@@ -1,0 +1,142 @@
+"""The DeepSpeed side of a training job: engine config, partitioned builds, parameter groups and the
+files of a checkpoint (an EMA teacher is the model's own ``after_step``, ``models.base.ema_``).
+
+    ds_config = build_deepspeed_config(cfg.deepspeed, cfg.optim, micro_batch_size=8, world_size=2,
+                                       use_gpu=False)
+    model = build_partitioned(build, ds_config)     # ZeRO-3: no rank ever holds the model whole
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.05),
+                                                   config=ds_config)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.cli import deep_merge
+from jobs.train.configs import DeepSpeedConfig, OptimConfig
+
+
+def use_bf16(ds: DeepSpeedConfig, use_gpu: bool) -> bool:
+    return ds.precision == "bf16" or (ds.precision == "auto" and use_gpu)
+
+
+def build_deepspeed_config(
+    ds: DeepSpeedConfig,
+    optim: OptimConfig,
+    *,
+    micro_batch_size: int,
+    world_size: int,
+    use_gpu: bool,
+) -> dict[str, Any]:
+    """The DeepSpeed JSON for one engine. The LR is set by us every step (``lr_at``), so no
+    scheduler section; the optimizer is AdamW (DeepSpeedCPUAdam when offloading, torch's on CPU)."""
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero.update(overlap_comm=use_gpu, contiguous_gradients=True)
+    if ds.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True)
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": ds.grad_accum,
+        "train_batch_size": micro_batch_size * ds.grad_accum * world_size,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim.base_lr,
+                "betas": list(optim.betas),
+                "eps": optim.eps,
+                "weight_decay": optim.weight_decay,
+                # torch's AdamW on CPU (no op to compile); fused/CPU-Adam elsewhere
+                **({"torch_adam": True} if not use_gpu and not ds.offload_optimizer else {}),
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(ds, use_gpu)},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if optim.grad_clip > 0:
+        cfg["gradient_clipping"] = optim.grad_clip
+    if ds.override is not None:
+        over = ds.override
+        if isinstance(over, str):
+            over = json.loads(Path(over).read_text())
+        cfg = deep_merge(cfg, over)
+    return cfg
+
+
+def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
+    """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
+    its own ``init_weights()`` on the gathered parameters.
+
+    ``zero.Init`` partitions each submodule as soon as it is built, so the model's init in
+    ``__init__`` saw empty tensors and skipped them (their values would be PyTorch's defaults, not
+    the model's init). Rank 0's initialised values are broadcast when the gather exits.
+    """
+    import deepspeed
+
+    with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
+        model = build()
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+        model.init_weights()
+    return model
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay only ≥ 2-D weights not named by ``model.no_weight_decay()``; biases,
+    norms, position embeddings and tokens get none. Frozen parameters (an EMA teacher) are left out.
+    Uses ``ds_shape`` when parameters are already partitioned by ZeRO-3."""
+    skip = model.no_weight_decay()  # full parameter names (models.base protocol)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        (no_decay if ndim < 2 or name in skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint files
+# ---------------------------------------------------------------------------------------------
+
+DS_TAG = "ds"  # the DeepSpeed tag (sub-directory) of every checkpoint we write
+STATE_FILE = "skyray_state.json"  # step, stage, lr, resolved config, metric history
+CONFIG_FILE = "config.json"
+
+
+def write_state(ckpt_dir: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    Path(ckpt_dir, STATE_FILE).write_text(json.dumps(state, sort_keys=True, indent=1))
+
+
+def read_state(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+
+
+def consolidated_state_dict(ckpt_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """fp32 module weights from one of our DeepSpeed checkpoints: DeepSpeed's own ``zero_to_fp32``
+    for ZeRO 1-3 (gathers the partitioned fp32 master weights), the saved module for ZeRO-0."""
+    ckpt_dir = str(ckpt_dir)
+    tag_dir = Path(ckpt_dir, DS_TAG)
+    if any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=DS_TAG)
+    else:
+        obj = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        sd = obj["module"]
+    return {k: v.float() for k, v in sd.items()}
