@@ -195,7 +195,7 @@ NO_DECAY = {
 def test_no_weight_decay_names_and_param_groups(name):
     """The exact ≥ 2-D parameters without decay per family, and the jobs' AdamW groups: no decay
     for exactly those plus the 1-D ones (biases, norms); the frozen teacher in no group."""
-    from jobs.train_common import param_groups
+    from jobs.train.engine import param_groups
 
     pre = build_pretrainer(name)
     assert pre.no_weight_decay() == NO_DECAY[name]
