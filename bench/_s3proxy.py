@@ -12,10 +12,18 @@ endpoints and s3fs uses for IP endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -147,3 +155,41 @@ class CountingProxy(FlakyProxy):
 
     def __init__(self, upstream: str):
         super().__init__(upstream, fail_first=0)
+
+
+@contextlib.contextmanager
+def moto_server(env: Mapping[str, str]) -> Iterator[str]:
+    """A moto S3 server in its own process on a free loopback port; yields its endpoint URL.
+
+    ``env`` (dummy credentials, region) is set in ``os.environ`` together with ``AWS_ENDPOINT_URL`` for
+    as long as the server runs, so every client that reads the environment (s3fs, boto3, GDAL, the Ray
+    workers started meanwhile) talks to it; the previous values come back afterwards.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    full = {**env, "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in full}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.2)
+        os.environ.update(full)
+        yield endpoint
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -15,13 +15,9 @@ needed block, <= 1.1x the needed bytes; headers and IFDs apart).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +31,7 @@ from bench._cogblocks import (  # noqa: E402
     tile_bounds_needed,
 )
 from bench._s3proxy import CountingProxy  # noqa: E402
+from bench._s3proxy import moto_server as _moto_server  # noqa: E402
 from bench.ingest import ingest as run_ingest  # noqa: E402
 from jobs.cli import load_config  # noqa: E402
 from pipeline import synthetic  # noqa: E402
@@ -46,32 +43,10 @@ from pipeline.storage import gdal_options  # noqa: E402
 BUCKET = "bench-requests"
 
 
-@contextlib.contextmanager
 def moto_server():
-    """A moto S3 server on a free loopback port (its own process); yields the endpoint URL and sets the
-    AWS variables (dummy credentials) for this process and the Ray workers it starts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """The moto launcher of ``bench._s3proxy`` with dummy credentials for this process and its Ray workers."""
+    return _moto_server({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                         "AWS_DEFAULT_REGION": "us-east-1"})
 
 
 def upload(root: Path, endpoint: str) -> str:

@@ -7,11 +7,6 @@ process (the driver, Ray workers) talks to it exactly as it would to a real endp
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,12 +19,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 # Ray workers must import our packages.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -56,44 +45,20 @@ def s3_server():
     Yields a dict with ``endpoint_url``, ``key``, ``secret`` and ``region``. The AWS variables are
     set for the session so that clients that read the environment (s3fs, boto3, GDAL) agree.
     """
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
+    from bench._s3proxy import moto_server
+
     env = {
         "AWS_ACCESS_KEY_ID": "testing-key-id",
         "AWS_SECRET_ACCESS_KEY": "testing-secret-DO-NOT-LOG",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield {
-        "endpoint_url": endpoint,
-        "key": env["AWS_ACCESS_KEY_ID"],
-        "secret": env["AWS_SECRET_ACCESS_KEY"],
-        "region": env["AWS_DEFAULT_REGION"],
-    }
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
+    with moto_server(env) as endpoint:
+        yield {
+            "endpoint_url": endpoint,
+            "key": env["AWS_ACCESS_KEY_ID"],
+            "secret": env["AWS_SECRET_ACCESS_KEY"],
+            "region": env["AWS_DEFAULT_REGION"],
+        }
 
 
 @pytest.fixture()
