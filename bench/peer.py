@@ -1,10 +1,10 @@
 """The ingest against the tool users would pick instead: odc-stac, on the same Sentinel-2 scenes, in one run.
 
     # once: a venv of its own with the bench pins (requirements-bench.txt)
-    python3 -m venv /work/benchvenv
-    /work/benchvenv/bin/pip install -r requirements.txt -r requirements-bench.txt
-    /work/benchvenv/bin/python bench/peer.py                        # 3 full-size scenes (10980 px), 2 CPUs
-    /work/benchvenv/bin/python bench/peer.py --scenes 2 --size-px 4104   # a quick look
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install -r requirements.txt -r requirements-bench.txt
+    .venv-bench/bin/python bench/peer.py                        # 3 full-size scenes (10980 px), 2 CPUs
+    .venv-bench/bin/python bench/peer.py --scenes 2 --size-px 4104   # a quick look
 
 The scenes are synthetic Sentinel-2 L2A of one MGRS tile (:mod:`pipeline.synthetic`: 1024-px blocks at full
 size, DEFLATE + predictor 2, S2 only), on local disk and read once before timing so both sides find them in
