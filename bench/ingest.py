@@ -19,7 +19,7 @@ With ``--trace`` every unit group records which COG blocks it decoded (``SKYRAY_
 run prints decodes per needed block: decoded pixel bytes / pixel bytes of the distinct blocks the output
 needed, and the same weighted by each block's compressed size (the TIFF tile byte count) — how much
 more than once the ingest inflated what it needed (goal <= 1.1). Compare ``--set group_units=1`` (every
-unit alone: what the ingest did before unit groups) with the default.
+unit alone: nothing shared between units) with the default.
 
 ``--s1-warp N`` instead times the cross-zone Sentinel-1 warp of one N-px unit (VV + VH, to dB): the
 ingest's numpy warp (``pipeline.read.read_s1_scene``) against GDAL's ``WarpedVRT`` (bilinear) on the same
