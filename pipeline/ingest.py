@@ -396,9 +396,14 @@ def unit_rows(unit, cfg: IngestConfig):
                         meta["s2_cloud"][out_i, j] = k.cloud
                     srcs.append(k.scene_id)
             sources.append(srcs)
-        # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
-        s2_rows = s2_out if rows == nt else S2Out(*(a[keep] for a in s2_out))
-        s1_rows = s1_out if rows == nt else s1_out[keep]
+        # rows are the kept tiles, already in sample_id order: moved to the front in place when tiles were
+        # dropped (keep is increasing), so no second buffer is allocated and page-faulted
+        for out_i, i in enumerate(keep):
+            if out_i != i:
+                for a in (*s2_out, s1_out):
+                    a[out_i] = a[i]
+        s2_rows = S2Out(*(a[:rows] for a in s2_out))
+        s1_rows = s1_out[:rows]
         del s2_out, s1_out, s1_top
         cols = np.array([tiles[i][0] for i in keep])
         rws = np.array([tiles[i][1] for i in keep])
@@ -531,7 +536,8 @@ def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.
     budget = cfg.block_cache_mb * 2**20
 
     def process(row: dict) -> list[dict]:
-        with block_cache(budget) if budget else contextlib.nullcontext() as cache:
+        # one GDAL environment over the group: the cache keeps its rasters open from unit to unit
+        with rasterio_env(cfg.storage), block_cache(budget) if budget else contextlib.nullcontext() as cache:
             if cfg.shard_mb:
                 rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache)
             else:
