@@ -208,6 +208,10 @@ _CACHE: BlockCache | None = None
 #: rasters a :class:`BlockCache` keeps open at most (a tile-period at real density reads ~300 COGs)
 MAX_OPEN = 512
 
+#: GDAL's own block cache (MiB) while a :class:`BlockCache` is active: GDAL keeps the blocks of open rasters
+#: (up to 5 % of RAM by default), which would hold every block a second time next to the decoded ones here
+GDAL_CACHE_MB = 64
+
 
 @contextlib.contextmanager
 def _dataset(href: str, storage: StorageConfig, what: str) -> Iterator[Any]:
@@ -224,12 +228,13 @@ def block_cache(budget_bytes: int) -> Iterator[BlockCache]:
     """Within the block, every :func:`read_window` of this process shares one :class:`BlockCache`
     (dropped at the end, so memory is bounded by the budget and nothing leaks between groups)."""
     global _CACHE
-    prev, _CACHE = _CACHE, BlockCache(budget_bytes)
-    try:
-        yield _CACHE
-    finally:
-        _CACHE.close()
-        _CACHE = prev
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        prev, _CACHE = _CACHE, BlockCache(budget_bytes)
+        try:
+            yield _CACHE
+        finally:
+            _CACHE.close()
+            _CACHE = prev
 
 
 def decode_block(ds, key: BlockKey) -> np.ndarray:

@@ -340,6 +340,8 @@ def test_block_cache_opens_each_raster_once_and_closes_them(scene, monkeypatch):
             assert all((a == b).all() for a, b in zip(out, ref, strict=True)) and (scl == ref_scl).all()
         assert len(opened) == 13 and not any(ds.closed for ds in opened)  # kept open for the second read
         assert len(cache.datasets) == 13
+        # GDAL's block cache is capped: it would keep every block of the open rasters a second time
+        assert R.rasterio.env.getenv()["GDAL_CACHEMAX"] == R.GDAL_CACHE_MB
     assert all(ds.closed for ds in opened)  # closed when the cache ends
     opened.clear()
     monkeypatch.setattr(R, "MAX_OPEN", 4)
