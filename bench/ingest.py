@@ -19,11 +19,16 @@ With ``--trace`` every unit group records which COG blocks it decoded (``SKYRAY_
 run prints decodes per needed block: decoded pixel bytes / pixel bytes of the distinct blocks the output
 needed, and the same weighted by each block's compressed size (the TIFF tile byte count) — how much
 more than once the ingest inflated what it needed (goal <= 1.1). Compare ``--set group_units=1`` (every
-unit alone: what the ingest did before unit groups) with the default.
+unit alone: nothing shared between units) with the default.
 
 ``--s1-warp N`` instead times the cross-zone Sentinel-1 warp of one N-px unit (VV + VH, to dB): the
 ingest's numpy warp (``pipeline.read.read_s1_scene``) against GDAL's ``WarpedVRT`` (bilinear) on the same
 synthetic neighbouring-zone scene, best of 3 in CPU seconds, and their largest difference in dB.
+
+``--profile N`` instead runs the unit groups of the first ``--scales`` archive in this process (no Ray: the
+unit work alone) under cProfile with a CPU-time clock, prints their CPU seconds, archive MB per CPU-second
+over the decode limit, and the ``N`` costliest functions (own time, % of the groups' CPU); outputs go to
+``<workdir>/profile_out`` and the profile to ``<workdir>/ingest.prof``.
 
 ``--scaling N1 N2 ...`` instead ingests the archive of the first ``--scales`` once per CPU count (a fresh
 local Ray of N CPUs, ``concurrency=N``) and prints speed-up and parallel efficiency against the smallest
@@ -225,6 +230,46 @@ def ingest(info, cfg: IngestConfig, out: Path, cpus: int, trace: Path | None = N
     return s
 
 
+def profile(cfg: IngestConfig, args) -> int:
+    """Every unit group of the first ``--scales`` archive in this process under cProfile (CPU-time clock)."""
+    import cProfile
+    import pstats
+
+    from pipeline import ingest as ING
+    from pipeline.plan import plan_units
+    from pipeline.stac import load_scenes
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    info = archive(work, args.scales[0], args)
+    scenes, _ = load_scenes(info.items, cfg.storage)
+    units, _ = plan_units(scenes, cfg)
+    groups = ING.group_units(units, cfg.group_units, cfg)
+    out = work / "profile_out"
+    shutil.rmtree(out, ignore_errors=True)
+    fn = ING.make_process_group_fn(cfg, str(out))
+    items = [{"units": [u.to_json() for u in g]} for g in groups]
+    prof = cProfile.Profile(time.process_time)
+    c = time.process_time()
+    prof.enable()
+    for it in items:
+        fn(it)
+    prof.disable()
+    cpu = time.process_time() - c
+    paths = cog_paths(info.root)
+    _, limit_cpu, mb = decode_limit(paths)
+    print(f"{len(groups)} unit groups, {len(units)} units in {cpu:.2f} CPU-s (under cProfile): "
+          f"{mb / cpu:.1f} archive MB per CPU-second, decode limit {limit_cpu:.1f}: "
+          f"ratio {mb / cpu / limit_cpu:.3f}")
+    prof.dump_stats(str(work / "ingest.prof"))
+    stats = pstats.Stats(prof).stats
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[: args.profile]
+    for (path, line, name), (_, _, own, cum, _) in top:
+        where = f"{Path(path).name}:{line}({name})"
+        print(f"  {100 * own / cpu:5.1f} %  own {own:6.2f} s  cum {cum:6.2f} s  {where}")
+    return 0
+
+
 def s1_warp(n: int) -> int:
     """Cross-zone S1 warp of one ``n``-px unit: numpy (the ingest) vs GDAL's WarpedVRT, CPU seconds."""
     import datetime as dt
@@ -309,6 +354,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-workers", type=int, default=1)
     ap.add_argument("--trace", action="store_true", help="count decodes per needed COG block")
     ap.add_argument("--s1-warp", type=int, metavar="N", help="time the cross-zone S1 warp of one N-px unit")
+    ap.add_argument("--profile", type=int, metavar="N",
+                    help="cProfile the unit groups in-process (CPU time); print the N costliest functions")
     ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
                     help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
     args = ap.parse_args(argv)
@@ -317,6 +364,8 @@ def main(argv=None) -> int:
     if args.scaling:
         return scaling(args)
     cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
+    if args.profile:
+        return profile(cfg, args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     print(f"bench/ingest: {args.cpus} CPUs, tile_px={cfg.tile_px}, unit={cfg.tile_px * cfg.unit_tiles} px, "

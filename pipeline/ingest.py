@@ -41,6 +41,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,7 @@ from pipeline.grid import sample_id as make_sample_id
 from pipeline.grid import tile_centres_lonlat
 from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, block_cache, read_s1_scene, read_s2_scene
 from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
+from pipeline.stac import Reject
 from pipeline.storage import (
     TransientIOError,
     exists,
@@ -82,9 +84,29 @@ def shard_relpath(unit_id: str) -> str:
 # ------------------------------------------------------------------------------------ slot selection
 
 
-def _date_order(key: tuple) -> tuple:
+class S2Slot(NamedTuple):
+    """A usable Sentinel-2 slot of one tile; slots compare as tuples, so smaller is better (least cloudy,
+    then earliest, then scene id)."""
+
+    cloud: float  # cloud+shadow fraction of the tile's valid pixels
+    when: str  # acquisition datetime, ISO 8601 (UTC)
+    scene_id: str
+    doy: int
+    scene: int  # index of the scene in ``unit.s2``
+
+
+class S1Slot(NamedTuple):
+    """A kept Sentinel-1 slot of one tile; smaller is better (least nodata, then earliest, then scene id)."""
+
+    nodata: float  # nodata fraction of the tile
+    when: str
+    scene_id: str
+    doy: int
+
+
+def _date_order(key: S2Slot | S1Slot) -> tuple[str, str]:
     """Sort key of a kept slot in the sample: acquisition datetime, then scene id."""
-    return key[1], key[2]
+    return key.when, key.scene_id
 
 
 class _TopSlots:
@@ -92,9 +114,9 @@ class _TopSlots:
 
     def __init__(self, n_tiles: int, t: int):
         self.t = t
-        self.keys: list[list[tuple | None]] = [[None] * t for _ in range(n_tiles)]
+        self.keys: list[list[S1Slot | None]] = [[None] * t for _ in range(n_tiles)]
 
-    def offer(self, tile: int, key: tuple) -> int | None:
+    def offer(self, tile: int, key: S1Slot) -> int | None:
         """Slot index to overwrite with a candidate of ``key``, or None if it does not make the top T."""
         ks = self.keys[tile]
         for j, k in enumerate(ks):
@@ -108,7 +130,7 @@ class _TopSlots:
         return None
 
     def date_order(self, tile: int) -> list[int]:
-        """Filled slots ordered by date (key[1]), then empty ones."""
+        """Filled slots ordered by date (then scene id), then empty ones."""
         ks = self.keys[tile]
         filled = sorted((j for j in range(self.t) if ks[j] is not None), key=lambda j: _date_order(ks[j]))
         return filled + [j for j in range(self.t) if ks[j] is None]
@@ -123,8 +145,8 @@ def _tile_count(mask: np.ndarray, offsets: Sequence[tuple[int, int]], h: int) ->
     return np.array([np.count_nonzero(mask[py : py + h, px : px + h]) for px, py in offsets], np.float64)
 
 
-def _scene_reject(scene, e: SceneReadError) -> dict:
-    return {"level": "scene", "id": scene.scene_id, "reason": e.reason, "detail": e.detail}
+def _scene_reject(scene, e: SceneReadError) -> Reject:
+    return Reject("scene", scene.scene_id, e.reason, e.detail)
 
 
 def _doy(scene) -> int:
@@ -137,7 +159,7 @@ def _doy(scene) -> int:
 def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: list):
     """Pass 1: read every S2 scene's SCL (one uint8 band, on the unit's 20 m grid: each 20 m pixel stands
     for its 2 x 2 10 m pixels, so tile fractions are those at 10 m) and list, per tile, the usable slots as
-    keys ``(cloud fraction, datetime, scene id, doy, scene index)`` — smaller is better.
+    :class:`S2Slot` keys — smaller is better.
 
     A slot is usable when its nodata fraction (SCL 0, or outside the scene) is at most ``max_nodata``
     and its cloud+shadow fraction (SCL 3, 8, 9, 10) of the valid pixels at most ``max_cloud``. Returns
@@ -145,7 +167,7 @@ def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: li
     """
     h, n = cfg.tile_px // 2, grid.size // 2
     offsets = [(px // 2, py // 2) for px, py in offsets]  # on the 20 m grid
-    cands: list[list[tuple]] = [[] for _ in offsets]
+    cands: list[list[S2Slot]] = [[] for _ in offsets]
     failed_on_cloud = np.zeros(len(offsets), bool)
     nbytes = 0
     scl = np.zeros((n, n), np.uint8)
@@ -164,13 +186,13 @@ def _s2_candidates(unit, grid: UnitGrid, offsets, cfg: IngestConfig, rejects: li
             if cloud_f[i] > cfg.max_cloud:
                 failed_on_cloud[i] = True
                 continue
-            cands[i].append((float(cloud_f[i]), when, scene.scene_id, _doy(scene), si))
+            cands[i].append(S2Slot(float(cloud_f[i]), when, scene.scene_id, _doy(scene), si))
     return cands, failed_on_cloud, nbytes
 
 
-def _choose(cands: list[list[tuple]], t: int, bad: set[int]) -> list[list[tuple]]:
+def _choose(cands: list[list[S2Slot]], t: int, bad: set[int]) -> list[list[S2Slot]]:
     """Per tile the best ``t`` candidates not from a ``bad`` scene, in date order (then scene id)."""
-    return [sorted(sorted(k for k in c if k[4] not in bad)[:t], key=_date_order) for c in cands]
+    return [sorted(sorted(k for k in c if k.scene not in bad)[:t], key=_date_order) for c in cands]
 
 
 def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out, rejects: list):
@@ -189,7 +211,7 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out
         users: dict[int, list[tuple[int, int]]] = {}
         for i, keys in enumerate(chosen):
             for j, k in enumerate(keys):
-                users.setdefault(k[4], []).append((i, j))
+                users.setdefault(k.scene, []).append((i, j))
         failed = False
         for si in sorted(users):
             scene = unit.s2[si]
@@ -235,7 +257,7 @@ def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, reject
         else:
             reason = "all_nodata"
             detail = f"{n_ok} usable S2 slots (< {cfg.min_s2_slots}); max_nodata={cfg.max_nodata}"
-        rejects.append({"level": "tile", "id": sid, "reason": reason, "detail": detail})
+        rejects.append(Reject("tile", sid, reason, detail))
     return keep
 
 
@@ -244,9 +266,8 @@ def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, reject
 
 def _saturated(top: _TopSlots, tile: int) -> bool:
     """True when no scene dated after every kept one can enter ``tile``'s top T: all T slots are filled
-    with nodata-free keys (key = ``(nodata fraction, datetime, ...)``; a later scene ties on nodata at
-    best and loses on date)."""
-    return all(k is not None and k[0] == 0.0 for k in top.keys[tile])
+    with nodata-free slots (a later scene ties on nodata at best and loses on date)."""
+    return all(k is not None and k.nodata == 0.0 for k in top.keys[tile])
 
 
 def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, rejects: list,
@@ -285,7 +306,7 @@ def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, 
             nodata_f = 1.0 - np.count_nonzero(np.isfinite(tile).all(axis=0)) / (h * h)
             if nodata_f > cfg.max_nodata:
                 continue
-            j = top.offer(i, (float(nodata_f), when, scene.scene_id, _doy(scene)))
+            j = top.offer(i, S1Slot(float(nodata_f), when, scene.scene_id, _doy(scene)))
             if j is not None:
                 out[i, j] = tile
     return top, nbytes
@@ -330,7 +351,7 @@ def unit_rows(unit, cfg: IngestConfig):
         if not (0 <= px <= n - h and 0 <= py <= n - h):
             raise ValueError(f"unit {unit.unit_id}: tile offset {(px, py)} outside the {n}-px unit")
     nt = len(tiles)
-    rejects: list[dict] = []
+    rejects: list[Reject] = []
     bytes_read = 0
 
     s2_out = S2Out(np.zeros((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
@@ -369,15 +390,20 @@ def unit_rows(unit, cfg: IngestConfig):
                 for j, k in enumerate(keys):
                     if k is None:
                         continue
-                    meta[f"{mod}_doy"][out_i, j] = k[3]
+                    meta[f"{mod}_doy"][out_i, j] = k.doy
                     meta[f"{mod}_valid"][out_i, j] = True
                     if mod == "s2":
-                        meta["s2_cloud"][out_i, j] = k[0]
-                    srcs.append(k[2])
+                        meta["s2_cloud"][out_i, j] = k.cloud
+                    srcs.append(k.scene_id)
             sources.append(srcs)
-        # rows are the kept tiles, already in sample_id order: no copy unless tiles were dropped
-        s2_rows = s2_out if rows == nt else S2Out(*(a[keep] for a in s2_out))
-        s1_rows = s1_out if rows == nt else s1_out[keep]
+        # rows are the kept tiles, already in sample_id order: moved to the front in place when tiles were
+        # dropped (keep is increasing), so no second buffer is allocated and page-faulted
+        for out_i, i in enumerate(keep):
+            if out_i != i:
+                for a in (*s2_out, s1_out):
+                    a[out_i] = a[i]
+        s2_rows = S2Out(*(a[:rows] for a in s2_out))
+        s1_rows = s1_out[:rows]
         del s2_out, s1_out, s1_top
         cols = np.array([tiles[i][0] for i in keep])
         rws = np.array([tiles[i][1] for i in keep])
@@ -395,7 +421,7 @@ def unit_rows(unit, cfg: IngestConfig):
         "shard": shard,
         "tiles_planned": nt,
         "tiles_written": rows,
-        "rejects": sorted(rejects, key=lambda r: (r["level"], r["id"], r["reason"])),
+        "rejects": [r.to_dict() for r in sorted(rejects, key=lambda r: r.sort_key)],
         "s2_sums": s2_sums,
         "s1_sums": s1_sums,
         "bytes_read": int(bytes_read),
@@ -510,7 +536,8 @@ def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.
     budget = cfg.block_cache_mb * 2**20
 
     def process(row: dict) -> list[dict]:
-        with block_cache(budget) if budget else contextlib.nullcontext() as cache:
+        # one GDAL environment over the group: the cache keeps its rasters open from unit to unit
+        with rasterio_env(cfg.storage), block_cache(budget) if budget else contextlib.nullcontext() as cache:
             if cfg.shard_mb:
                 rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache)
             else:
@@ -731,7 +758,7 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         sidecars += [json.loads(b) for b in read_many(uris[i : i + 10_000], cfg.storage)]
     s2 = S.empty_sums(len(S2.bands), integer=True)
     s1 = S.empty_sums(len(S1.bands), integer=False)
-    shard_list, rejects, seen = [], [_as_dict(r) for r in upstream_rejects], set()
+    shard_list, rejects, seen = [], list(upstream_rejects), set()
     planned = written = 0
     for sc in sidecars:
         s2 = S.add_sums(s2, sc["s2_sums"])
@@ -739,7 +766,7 @@ def finalize(units: Sequence, cfg: IngestConfig, out_uri: str, upstream_rejects:
         if sc["shard"] and sc["shard"]["path"] not in seen:  # the units of a compacted file all name it
             seen.add(sc["shard"]["path"])
             shard_list.append(sc["shard"])
-        rejects.extend(sc["rejects"])
+        rejects.extend(Reject.from_dict(d) for d in sc["rejects"])
         planned += sc["tiles_planned"]
         written += sc["tiles_written"]
     table = S.rejects_table(rejects)
@@ -783,12 +810,6 @@ def manifest_config(cfg: IngestConfig) -> dict:
     if d["storage"].get("endpoint_url"):
         d["storage"]["endpoint_url"] = redact(d["storage"]["endpoint_url"])
     return d
-
-
-def _as_dict(r) -> dict:
-    if isinstance(r, dict):
-        return r
-    return {"level": r.level, "id": r.id, "reason": r.reason, "detail": r.detail}
 
 
 # --------------------------------------------------------------------------------------- summary

@@ -22,8 +22,9 @@ constant memory.
 Every pixel window (Sentinel-2, and Sentinel-1 too) goes through :func:`read_window`: with a
 :class:`BlockCache` active (:func:`block_cache`, which the ingest holds open over a group of neighbouring
 units) it decodes each COG block whole, once, keeps it decoded within a byte budget and assembles windows
-from it, so a block that several units (or both passes of one unit) need is decoded once; without one it
-is a plain windowed read.
+from it, so a block that several units (or both passes of one unit) need is decoded once; it also keeps
+the rasters open (up to :data:`MAX_OPEN`) from unit to unit. Without one a window is a plain windowed read
+of a raster opened for it.
 
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
 (the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
@@ -39,7 +40,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -164,6 +165,24 @@ class BlockCache:
         self.decoded_bytes = 0
         self.hit_bytes = 0
         self.window_bytes = 0
+        #: open rasters by href, least recently used closed beyond :data:`MAX_OPEN`: a group's units read the
+        #: same COGs, and opening one (header, IFDs, CRS) costs about as much CPU as decoding a block
+        self.datasets: OrderedDict[str, Any] = OrderedDict()
+
+    def dataset(self, href: str, storage: StorageConfig, what: str):
+        """The open raster of ``href`` (:func:`_open`d on first use, then kept open)."""
+        ds = self.datasets.get(href)
+        if ds is not None:
+            self.datasets.move_to_end(href)
+            return ds
+        ds = self.datasets[href] = _open(href, storage, what)
+        while len(self.datasets) > MAX_OPEN:
+            self.datasets.popitem(last=False)[1].close()
+        return ds
+
+    def close(self) -> None:
+        while self.datasets:
+            self.datasets.popitem()[1].close()
 
     def get(self, ds, key: BlockKey) -> tuple[np.ndarray, int]:
         """The decoded block and the bytes decoded to get it (0 when it was in memory)."""
@@ -186,17 +205,36 @@ class BlockCache:
 
 _CACHE: BlockCache | None = None
 
+#: rasters a :class:`BlockCache` keeps open at most (a tile-period at real density reads ~300 COGs)
+MAX_OPEN = 512
+
+#: GDAL's own block cache (MiB) while a :class:`BlockCache` is active: GDAL keeps the blocks of open rasters
+#: (up to 5 % of RAM by default), which would hold every block a second time next to the decoded ones here
+GDAL_CACHE_MB = 64
+
+
+@contextlib.contextmanager
+def _dataset(href: str, storage: StorageConfig, what: str) -> Iterator[Any]:
+    """The raster of ``href``: the active :class:`BlockCache`'s open one, else opened and closed here."""
+    if _CACHE is not None:
+        yield _CACHE.dataset(href, storage, what)
+        return
+    with _open(href, storage, what) as ds:
+        yield ds
+
 
 @contextlib.contextmanager
 def block_cache(budget_bytes: int) -> Iterator[BlockCache]:
     """Within the block, every :func:`read_window` of this process shares one :class:`BlockCache`
     (dropped at the end, so memory is bounded by the budget and nothing leaks between groups)."""
     global _CACHE
-    prev, _CACHE = _CACHE, BlockCache(budget_bytes)
-    try:
-        yield _CACHE
-    finally:
-        _CACHE = prev
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        prev, _CACHE = _CACHE, BlockCache(budget_bytes)
+        try:
+            yield _CACHE
+        finally:
+            _CACHE.close()
+            _CACHE = prev
 
 
 def decode_block(ds, key: BlockKey) -> np.ndarray:
@@ -248,14 +286,18 @@ def _replication(ds_transform: Affine, grid: UnitGrid) -> tuple[int, int, int] |
 def _copy_replicated(ds, grid: UnitGrid, rep: tuple[int, int, int], out: np.ndarray, nodata,
                      src_nodata) -> int:
     """The overlapping part of ``ds`` onto ``out``, each raster pixel copied onto its ``k x k`` grid pixels
-    (``k = 1``: a plain copy, decoded straight into ``out`` when it can); returns decoded bytes."""
+    (``k = 1``: a plain copy, decoded straight into ``out`` when it can), grid pixels outside it ``nodata``;
+    returns decoded bytes."""
     c0, r0, k = rep
     n = grid.size
     # overlap in grid pixels, in the raster's frame (raster pixel i covers [i*k, i*k + k))
     cs, rs = max(c0, 0), max(r0, 0)
     ce, re_ = min(c0 + n, ds.width * k), min(r0 + n, ds.height * k)
     if ce <= cs or re_ <= rs:
+        out.fill(nodata)
         return 0
+    if (cs, rs, ce, re_) != (c0, r0, c0 + n, r0 + n):  # grid pixels outside the raster
+        out.fill(nodata)
     dst = out[rs - r0 : re_ - r0, cs - c0 : ce - c0]
     dtype = np.dtype(ds.dtypes[0])
     if k == 1:
@@ -288,12 +330,12 @@ def _read_band(ds, grid: UnitGrid, resampling: Resampling, out: np.ndarray, noda
     the grid pixels they cover); other north-up rasters of pixels at least the grid's are resampled with
     :func:`upsample` (GDAL's answer, faster); anything else goes through ``rasterio.warp.reproject``.
     """
-    out.fill(nodata)
     n = grid.size
     src_nodata = ds.nodata if src_nodata is None else src_nodata
     rep = _replication(ds.transform, grid)
     if rep is not None and (rep[2] == 1 or exact):
-        return _copy_replicated(ds, grid, rep, out, nodata, src_nodata)
+        return _copy_replicated(ds, grid, rep, out, nodata, src_nodata)  # fills only what it does not copy
+    out.fill(nodata)
     inv = ~ds.transform
     x0, y0, x1, y1 = grid.bounds
     cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
@@ -475,14 +517,13 @@ def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: S2Out | No
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
         buf = target if target.dtype == np.uint16 else np.empty(target.shape, np.uint16)
-        ds = _open(href, storage, what)
-        try:
-            with ds:
+        with _dataset(href, storage, what) as ds:  # open errors are classified by _open
+            try:
                 if ds.crs.to_epsg() != grid.epsg:
                     raise SceneReadError("unreadable_cog", f"{what}: raster CRS {ds.crs} is not {grid.epsg}")
                 nbytes += _read_band(ds, g, Resampling[band.resampling], buf, 0, exact=True)
-        except (RasterioError, OSError) as e:
-            raise _classify(e, what) from None
+            except (RasterioError, OSError) as e:
+                raise _classify(e, what) from None
         if buf is not target:
             np.copyto(target, buf, casting="unsafe")
     if scene.boa_offset and out is not None:
@@ -540,9 +581,8 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         href = _band_href(scene, band)
         what = f"{scene.scene_id} {band.name}"
         ref = scene.assets[band.name]
-        ds = _open(href, storage, what)
-        try:
-            with ds:
+        with _dataset(href, storage, what) as ds:  # open errors are classified by _open
+            try:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
                 if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform, grid.gsd):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
@@ -555,8 +595,8 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
                     if (c, r, k) not in taps:  # one coordinate map per square, shared by VV and VH
                         taps[(c, r, k)] = _warp_taps(ds.crs, ds.transform, ds.width, ds.height, grid, c, r, k)
                     nbytes += _warp_band(ds, taps[(c, r, k)], out[i, r : r + k, c : c + k], src_nodata)
-        except (RasterioError, OSError) as e:
-            raise _classify(e, what) from None
+            except (RasterioError, OSError) as e:
+                raise _classify(e, what) from None
     for c, r, k in squares:
         to_db(out[:, r : r + k, c : c + k])
     return nbytes

@@ -705,11 +705,9 @@ def merge_manifests(manifests: Sequence[Mapping]) -> dict:
 
 
 def rejects_table(rejects: Iterable) -> pa.Table:
-    """``level, id, reason, detail`` strings, de-duplicated and sorted. Accepts Reject objects or dicts."""
-    rows = set()
-    for r in rejects:
-        d = r if isinstance(r, Mapping) else {c: getattr(r, c) for c in REJECT_COLUMNS}
-        rows.add(tuple(str(d[c]) for c in REJECT_COLUMNS))
+    """:class:`pipeline.stac.Reject` records -> ``level, id, reason, detail`` strings, de-duplicated and
+    sorted."""
+    rows = {tuple(str(getattr(r, c)) for c in REJECT_COLUMNS) for r in rejects}
     ordered = sorted(rows)
     return pa.table({c: pa.array([r[i] for r in ordered], pa.string()) for i, c in enumerate(REJECT_COLUMNS)})
 

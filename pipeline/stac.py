@@ -162,6 +162,10 @@ class Scene:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
+    """Something the job could not use, at any stage (items, plan, scenes, tiles): the one record of a
+    reject from parsing to ``rejects.parquet`` (:func:`pipeline.shards.rejects_table`); sidecars hold its
+    :meth:`to_dict`."""
+
     level: str  # "item" | "scene" | "unit" | "tile"
     id: str  # item id / scene id / unit id / sample id
     reason: str  # one of REJECT_REASONS
@@ -172,6 +176,17 @@ class Reject:
             raise ValueError(f"unknown reject reason {self.reason!r}; expected one of {REJECT_REASONS}")
         if self.level not in REJECT_LEVELS:
             raise ValueError(f"unknown reject level {self.level!r}; expected one of {REJECT_LEVELS}")
+
+    @property
+    def sort_key(self) -> tuple[str, str, str]:
+        return self.level, self.id, self.reason
+
+    def to_dict(self) -> dict[str, str]:
+        return {"level": self.level, "id": self.id, "reason": self.reason, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Reject:
+        return cls(level=d["level"], id=d["id"], reason=d["reason"], detail=d["detail"])
 
 
 class _Assets(Mapping):

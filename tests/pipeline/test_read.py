@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from rasterio.transform import Affine
 
+import pipeline.read as R
 from pipeline.config import StorageConfig
 from pipeline.read import (
     S2Out,
     SceneReadError,
     UnitGrid,
+    block_cache,
     harmonise,
     read_s1_scene,
     read_s2_scene,
@@ -317,6 +319,45 @@ def test_garbage_cog_is_unreadable(tmp_path, scene):
     with pytest.raises(SceneReadError, match="unreadable_cog") as e:
         _read(_with_asset(scene, "B8A", str(bad)))
     assert e.value.reason == "unreadable_cog"
+
+
+def test_block_cache_opens_each_raster_once_and_closes_them(scene, monkeypatch):
+    opened = []
+    real_open = R.rasterio.open
+
+    def spy(path, *a, **k):
+        ds = real_open(path, *a, **k)
+        opened.append(ds)
+        return ds
+
+    monkeypatch.setattr(R.rasterio, "open", spy)
+    ref, ref_scl, _ = _read(scene)
+    assert len(opened) == 13 and all(ds.closed for ds in opened)  # 12 bands + SCL, each closed after use
+    opened.clear()
+    with rasterio_env(ST), block_cache(2**30) as cache:
+        for _ in range(2):
+            out, scl, _ = _read(scene)
+            assert all((a == b).all() for a, b in zip(out, ref, strict=True)) and (scl == ref_scl).all()
+        assert len(opened) == 13 and not any(ds.closed for ds in opened)  # kept open for the second read
+        assert len(cache.datasets) == 13
+        # GDAL's block cache is capped: it would keep every block of the open rasters a second time
+        assert R.rasterio.env.getenv()["GDAL_CACHEMAX"] == R.GDAL_CACHE_MB
+    assert all(ds.closed for ds in opened)  # closed when the cache ends
+    opened.clear()
+    monkeypatch.setattr(R, "MAX_OPEN", 4)
+    with rasterio_env(ST), block_cache(2**30) as cache:
+        _read(scene)
+        assert len(cache.datasets) == 4 and sum(not ds.closed for ds in opened) == 4  # the rest closed
+
+
+def test_block_cache_keeps_no_unreadable_raster(tmp_path, scene):
+    bad = tmp_path / "junk.tif"
+    bad.write_bytes(b"II*\x00" + b"\x17" * 5000)
+    with rasterio_env(ST), block_cache(2**30) as cache:
+        for _ in range(2):  # the second read fails the same way: nothing half-open was kept
+            with pytest.raises(SceneReadError, match="unreadable_cog: S2_A B8A"):
+                _read(_with_asset(scene, "B8A", str(bad)))
+        assert str(bad) not in cache.datasets
 
 
 def test_missing_object_and_missing_band_are_missing_asset(tmp_path, scene):

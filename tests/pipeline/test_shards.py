@@ -503,7 +503,7 @@ def test_merge_manifests_recombines_stats():
 
 
 def test_rejects_table_dedups_and_sorts(tmp_path):
-    item = {"level": "item", "id": "z", "reason": "malformed_item", "detail": "bad json"}
+    item = Reject("item", "z", "malformed_item", "bad json")
     rows = [Reject("tile", "b", "all_cloud", "x"), item, Reject("tile", "b", "all_cloud", "x")]
     t = S.rejects_table(rows)
     assert t.column_names == ["level", "id", "reason", "detail"]

@@ -391,6 +391,18 @@ def test_reject_validates_reason_and_level():
         Reject("shard", "x", "bad_uri", "")
 
 
+def test_reject_round_trips_through_its_dict():
+    r = Reject("tile", "32633_1_2_2022Q1", "all_cloud", "0 usable S2 slots")
+    assert r.to_dict() == {"level": "tile", "id": "32633_1_2_2022Q1", "reason": "all_cloud",
+                           "detail": "0 usable S2 slots"}
+    assert Reject.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert r.sort_key == ("tile", "32633_1_2_2022Q1", "all_cloud")
+    with pytest.raises(ValueError, match="unknown reject reason 'boom'"):
+        Reject.from_dict({**r.to_dict(), "reason": "boom"})
+    with pytest.raises(KeyError, match="detail"):
+        Reject.from_dict({"level": "tile", "id": "x", "reason": "all_cloud"})
+
+
 def test_duplicate_ids_keep_first():
     a, b = s1_item(), s1_item()
     scenes, rejects = parse_items([a, b], STORAGE)
