@@ -587,11 +587,12 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
     """A group's units in order, their rows encoded into shard files of at least ``shard_mb`` MiB.
 
     Each unit's rows are appended to the open file as its own row groups (of at most
-    ~:data:`ROW_GROUP_BYTES`); once the encoded file reaches ``shard_mb`` MiB (and after the last unit) it is
-    written as ``shards/<first unit id>.parquet``, then the sidecar of every unit in it, each naming that
-    file. A unit is done only once its file is, so the done units of a group are always its first files: a
-    retried or resumed group starts at a cut and writes the same files, byte for byte, as an uninterrupted
-    one (cuts depend only on the units and their rows). Memory: one file's encoded bytes plus one unit.
+    ~:data:`ROW_GROUP_BYTES`); once the encoded file reaches ``shard_mb`` MiB (and after the last unit) the
+    sidecar of every unit in it is written, each naming the file, then the file itself as
+    ``shards/<first unit id>.parquet``. A unit is done only once its file is (:func:`unit_done`), so the
+    done units of a group are always its first files: a retried or resumed group starts at a cut and writes
+    the same files, byte for byte, as an uninterrupted one (cuts depend only on the units and their rows).
+    Memory: one file's encoded bytes plus one unit.
     """
     from pipeline.plan import WorkUnit
 
@@ -602,28 +603,32 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
     state: dict = {"buf": None, "writer": None, "rows": 0}
 
     def flush():
-        shard = None
+        shard, data = None, None
         if state["writer"] is not None:
             state["writer"].close()
             data = state["buf"].getvalue().to_pybytes()
             path = shard_relpath(part[0][0]["unit_id"])
-            write_bytes_atomic(join(out_uri, path), data, cfg.storage)
             shard = {"path": path, "rows": state["rows"], "bytes": len(data), "sha256": S.sha256(data)}
-            del data
+        # the sidecars first, the file last: a unit is done once its sidecar and the file it names both
+        # exist (:func:`unit_done`), so a kill anywhere in between leaves every unit of this file to do
+        # again from the same cut, never some of them done and the rest written into a second file
         for side, seconds, extra in part:
             side["shard"] = shard
             write_bytes_atomic(sidecar_uri(out_uri, side["unit_id"]), _json_bytes(side), cfg.storage)
             r = _summary_row(side, skipped=False, seconds=seconds)
             r["bytes_read"] += extra  # windows served by the cache -> the blocks it decoded for them
             out_rows.append(r)
+        if shard is not None:
+            write_bytes_atomic(join(out_uri, shard["path"]), data, cfg.storage)
+        del data
         part.clear()
         state.update(buf=None, writer=None, rows=0)
 
     for js in units_json:
         unit = WorkUnit.from_json(js)
         side_uri = sidecar_uri(out_uri, unit.unit_id)
-        if exists(side_uri, cfg.storage):
-            done = json.loads(read_bytes(side_uri, cfg.storage))
+        done = json.loads(read_bytes(side_uri, cfg.storage)) if exists(side_uri, cfg.storage) else None
+        if done is not None and unit_done(done, out_uri, cfg):
             out_rows.append(_summary_row(done, skipped=True, seconds=0.0))
             continue
         t0 = time.perf_counter()
@@ -719,9 +724,32 @@ def remove_partial_files(out_uri: str, cfg: IngestConfig) -> int:
     return n
 
 
+def unit_done(sidecar: dict, out_uri: str, cfg: IngestConfig, shard_names: set[str] | None = None) -> bool:
+    """Whether a unit whose sidecar is ``sidecar`` is finished: it wrote no rows, or the shard file its
+    sidecar names exists (compacted files are written after the sidecars of their units).
+    ``shard_names``: the base names under ``shards/`` when already listed (else one existence check)."""
+    shard = sidecar.get("shard")
+    if not shard:
+        return True
+    if shard_names is not None:
+        return shard["path"].rsplit("/", 1)[-1] in shard_names
+    return exists(join(out_uri, shard["path"]), cfg.storage)
+
+
 def pending_units(units: Iterable, cfg: IngestConfig, out_uri: str) -> tuple[list, list]:
-    """Split planned units into (to do, already done) by the presence of their sidecar."""
-    done_ids = {n[: -len(".json")] for n in list_names(join(out_uri, UNITS_DIR), cfg.storage, ".json")}
+    """Split planned units into (to do, already done): done when :func:`unit_done` says so of its
+    sidecar. Reads only the sidecars that exist (none on a fresh output)."""
+    have = {n[: -len(".json")] for n in list_names(join(out_uri, UNITS_DIR), cfg.storage, ".json")}
+    units = list(units)
+    found = [u for u in units if u.unit_id in have]
+    done_ids = set()
+    if found:
+        shard_names = set(list_names(join(out_uri, SHARDS_DIR), cfg.storage, ".parquet"))
+        for i in range(0, len(found), 10_000):  # concurrent GETs on S3, bounded memory
+            chunk = found[i : i + 10_000]
+            blobs = read_many([sidecar_uri(out_uri, u.unit_id) for u in chunk], cfg.storage)
+            done_ids.update(u.unit_id for u, b in zip(chunk, blobs, strict=True)
+                            if unit_done(json.loads(b), out_uri, cfg, shard_names))
     todo, done = [], []
     for u in units:
         (done if u.unit_id in done_ids else todo).append(u)
