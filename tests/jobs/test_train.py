@@ -335,7 +335,19 @@ from jobs.train.engine import build_partitioned
 from models.registry import create
 torch.manual_seed(0)
 ds = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
+real, sizes = deepspeed.zero.GatheredParameters, []
+
+
+def recording(params, **kw):  # every gather build_partitioned makes, by the numel it makes whole
+    sizes.append(sum(p.ds_numel for p in params))
+    return real(params, **kw)
+
+
+deepspeed.zero.GatheredParameters = recording
 m = build_partitioned(lambda: create("spectralgpt_tiny"), ds)
+deepspeed.zero.GatheredParameters = real
+largest = max(sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules())
+assert sizes and max(sizes) <= largest < sum(p.ds_numel for p in m.parameters()) / 4, (max(sizes), largest)
 w = m.blocks[0].mlp.fc1.weight
 assert w.numel() == 0, w.shape  # still partitioned
 with deepspeed.zero.GatheredParameters([w, m.blocks[0].mlp.fc1.bias]):
@@ -347,7 +359,8 @@ print("ok")
 
 
 def test_zero_init_construction_runs_the_models_own_init(tmp_path):
-    """ZeRO-3 `zero_init`: parameters stay partitioned and carry the model's init, not PyTorch's defaults."""
+    """ZeRO-3 `zero_init`: parameters stay partitioned and carry the model's init, not PyTorch's defaults;
+    the init gathers one submodule at a time, never the whole model."""
     import os
     import subprocess
     import sys

@@ -196,7 +196,7 @@ NO_DECAY = {
 def test_no_weight_decay_names_and_param_groups(name):
     """The exact ≥ 2-D parameters without decay per family, and the jobs' AdamW groups: no decay
     for exactly those plus the 1-D ones (biases, norms); the frozen teacher in no group."""
-    from jobs.train_common import param_groups
+    from jobs.train.engine import param_groups
 
     pre = build_pretrainer(name)
     assert pre.no_weight_decay() == NO_DECAY[name]
@@ -276,7 +276,9 @@ for name, over in json.loads(sys.argv[1]).items():
                     if not torch.equal(p, params["student." + n])
                 )
     res["max_gathered"] = max(sizes)
-    res["largest_submodule"] = max(sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules())
+    res["largest_submodule"] = max(
+        sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules()
+    )
     res["model_numel"] = sum(p.ds_numel for p in params.values())
     out[name] = res
 print("RESULT " + json.dumps(out))
