@@ -88,7 +88,12 @@ def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[s
     plain build's, ``tests/models/test_protocol.py``).
     """
     import deepspeed
+    import torch.distributed as tdist
 
+    # zero.Init reads the config (train_batch_size = micro × accum × world) before it joins the
+    # process group; DeepSpeed's comm layer must know the world already or it checks against 1.
+    if tdist.is_initialized() and not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=tdist.get_backend())
     with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
         model = build()
     model.init_weights(lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0))
