@@ -349,7 +349,3 @@ def test_init_weights_gathers_one_submodule_at_a_time(name):
     total = sum(p.numel() for p in model.parameters())
     assert max(sum(p.numel() for p in ps) for ps in calls) <= largest < total / 4
 
-
-# ---------------------------------------------------------------------------------------------
-# the EMA teacher inside a ZeRO-3 engine (two gloo ranks, each a subprocess)
-# ---------------------------------------------------------------------------------------------
