@@ -409,7 +409,7 @@ def test_build_partitioned_on_two_ranks(tmp_path):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT], 
+        subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
                          env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         for r in range(2)
