@@ -355,7 +355,7 @@ def main(argv=None):
     z.add_argument("--proj-dim", type=int, default=256)
     z.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     z.add_argument("--offload", choices=["none", "nvme"], default="none", help="optimizer states")
-    z.add_argument("--sub-group-size", type=int, default=100_000_000,
+    z.add_argument("--sub-group-size", type=int, default=50_000_000,
                    help="ZeRO-3 optimizer sub-group (bounds the fp32 gradient/update buffers)")
     a = p.parse_args(argv)
     if a.zero3:
