@@ -277,7 +277,7 @@ class SkySense(nn.Module):
         self.geo = GeoContextPrototypes(cfg.num_regions, cfg.num_prototypes, d, cfg.proto_temperature)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
         # Nothing to initialise on the meta device or on ZeRO-3 partitions (deepspeed.zero.Init): call
-        # ``init_weights()`` after ``to_empty`` / inside ``zero.GatheredParameters(..., modifier_rank=0)``.
+        # ``init_weights()`` after ``to_empty`` / ``init_weights(gather)`` with a ZeRO-3 gather.
         if all(has_storage(p) for p in self.parameters()):
             self.init_weights()
 
