@@ -270,8 +270,15 @@ def zero3_mode(args) -> list[dict]:
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-zero3-"))
     data = make_shards(out / "data", rows=args.rows, shards=2, tile_px=args.img, slots=args.slots)
     workers, batch = args.workers, args.workers * args.micro_batch
-    override: dict = {"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": False,
-                                            "sub_group_size": args.sub_group_size}}
+    # DeepSpeed's defaults size its buffers for GPUs with room: a 5e8-element reduce bucket, and up to
+    # 1e9 gathered parameters kept live or kept for reuse (the whole model, student and teacher, under
+    # activation checkpointing). On host RAM they are bounded like the optimizer's sub-groups.
+    bound = args.sub_group_size
+    override: dict = {"zero_optimization": {
+        "stage3_gather_16bit_weights_on_model_save": False, "sub_group_size": bound,
+        "reduce_bucket_size": bound, "stage3_prefetch_bucket_size": bound,
+        "stage3_max_live_parameters": 2 * bound, "stage3_max_reuse_distance": 2 * bound,
+    }}
     nvme = None
     if args.offload == "nvme":
         nvme = str(out / "nvme")
@@ -282,7 +289,8 @@ def zero3_mode(args) -> list[dict]:
     model_over = {"img_size": args.img, "pixel_samples": args.pixel_samples, "proj_dim": args.proj_dim,
                   "num_clusters": 16}
     sets = [
-        f"data.path={data}", f"storage={out / 'runs'}", f"name=zero3-{args.preset}",
+        f"data.path={data}", f"storage={out / 'runs'}", f"name=zero3-{args.model or args.preset}",
+        *([f"model.name={args.model}"] if args.model else []),
         f"stages=[{{img_size: {args.img}, steps: {args.steps}, batch_size: {batch}}}]",
         f"model.overrides={json.dumps(model_over)}",
         f"scaling.num_workers={workers}", "scaling.use_gpu=false",
@@ -310,7 +318,8 @@ def zero3_mode(args) -> list[dict]:
         on_disk = r["nvme_swap_bytes"]
         estimate = 16 * r["n_trainable"] / workers
         row = {
-            "preset": args.preset, "rank": r["rank"], "world": workers, "precision": args.precision,
+            "preset": args.preset, "model": cfg.model.name, "rank": r["rank"], "world": workers,
+            "precision": args.precision,
             "offload": args.offload, "img": args.img, "slots": args.slots, "steps": args.steps,
             "n_trainable": r["n_trainable"], "n_frozen_teacher": r["n_frozen"],
             "param_gib": r["param_bytes"] / 2**30, "grad_gib": r["grad_bytes"] / 2**30,
@@ -347,8 +356,9 @@ def main(argv=None):
     z = p.add_argument_group("ZeRO-3 mode (--zero3)")
     z.add_argument("--zero3", action="store_true", help="a preset under ZeRO-3 through jobs.pretrain's loop")
     z.add_argument("--preset", default="skysense_1b", help="configs/pretrain/<preset>.yaml")
+    z.add_argument("--model", help="another registered model with the preset's settings (a rehearsal)")
     z.add_argument("--workers", type=int, default=2)
-    z.add_argument("--cpus-per-worker", type=float, default=1.0)
+    z.add_argument("--cpus-per-worker", type=float, default=0.5, help="leave Ray Data a CPU")
     z.add_argument("--micro-batch", type=int, default=1)
     z.add_argument("--slots", type=int, default=2, help="dates per sample in the synthetic shards")
     z.add_argument("--pixel-samples", type=int, default=64)
@@ -356,7 +366,7 @@ def main(argv=None):
     z.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     z.add_argument("--offload", choices=["none", "nvme"], default="none", help="optimizer states")
     z.add_argument("--sub-group-size", type=int, default=50_000_000,
-                   help="ZeRO-3 optimizer sub-group (bounds the fp32 gradient/update buffers)")
+                   help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket; 2x: live/reuse parameters")
     a = p.parse_args(argv)
     if a.zero3:
         if a.rows == 256:
