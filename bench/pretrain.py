@@ -189,18 +189,26 @@ def zero3_memory(engine, nvme_dir: str | None) -> dict:
     else:
         grads = [grads]
     states = [v for st in opt.optimizer.state.values() for v in st.values() if torch_is_tensor(v) and v.dim()]
-    swap = 0  # DeepSpeed's swap files live under <nvme_path>/zero_stage_3/<kind>/rank<r>/
+    swap = swap_params = 0  # DeepSpeed's swap files: <nvme_path>/zero_stage_3/<kind>/rank<r>/
     if nvme_dir and os.path.isdir(nvme_dir):
         files = [os.path.join(d, f) for d, _, fs in os.walk(nvme_dir) for f in fs]
-        swap = sum(os.path.getsize(f) for f in files if f"{os.sep}rank{engine.global_rank}{os.sep}" in f)
+        mine = [f for f in files if f"{os.sep}rank{engine.global_rank}{os.sep}" in f]
+        swap = sum(os.path.getsize(f) for f in mine if f"{os.sep}optimizer{os.sep}" in f)
+        swap_params = sum(os.path.getsize(f) for f in mine if f"{os.sep}optimizer{os.sep}" not in f)
+
+    def partition_bytes(ps) -> int:  # from the partition's size (its data may be swapped out)
+        return sum(p.partition_numel() * p.element_size() for p in ps)
+
     return {
-        "params_trainable": sum(p.ds_tensor.numel() for p in trainable),
-        "param_bytes": _bytes(p.ds_tensor for p in trainable),
+        "param_bytes": partition_bytes(trainable),
+        "param_in_ram_bytes": _bytes(p.ds_tensor for p in trainable),
+        "nvme_param_swap_bytes": swap_params,
         "grad_bytes": _bytes(grads),
         "master_bytes": _bytes(getattr(opt, "fp32_partitioned_groups_flat", [])),
         "optim_state_bytes": _bytes(states),
         "nvme_swap_bytes": swap,
-        "frozen_param_bytes": _bytes(p.ds_tensor for p in frozen),
+        "frozen_param_bytes": partition_bytes(frozen),
+        "frozen_ema_fp32_bytes": _bytes(getattr(p, "_ema_fp32", None) for p in frozen),
         "n_trainable": sum(p.ds_numel for p in trainable),
         "n_frozen": sum(p.ds_numel for p in frozen),
     }
@@ -277,14 +285,19 @@ def zero3_mode(args) -> list[dict]:
     override: dict = {"zero_optimization": {
         "stage3_gather_16bit_weights_on_model_save": False, "sub_group_size": bound,
         "reduce_bucket_size": bound, "stage3_prefetch_bucket_size": bound,
-        "stage3_max_live_parameters": 2 * bound, "stage3_max_reuse_distance": 2 * bound,
+        "stage3_max_live_parameters": bound, "stage3_max_reuse_distance": 0,
     }}
     nvme = None
-    if args.offload == "nvme":
+    if args.offload in ("nvme", "nvme-all"):
         nvme = str(out / "nvme")
         os.makedirs(nvme, exist_ok=True)
         override["zero_optimization"]["offload_optimizer"] = {"device": "nvme", "nvme_path": nvme,
                                                               "pin_memory": False}
+    if args.offload == "nvme-all":  # the bf16 parameter partitions too (student and teacher)
+        override["zero_optimization"]["offload_param"] = {
+            "device": "nvme", "nvme_path": nvme, "pin_memory": False, "buffer_count": 5,
+            "buffer_size": args.param_buffer, "max_in_cpu": 0}
+        override["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     preset_cfg = REPO / "configs" / "pretrain" / f"{args.preset}.yaml"
     model_over = {"img_size": args.img, "pixel_samples": args.pixel_samples, "proj_dim": args.proj_dim,
                   "num_clusters": 16}
@@ -298,6 +311,7 @@ def zero3_mode(args) -> list[dict]:
         "deepspeed.zero_stage=3", "deepspeed.zero_init=true", "deepspeed.activation_checkpointing=true",
         f"deepspeed.precision={args.precision}",
         f"deepspeed.offload_optimizer={str(args.offload != 'none').lower()}",
+        f"deepspeed.offload_params={str(args.offload == 'nvme-all').lower()}",
         f"deepspeed.override={json.dumps(override)}",
         "log.every_steps=1", "checkpoint.every_steps=100000", "checkpoint.keep=1", "log.plots=false",
         "export=false", "log.tensorboard=false", "data.shuffle_buffer=0", "data.prefetch_batches=1",
@@ -324,7 +338,9 @@ def zero3_mode(args) -> list[dict]:
             "n_trainable": r["n_trainable"], "n_frozen_teacher": r["n_frozen"],
             "param_gib": r["param_bytes"] / 2**30, "grad_gib": r["grad_bytes"] / 2**30,
             "master_gib": r["master_bytes"] / 2**30, "optim_state_gib": r["optim_state_bytes"] / 2**30,
-            "nvme_swap_gib": on_disk / 2**30,
+            "nvme_swap_gib": on_disk / 2**30, "nvme_param_swap_gib": r["nvme_param_swap_bytes"] / 2**30,
+            "param_in_ram_gib": r["param_in_ram_bytes"] / 2**30,
+            "teacher_ema_fp32_gib": r["frozen_ema_fp32_bytes"] / 2**30,
             "states_gib": (states + on_disk) / 2**30,
             "estimate_16B_gib": estimate / 2**30,
             "states_vs_estimate": (states + on_disk) / estimate,
@@ -364,9 +380,12 @@ def main(argv=None):
     z.add_argument("--pixel-samples", type=int, default=64)
     z.add_argument("--proj-dim", type=int, default=256)
     z.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    z.add_argument("--offload", choices=["none", "nvme"], default="none", help="optimizer states")
-    z.add_argument("--sub-group-size", type=int, default=50_000_000,
-                   help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket; 2x: live/reuse parameters")
+    z.add_argument("--offload", choices=["none", "nvme", "nvme-all"], default="none",
+                   help="optimizer states to NVMe (nvme), and the parameters too (nvme-all)")
+    z.add_argument("--param-buffer", type=int, default=30_000_000,
+                   help="nvme-all: elements per parameter swap buffer (>= the largest parameter)")
+    z.add_argument("--sub-group-size", type=int, default=20_000_000,
+                   help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket, live parameters")
     a = p.parse_args(argv)
     if a.zero3:
         if a.rows == 256:
