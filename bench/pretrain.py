@@ -3,6 +3,7 @@
     python -m bench.pretrain          # CPU: tiny presets through jobs.pretrain (Ray Train, 2 workers)
     python -m bench.pretrain --engine --device cuda --models skysense_1b:3:8 spectralgpt_huge:3:32
     python -m bench.pretrain --engine --device cpu --models spectralgpt_tiny:3:8   # same path on CPU
+    python -m bench.pretrain --zero3 --preset skysense_1b --steps 3 --offload nvme   # 1 B, 2 CPU workers
 
 Job mode runs ``jobs.pretrain.run`` on synthetic shards (contract v2) (streaming from Parquet, no
 cache) and prints the median samples/s and data-wait fraction over the logged windows after the
@@ -11,6 +12,15 @@ random inputs of the model's native shape) and prints samples/s, MFU (FLOPs coun
 FlopCounterMode on the model itself), peak memory, and the measured parameter + optimizer memory
 against the ``16 B × params / world size`` estimate of mixed-precision Adam (fp32 master, m, v;
 bf16 params and grads).
+
+ZeRO-3 mode runs a preset's pretraining config through ``jobs.pretrain``'s loop (Ray Train, gloo,
+``zero_init: true``: built partitioned, initialised one submodule at a time, activation
+checkpointing on) for a few steps at a small input (``--img`` px, ``--slots`` dates, ``--pixel-samples``)
+and reports per rank: the ZeRO-3 partitions of the trainable parameters, their gradients and the
+optimizer's fp32 master weights + Adam moments, wherever they live (RAM or the NVMe swap
+files), against ``16 B × trainable params / world size``; the frozen EMA teacher's partition
+(extra, 2 or 4 B per parameter); the peak RSS after the engine is built and at the end; and
+seconds per step (after the first, which allocates the optimizer states).
 """
 
 from __future__ import annotations
@@ -164,6 +174,188 @@ def engine_mode(args) -> list[dict]:
     return rows
 
 
+def _bytes(ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def zero3_memory(engine, nvme_dir: str | None) -> dict:
+    """This rank's ZeRO-3 state in bytes, by kind (``DeepSpeedZeroOptimizer_Stage3`` attributes)."""
+    module, opt = engine.module, engine.optimizer
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    grads = getattr(opt, "grad_partitions_flat_buffer", None)
+    if grads is None:  # offloaded optimizer: the fp32 gradient partitions of the flat groups
+        grads = [t.grad for t in getattr(opt, "fp32_partitioned_groups_flat", []) if t.grad is not None]
+    else:
+        grads = [grads]
+    states = [v for st in opt.optimizer.state.values() for v in st.values() if torch_is_tensor(v) and v.dim()]
+    swap = swap_params = 0  # DeepSpeed's swap files: <nvme_path>/zero_stage_3/<kind>/rank<r>/
+    if nvme_dir and os.path.isdir(nvme_dir):
+        files = [os.path.join(d, f) for d, _, fs in os.walk(nvme_dir) for f in fs]
+        mine = [f for f in files if f"{os.sep}rank{engine.global_rank}{os.sep}" in f]
+        swap = sum(os.path.getsize(f) for f in mine if f"{os.sep}optimizer{os.sep}" in f)
+        swap_params = sum(os.path.getsize(f) for f in mine if f"{os.sep}optimizer{os.sep}" not in f)
+
+    def partition_bytes(ps) -> int:  # from the partition's size (its data may be swapped out)
+        return sum(p.partition_numel() * p.element_size() for p in ps)
+
+    return {
+        "param_bytes": partition_bytes(trainable),
+        "param_in_ram_bytes": _bytes(p.ds_tensor for p in trainable),
+        "nvme_param_swap_bytes": swap_params,
+        "grad_bytes": _bytes(grads),
+        "master_bytes": _bytes(getattr(opt, "fp32_partitioned_groups_flat", [])),
+        "optim_state_bytes": _bytes(states),
+        "nvme_swap_bytes": swap,
+        "frozen_param_bytes": partition_bytes(frozen),
+        "frozen_ema_fp32_bytes": _bytes(getattr(p, "_ema_fp32", None) for p in frozen),
+        "n_trainable": sum(p.ds_numel for p in trainable),
+        "n_frozen": sum(p.ds_numel for p in frozen),
+    }
+
+
+def torch_is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def _bench_loop_cls():
+    """``PretrainLoop`` + per-rank memory and step times, gathered to rank 0's last report."""
+    from jobs.pretrain import PretrainLoop
+
+    class Zero3BenchLoop(PretrainLoop):
+        def setup(self) -> None:
+            t0 = time.perf_counter()
+            super().setup()
+            self.bench = {"setup_s": time.perf_counter() - t0, "peak_rss_setup_gib": _peak_rss_gib(),
+                          "rss_setup_gib": _rss_gib(), "step_s": []}
+
+        def train_step(self, micro, si) -> None:
+            self.t_step = time.perf_counter()
+            super().train_step(micro, si)
+            if self.step < self.total:  # the last step's time is taken in log(), before the gather
+                self.bench["step_s"].append(time.perf_counter() - self.t_step)
+
+        def log(self, si, lr, loss, parts):
+            import torch.distributed as dist
+
+            if self.step == self.total:
+                self.bench["step_s"].append(time.perf_counter() - self.t_step)
+            metrics = super().log(si, lr, loss, parts)
+            if self.step == self.total:  # the last step: everything is allocated
+                nvme = (self.ds_config["zero_optimization"].get("offload_optimizer") or {}).get("nvme_path")
+                mine = {**self.bench, **zero3_memory(self.engine, nvme), "rank": self.rank,
+                        "peak_rss_gib": _peak_rss_gib(), "rss_gib": _rss_gib()}
+                ranks = [None] * self.world
+                dist.all_gather_object(ranks, mine)
+                metrics["bench"] = ranks
+            return metrics
+
+    return Zero3BenchLoop
+
+
+def zero3_mode(args) -> list[dict]:
+    """``jobs.pretrain`` on 2 CPU workers under ZeRO-3 (see the module docstring)."""
+    from jobs import cli
+    from jobs.pretrain import PretrainConfig
+    from jobs.train.data import build_dataset, read_manifest
+    from jobs.train.loop import fit
+    from pipeline.synthetic.samples import make_shards
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-zero3-"))
+    data = make_shards(out / "data", rows=args.rows, shards=2, tile_px=args.img, slots=args.slots)
+    workers, batch = args.workers, args.workers * args.micro_batch
+    # DeepSpeed's defaults size its buffers for GPUs with room: a 5e8-element reduce bucket, and up to
+    # 1e9 gathered parameters kept live or kept for reuse (the whole model, student and teacher, under
+    # activation checkpointing). On host RAM they are bounded like the optimizer's sub-groups.
+    bound = args.sub_group_size
+    override: dict = {"zero_optimization": {
+        "stage3_gather_16bit_weights_on_model_save": False, "sub_group_size": bound,
+        "reduce_bucket_size": bound, "stage3_prefetch_bucket_size": bound,
+        "stage3_max_live_parameters": bound, "stage3_max_reuse_distance": 0,
+    }}
+    nvme = None
+    if args.offload in ("nvme", "nvme-all"):
+        nvme = str(out / "nvme")
+        os.makedirs(nvme, exist_ok=True)
+        override["zero_optimization"]["offload_optimizer"] = {"device": "nvme", "nvme_path": nvme,
+                                                              "pin_memory": False}
+    if args.offload == "nvme-all":  # the bf16 parameter partitions too (student and teacher)
+        override["zero_optimization"]["offload_param"] = {
+            "device": "nvme", "nvme_path": nvme, "pin_memory": False, "buffer_count": 5,
+            "buffer_size": args.param_buffer, "max_in_cpu": 0}
+        override["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    preset_cfg = REPO / "configs" / "pretrain" / f"{args.preset}.yaml"
+    model_over = {"img_size": args.img, "pixel_samples": args.pixel_samples, "proj_dim": args.proj_dim,
+                  "num_clusters": 16}
+    sets = [
+        f"data.path={data}", f"storage={out / 'runs'}", f"name=zero3-{args.model or args.preset}",
+        *([f"model.name={args.model}"] if args.model else []),
+        f"stages=[{{img_size: {args.img}, steps: {args.steps}, batch_size: {batch}}}]",
+        f"model.overrides={json.dumps(model_over)}",
+        f"scaling.num_workers={workers}", "scaling.use_gpu=false",
+        f"scaling.cpus_per_worker={args.cpus_per_worker}",
+        "deepspeed.zero_stage=3", "deepspeed.zero_init=true", "deepspeed.activation_checkpointing=true",
+        f"deepspeed.precision={args.precision}",
+        f"deepspeed.offload_optimizer={str(args.offload != 'none').lower()}",
+        f"deepspeed.offload_params={str(args.offload == 'nvme-all').lower()}",
+        f"deepspeed.override={json.dumps(override)}",
+        "log.every_steps=1", "checkpoint.every_steps=100000", "checkpoint.keep=1", "log.plots=false",
+        "export=false", "log.tensorboard=false", "data.shuffle_buffer=0", "data.prefetch_batches=1",
+        "max_failures=0",
+    ]
+    cfg = cli.load_config(PretrainConfig, preset_cfg, sets)
+    cli.init_ray(num_cpus=args.cpus) if args.cpus else cli.init_ray()
+    manifest = read_manifest(cfg.data.path, cfg.data.storage)
+    t0 = time.perf_counter()
+    result = fit(cfg, _bench_loop_cls(), {"train": build_dataset(cfg, manifest)}, cli.config_json(cfg))
+    wall = time.perf_counter() - t0
+    ranks = (result.metrics or {}).get("bench")
+    if not ranks:
+        raise RuntimeError(f"the run reported no bench figures: {result.metrics}")
+    rows = []
+    for r in ranks:
+        states = r["param_bytes"] + r["grad_bytes"] + r["master_bytes"] + r["optim_state_bytes"]
+        on_disk = r["nvme_swap_bytes"]
+        estimate = 16 * r["n_trainable"] / workers
+        row = {
+            "preset": args.preset, "model": cfg.model.name, "rank": r["rank"], "world": workers,
+            "precision": args.precision,
+            "offload": args.offload, "img": args.img, "slots": args.slots, "steps": args.steps,
+            "n_trainable": r["n_trainable"], "n_frozen_teacher": r["n_frozen"],
+            "param_gib": r["param_bytes"] / 2**30, "grad_gib": r["grad_bytes"] / 2**30,
+            "master_gib": r["master_bytes"] / 2**30, "optim_state_gib": r["optim_state_bytes"] / 2**30,
+            "nvme_swap_gib": on_disk / 2**30, "nvme_param_swap_gib": r["nvme_param_swap_bytes"] / 2**30,
+            "param_in_ram_gib": r["param_in_ram_bytes"] / 2**30,
+            "teacher_ema_fp32_gib": r["frozen_ema_fp32_bytes"] / 2**30,
+            "states_gib": (states + on_disk) / 2**30,
+            "estimate_16B_gib": estimate / 2**30,
+            "states_vs_estimate": (states + on_disk) / estimate,
+            "teacher_gib": r["frozen_param_bytes"] / 2**30,
+            "peak_rss_setup_gib": r["peak_rss_setup_gib"], "peak_rss_gib": r["peak_rss_gib"],
+            "setup_s": r["setup_s"],
+            "step_s": r["step_s"],
+            "step_s_after_first": statistics.median(r["step_s"][1:]) if len(r["step_s"]) > 1 else None,
+            "wall_s": wall,
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--engine", action="store_true", help="one-device DeepSpeed engine benchmark (no Ray)")
@@ -177,7 +369,30 @@ def main(argv=None):
     p.add_argument("--cache", action="store_true", help="job mode: cache preprocessed samples")
     p.add_argument("--cpus", type=int, default=None)
     p.add_argument("--out")
+    z = p.add_argument_group("ZeRO-3 mode (--zero3)")
+    z.add_argument("--zero3", action="store_true", help="a preset under ZeRO-3 through jobs.pretrain's loop")
+    z.add_argument("--preset", default="skysense_1b", help="configs/pretrain/<preset>.yaml")
+    z.add_argument("--model", help="another registered model with the preset's settings (a rehearsal)")
+    z.add_argument("--workers", type=int, default=2)
+    z.add_argument("--cpus-per-worker", type=float, default=0.5, help="leave Ray Data a CPU")
+    z.add_argument("--micro-batch", type=int, default=1)
+    z.add_argument("--slots", type=int, default=2, help="dates per sample in the synthetic shards")
+    z.add_argument("--pixel-samples", type=int, default=64)
+    z.add_argument("--proj-dim", type=int, default=256)
+    z.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    z.add_argument("--offload", choices=["none", "nvme", "nvme-all"], default="none",
+                   help="optimizer states to NVMe (nvme), and the parameters too (nvme-all)")
+    z.add_argument("--param-buffer", type=int, default=30_000_000,
+                   help="nvme-all: elements per parameter swap buffer (>= the largest parameter)")
+    z.add_argument("--sub-group-size", type=int, default=20_000_000,
+                   help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket, live parameters")
     a = p.parse_args(argv)
+    if a.zero3:
+        if a.rows == 256:
+            a.rows = 16
+        if a.img == 128:
+            a.img = 32
+        return zero3_mode(a)
     return engine_mode(a) if a.engine else job_mode(a)
 
 

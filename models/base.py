@@ -6,10 +6,15 @@ registry-parametrized protocol test (``tests/models/test_protocol.py``), not a t
 Encoder (``models.registry.create(name)``)::
 
     config                          frozen dataclass of the architecture
-    init_weights() -> None          (re-)initialise every parameter from the global RNG; skips
-                                    tensors without storage (meta, ZeRO-3 partitions), so under
-                                    ``deepspeed.zero.Init`` call it inside
-                                    ``zero.GatheredParameters(params, modifier_rank=0)``
+    init_weights(gather: Gather = contextlib.nullcontext) -> None
+                                    (re-)initialise every parameter from the global RNG, one
+                                    submodule at a time: each step runs inside ``gather(params)``
+                                    for the parameters it writes (a submodule's own ones), so under
+                                    ``deepspeed.zero.Init`` the job passes ``lambda ps:
+                                    zero.GatheredParameters(ps, modifier_rank=0)`` and no rank
+                                    holds more than one submodule whole; the values and the RNG
+                                    draws are those of the plain build. Tensors without storage
+                                    (meta, ZeRO-3 partitions outside a gather) are skipped
     set_grad_checkpointing(enable: bool = True) -> None
                                     activation checkpointing of every block stack while training
     no_weight_decay() -> set[str]   full names (as in ``named_parameters()``) of the parameters
@@ -34,14 +39,22 @@ Pure torch: no deepspeed, no ray. ZeRO-3 is met by duck typing: a parameter carr
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["Encoder", "Pretrainer", "cosine_momentum", "ema_", "has_storage"]
+__all__ = [
+    "Encoder", "Gather", "Pretrainer", "apply_gathered", "cosine_momentum", "ema_", "gathered", "has_storage",
+]
+
+#: ``gather(params)``: a context inside which ``params`` hold their full tensors, and after which
+#: what was written to them is kept (ZeRO-3: ``zero.GatheredParameters(params, modifier_rank=0)``).
+Gather = Callable[[list[nn.Parameter]], AbstractContextManager]
 
 
 @runtime_checkable
@@ -50,8 +63,9 @@ class Encoder(Protocol):
 
     config: Any
 
-    def init_weights(self) -> None:
-        """Initialise every parameter that has storage from the global RNG (idempotent per seed)."""
+    def init_weights(self, gather: Gather = contextlib.nullcontext) -> None:
+        """Initialise every parameter from the global RNG (idempotent per seed), one submodule at a
+        time inside ``gather(its parameters)``."""
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation checkpointing of every block stack on or off."""
@@ -79,6 +93,32 @@ class Pretrainer(Encoder, Protocol):
 def has_storage(t: torch.Tensor | None) -> bool:
     """False for None, meta tensors and ZeRO-3-partitioned parameters (numel 0)."""
     return t is not None and t.numel() > 0 and not t.is_meta
+
+
+def gathered(gather: Gather, fn: Callable[..., Any], *tensors: torch.Tensor | None, **kw) -> None:
+    """``fn(t, **kw)`` for each of ``tensors`` that has storage, all inside one ``gather`` of the
+    parameters among them (None entries, e.g. a Linear without bias, are skipped)."""
+    ts = [t for t in tensors if t is not None]
+    with gather([t for t in ts if isinstance(t, nn.Parameter)]):
+        for t in ts:
+            if has_storage(t):
+                fn(t, **kw)
+
+
+def apply_gathered(
+    module: nn.Module, fn: Callable[[nn.Module], None], gather: Gather, types: tuple[type, ...]
+) -> None:
+    """``module.apply(fn)`` (the same post-order, so the same RNG draws) with each call on a
+    submodule of one of ``types`` (those ``fn`` writes) inside ``gather`` of that submodule's own
+    parameters: the largest set ever gathered is one submodule's direct parameters, never the model."""
+    for child in module.children():
+        apply_gathered(child, fn, gather, types)
+    own = list(module.parameters(recurse=False)) if isinstance(module, types) else []
+    if own:
+        with gather(own):
+            fn(module)
+    else:
+        fn(module)
 
 
 def cosine_momentum(step: int, total_steps: int, m0: float, m1: float = 1.0) -> float:

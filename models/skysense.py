@@ -30,6 +30,7 @@ patch/4 … patch*2 for ``SegmentationHead``), see ``SkySense.encode``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from models.base import has_storage
+from models.base import Gather, apply_gathered, gathered, has_storage
 from models.layers import Block, checkpoint_blocks, init_weights_mae, sincos_pos_embed_2d
 from models.registry import create_pretrainer, get_preset, register_presets
 from models.swin import SwinV2Encoder
@@ -276,7 +277,7 @@ class SkySense(nn.Module):
         self.geo = GeoContextPrototypes(cfg.num_regions, cfg.num_prototypes, d, cfg.proto_temperature)
         self.set_grad_checkpointing(cfg.grad_checkpointing)
         # Nothing to initialise on the meta device or on ZeRO-3 partitions (deepspeed.zero.Init): call
-        # ``init_weights()`` after ``to_empty`` / inside ``zero.GatheredParameters(..., modifier_rank=0)``.
+        # ``init_weights()`` after ``to_empty`` / ``init_weights(gather)`` with a ZeRO-3 gather.
         if all(has_storage(p) for p in self.parameters()):
             self.init_weights()
 
@@ -289,21 +290,22 @@ class SkySense(nn.Module):
         """Channels of the four ``levels`` maps (for ``SegmentationHead``)."""
         return [self.config.s2_dim] * 3 + [self.config.fusion_dim]
 
-    def init_weights(self) -> None:
+    def init_weights(self, gather: Gather = contextlib.nullcontext) -> None:
         """MAE-style init: Linear xavier-uniform (patch embeds flattened), embeddings N(0, 0.02).
 
         Initialises every parameter, so ``to_empty`` after meta-device construction + this is
-        complete; tensors without storage (ZeRO-3 partitions) are skipped: call it inside
-        ``deepspeed.zero.GatheredParameters(params, modifier_rank=0)`` there.
+        complete. One submodule (or token) at a time inside ``gather(its parameters)``
+        (``models.base`` protocol); tensors without storage outside a gather are skipped.
         """
-        self.apply(init_weights_mae)
+        apply_gathered(self, init_weights_mae, gather, (nn.Linear, nn.LayerNorm))
         for m in self.modules():
-            if isinstance(m, nn.Conv2d) and has_storage(m.weight):  # the patch embeddings
-                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d):  # the patch embeddings
+                with gather([m.weight, m.bias]):
+                    if has_storage(m.weight):
+                        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                        nn.init.zeros_(m.bias)
         for t in (self.doy_embed.weight, self.modality_embed, self.fusion_token, self.geo.prototypes):
-            if has_storage(t):
-                nn.init.normal_(t, std=0.02)
+            gathered(gather, nn.init.normal_, t, std=0.02)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing of every block stack (S2/S1 ViTs, HR window blocks, temporal

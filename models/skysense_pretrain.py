@@ -34,6 +34,7 @@ moves it by EMA with momentum cosine from ``teacher_momentum`` to ``teacher_mome
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import cosine_momentum, ema_, has_storage
+from models.base import Gather, cosine_momentum, ema_, gathered, has_storage
 from models.layers import Mlp
 from models.losses import info_nce, sinkhorn, soft_cross_entropy
 from models.skysense import SkySense, SkySenseConfig, region_index
@@ -181,13 +182,15 @@ class _ProjectionHeads(nn.Module):
         self.s1 = Mlp(dim, hidden, out)
         self.centres = nn.Parameter(torch.randn(num_clusters, out) * 0.02)
 
-    def init_weights(self) -> None:
-        """Linear layers as PyTorch builds them (kaiming-uniform), centres N(0, 0.02)."""
+    def init_weights(self, gather: Gather = contextlib.nullcontext) -> None:
+        """Linear layers as PyTorch builds them (kaiming-uniform), centres N(0, 0.02); one Linear
+        at a time inside ``gather(its parameters)``."""
         for m in self.modules():
-            if isinstance(m, nn.Linear) and has_storage(m.weight):
-                m.reset_parameters()
-        if has_storage(self.centres):
-            nn.init.normal_(self.centres, std=0.02)
+            if isinstance(m, nn.Linear):
+                with gather(list(m.parameters(recurse=False))):
+                    if has_storage(m.weight):
+                        m.reset_parameters()
+        gathered(gather, nn.init.normal_, self.centres, std=0.02)
 
 
 def _rng_devices() -> list[int]:
@@ -239,10 +242,12 @@ class SkySensePretrainer(nn.Module):
 
     # -- protocol ---------------------------------------------------------------------------
 
-    def init_weights(self) -> None:
-        """Student and heads afresh from the global RNG, then the teacher copied from them."""
-        self.student.init_weights()
-        self.heads.init_weights()
+    def init_weights(self, gather: Gather = contextlib.nullcontext) -> None:
+        """Student and heads afresh from the global RNG (one submodule at a time inside
+        ``gather``), then the teacher copied from them: on ZeRO-3 partitions, so the teacher is
+        never gathered (``ema_`` with momentum 0 copies each rank's slice)."""
+        self.student.init_weights(gather)
+        self.heads.init_weights(gather)
         self.sync_teacher()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -25,6 +25,7 @@ projection; ``models.checkpoint`` concatenates the official q/k/v weights on loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from models.base import has_storage
+from models.base import Gather, gathered, has_storage
 from models.layers import Attention, Block, checkpoint_blocks, resample_pos_embed_2d
 from models.losses import mae_loss_terms
 from models.registry import register_presets
@@ -160,44 +161,43 @@ class SpectralGPT(nn.Module):
 
     # ------------------------------------------------------------------------------ setup
 
-    def init_weights(self) -> None:
+    def init_weights(self, gather: Gather = contextlib.nullcontext) -> None:
         """Official init: pos embeds ~ trunc N(0, .02), mask token ~ N(0, .02), patch embed and
         Linear weights xavier-uniform (q, k, v each on its own, as the official separate Linears),
         biases 0, LayerNorm 1/0.
 
-        Tensors without storage here are skipped: meta tensors, and parameters that
-        ``deepspeed.zero.Init`` has already partitioned (numel 0). Under ZeRO-3 construction, call
-        this again inside ``deepspeed.zero.GatheredParameters(list(model.parameters()),
-        modifier_rank=0)`` so rank 0 initialises the full tensors.
+        One submodule (or token) at a time inside ``gather(its parameters)`` (``models.base``
+        protocol: under ``deepspeed.zero.Init`` no rank holds more than one submodule whole);
+        tensors without storage outside a gather (meta, ZeRO-3 partitions) are skipped.
         """
-
-        def init(fn, t: torch.Tensor, *args, **kw) -> None:
-            if has_storage(t):
-                fn(t, *args, **kw)
-
         for pe in (
             self.pos_embed_spatial,
             self.pos_embed_temporal,
             self.decoder_pos_embed_spatial,
             self.decoder_pos_embed_temporal,
         ):
-            init(nn.init.trunc_normal_, pe, std=0.02)
-        init(nn.init.normal_, self.mask_token, std=0.02)
-        w = self.patch_embed.proj.weight
-        if has_storage(w):
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        init(nn.init.zeros_, self.patch_embed.proj.bias)
+            gathered(gather, nn.init.trunc_normal_, pe, std=0.02)
+        gathered(gather, nn.init.normal_, self.mask_token, std=0.02)
+        proj = self.patch_embed.proj
+        with gather([proj.weight, proj.bias]):
+            if has_storage(proj.weight):
+                nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+            if has_storage(proj.bias):
+                nn.init.zeros_(proj.bias)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                init(nn.init.xavier_uniform_, m.weight)
-                init(nn.init.zeros_, m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                init(nn.init.ones_, m.weight)
-                init(nn.init.zeros_, m.bias)
+            if isinstance(m, nn.Linear | nn.LayerNorm):
+                fill = nn.init.xavier_uniform_ if isinstance(m, nn.Linear) else nn.init.ones_
+                with gather(list(m.parameters(recurse=False))):
+                    if has_storage(m.weight):
+                        fill(m.weight)
+                    if has_storage(m.bias):
+                        nn.init.zeros_(m.bias)
         for m in self.modules():
-            if isinstance(m, Attention) and has_storage(m.qkv.weight):
-                for chunk in m.qkv.weight.data.chunk(3, dim=0):  # fused qkv: xavier per q, k, v
-                    nn.init.xavier_uniform_(chunk)
+            if isinstance(m, Attention):  # fused qkv: xavier per q, k, v
+                with gather([m.qkv.weight]):
+                    if has_storage(m.qkv.weight):
+                        for chunk in m.qkv.weight.data.chunk(3, dim=0):
+                            nn.init.xavier_uniform_(chunk)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing of every encoder and decoder block while training."""

@@ -78,18 +78,25 @@ def build_deepspeed_config(
 
 def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
     """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
-    its own ``init_weights()`` on the gathered parameters.
+    its own ``init_weights(gather)``, which gathers one submodule at a time.
 
     ``zero.Init`` partitions each submodule as soon as it is built, so the model's init in
     ``__init__`` saw empty tensors and skipped them (their values would be PyTorch's defaults, not
-    the model's init). Rank 0's initialised values are broadcast when the gather exits.
+    the model's init). ``gather`` makes one submodule's parameters whole on every rank, rank 0
+    writes them from the seeded RNG, and its values are broadcast and re-partitioned when the
+    gather exits: the peak per rank is the largest submodule, not the model (the values equal a
+    plain build's, ``tests/models/test_protocol.py``).
     """
     import deepspeed
+    import torch.distributed as tdist
 
+    # zero.Init reads the config (train_batch_size = micro × accum × world) before it joins the
+    # process group; DeepSpeed's comm layer must know the world already or it checks against 1.
+    if tdist.is_initialized() and not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=tdist.get_backend())
     with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
         model = build()
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-        model.init_weights()
+    model.init_weights(lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0))
     return model
 
 

@@ -335,7 +335,19 @@ from jobs.train.engine import build_partitioned
 from models.registry import create
 torch.manual_seed(0)
 ds = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
+real, sizes = deepspeed.zero.GatheredParameters, []
+
+
+def recording(params, **kw):  # every gather build_partitioned makes, by the numel it makes whole
+    sizes.append(sum(p.ds_numel for p in params))
+    return real(params, **kw)
+
+
+deepspeed.zero.GatheredParameters = recording
 m = build_partitioned(lambda: create("spectralgpt_tiny"), ds)
+deepspeed.zero.GatheredParameters = real
+largest = max(sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules())
+assert sizes and max(sizes) <= largest < sum(p.ds_numel for p in m.parameters()) / 4, (max(sizes), largest)
 w = m.blocks[0].mlp.fc1.weight
 assert w.numel() == 0, w.shape  # still partitioned
 with deepspeed.zero.GatheredParameters([w, m.blocks[0].mlp.fc1.bias]):
@@ -347,7 +359,8 @@ print("ok")
 
 
 def test_zero_init_construction_runs_the_models_own_init(tmp_path):
-    """ZeRO-3 `zero_init`: parameters stay partitioned and carry the model's init, not PyTorch's defaults."""
+    """ZeRO-3 `zero_init`: parameters stay partitioned and carry the model's init, not PyTorch's defaults;
+    the init gathers one submodule at a time, never the whole model."""
     import os
     import subprocess
     import sys
@@ -356,6 +369,54 @@ def test_zero_init_construction_runs_the_models_own_init(tmp_path):
     out = subprocess.run([sys.executable, "-c", ZERO_INIT_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+TWO_RANK_SCRIPT = """
+import os, torch, torch.distributed as dist
+dist.init_process_group("gloo")  # as Ray Train leaves it: torch's group up, DeepSpeed's comm not
+torch.set_num_threads(1)
+import deepspeed
+from jobs.train.engine import build_partitioned
+from models.registry import create_pretrainer
+torch.manual_seed(0)
+ds = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+      "zero_optimization": {"stage": 3}}  # all three, as build_deepspeed_config writes them
+m = build_partitioned(lambda: create_pretrainer("skysense_tiny", proj_dim=16), ds)
+params = list(m.parameters())
+assert all(p.numel() == 0 and p.ds_tensor.numel() <= (p.ds_numel + 1) // 2 for p in params)
+with deepspeed.zero.GatheredParameters(params):
+    flat = torch.cat([p.detach().flatten() for p in params])
+    same_teacher = all(torch.equal(t, s) for t, s in zip(m.teacher.parameters(), m.student.parameters()))
+both = [torch.zeros_like(flat) for _ in range(2)]
+dist.all_gather(both, flat)
+assert same_teacher and torch.equal(both[0], both[1]) and flat.std() > 0
+print("ok")
+"""
+
+
+def test_build_partitioned_on_two_ranks(tmp_path):
+    """Two gloo ranks, the process group started as Ray Train starts it: ``build_partitioned``
+    accepts a ``train_batch_size`` of the real world size, halves every parameter, and both
+    ranks hold the same initialised values (the teacher equal to the student)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
+                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
 
 
 # ------------------------------------------------------------------------------------ family table

@@ -8,6 +8,7 @@ Widths, heads and every other preset field stay as registered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -257,10 +258,16 @@ for name, over in json.loads(sys.argv[1]).items():
         m = create_pretrainer(name, **over)
     params = dict(m.named_parameters())
     res = {"partitioned": all(hasattr(p, "ds_tensor") and p.numel() == 0 for p in params.values())}
+    sizes = []
+
+    def gather(ps):  # what jobs.train.engine.build_partitioned passes, counting what it makes whole
+        sizes.append(sum(p.ds_numel for p in ps))
+        return deepspeed.zero.GatheredParameters(ps, modifier_rank=0)
+
     for k in ("first", "again"):
-        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
-            torch.manual_seed(1)
-            m.init_weights()
+        torch.manual_seed(1)
+        m.init_weights(gather)
+        res["partitioned_after_" + k] = all(p.numel() == 0 for p in params.values())
         with deepspeed.zero.GatheredParameters(list(params.values())):
             res[k] = sorted(n for n, p in params.items() if not torch.equal(p, want[n]))
             if hasattr(m, "teacher"):
@@ -268,6 +275,11 @@ for name, over in json.loads(sys.argv[1]).items():
                     n for n, p in m.teacher.named_parameters()
                     if not torch.equal(p, params["student." + n])
                 )
+    res["max_gathered"] = max(sizes)
+    res["largest_submodule"] = max(
+        sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules()
+    )
+    res["model_numel"] = sum(p.ds_numel for p in params.values())
     out[name] = res
 print("RESULT " + json.dumps(out))
 """
@@ -296,14 +308,44 @@ def zero_init_results():
 @pytest.mark.parametrize("name", list_models())
 def test_init_weights_idempotent_under_zero_init(zero_init_results, name):
     """Built under ``deepspeed.zero.Init`` (every parameter partitioned from the start, the SkySense
-    teacher included), then ``init_weights`` on the gathered parameters with seed 1 gives exactly
-    the plain build's ``init_weights`` with seed 1, twice in a row; the teacher equals the student."""
+    teacher included), then ``init_weights`` gathering one submodule at a time (as
+    ``build_partitioned`` does) with seed 1 gives exactly the plain build's ``init_weights`` with
+    seed 1, twice in a row; the teacher equals the student; no gather holds more than the largest
+    submodule's own parameters, and everything is partitioned again afterwards."""
     res = zero_init_results[name]
-    assert res["partitioned"]
+    assert res["partitioned"] and res["partitioned_after_first"] and res["partitioned_after_again"]
     assert res["first"] == [] and res["again"] == []
     assert res.get("teacher_differs", []) == []
+    assert res["max_gathered"] <= res["largest_submodule"] < res["model_numel"] / 2, res
 
 
-# ---------------------------------------------------------------------------------------------
-# the EMA teacher inside a ZeRO-3 engine (two gloo ranks, each a subprocess)
-# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["spectralgpt_tiny", "skysense_tiny"])
+def test_init_weights_gathers_one_submodule_at_a_time(name):
+    """``init_weights(gather)`` passes every trainable parameter through ``gather`` (so under ZeRO-3
+    none is left uninitialised), each call at most one submodule's own parameters (the model is
+    never gathered whole), the SkySense teacher never (it is synced on partitions); the values and
+    the RNG stream are those of ``init_weights()``."""
+    model = build_pretrainer(name)
+    torch.manual_seed(1)
+    model.init_weights()
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    after = torch.rand(4)
+    calls: list[list[torch.nn.Parameter]] = []
+
+    def gather(ps):
+        calls.append(list(ps))
+        return contextlib.nullcontext()
+
+    torch.manual_seed(1)
+    model.init_weights(gather)
+    assert torch.equal(torch.rand(4), after)  # the same RNG draws, in the same order
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    seen = {id(p) for ps in calls for p in ps}
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable <= seen, sorted(names[i] for i in trainable - seen)
+    assert not any(names[i].startswith("teacher") for i in seen)
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    total = sum(p.numel() for p in model.parameters())
+    assert max(sum(p.numel() for p in ps) for ps in calls) <= largest < total / 4
+
