@@ -204,7 +204,7 @@ def block_trace(trace: Path) -> dict:
 def ingest(info, cfg: IngestConfig, out: Path, cpus: int, trace: Path | None = None) -> dict:
     import ray
 
-    from jobs.ingest import run
+    from jobs.ingest import IngestJobConfig, run
     from pipeline.ingest import BLOCK_TRACE_ENV
 
     shutil.rmtree(out, ignore_errors=True)
@@ -219,7 +219,7 @@ def ingest(info, cfg: IngestConfig, out: Path, cpus: int, trace: Path | None = N
         ray.get([ray.remote(num_cpus=1)(lambda: __import__("pipeline.ingest")).remote() for _ in range(cpus)])
         with WorkerMemory() as mem:
             t = time.perf_counter()
-            s = run(cfg, info.items, str(out))
+            s = run(IngestJobConfig.of(cfg, info.items, str(out)))
             s["wall"] = time.perf_counter() - t
         s["peak_rss"], s["peak_hwm"], s["workers_seen"] = mem.peak_rss, mem.peak_hwm, len(mem.pids)
         s["worker_cpu_s"] = mem.cpu_seconds

@@ -62,7 +62,7 @@ def prepare(out: Path, scenes: int, size_px: int, blocksize: int) -> tuple[Path,
         from jobs import ingest
 
         cfg = load_config(IngestConfig, REPO / "configs" / "ingest" / "tiny.yaml")
-        ingest.run(cfg, str(items), str(ingest_dir))
+        ingest.run(ingest.IngestJobConfig.of(cfg, items, ingest_dir))
     return items, ingest_dir
 
 

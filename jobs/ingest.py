@@ -49,6 +49,11 @@ class IngestJobConfig(IngestConfig):
     def pipeline_config(self) -> IngestConfig:
         return IngestConfig.model_validate(self.model_dump(exclude={"items", "output"}))
 
+    @classmethod
+    def of(cls, cfg: IngestConfig, items: str, output: str) -> IngestJobConfig:
+        """The job of pipeline settings ``cfg`` from ``items`` to ``output`` (benches, notebooks)."""
+        return cls.model_validate({**cfg.model_dump(), "items": str(items), "output": str(output)})
+
 
 def run(job: IngestJobConfig) -> dict:
     """Plan on the driver, process pending units with Ray Data, write manifest + rejects; the summary."""

@@ -26,6 +26,7 @@ import pytest
 from jobs.cli import ConfigError, load_config
 from jobs.ingest import IngestJobConfig, main, run
 from pipeline import synthetic
+from pipeline.config import IngestConfig
 from pipeline.sensors import S2
 from pipeline.shards import read_shards
 
@@ -312,3 +313,11 @@ def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, r
                 and p.stat().st_mtime > time.time() - 600]
     for p in ray_logs:
         assert SECRET.encode() not in p.read_bytes(), p
+
+
+def test_a_job_from_pipeline_settings_round_trips():
+    """``IngestJobConfig.of`` (the benches' way in) keeps every pipeline setting and adds only the paths."""
+    cfg = load_config(IngestConfig, TINY, ["max_cloud=0.25"])
+    job = IngestJobConfig.of(cfg, "items.json", "s3://b/out")
+    assert (job.items, job.output) == ("items.json", "s3://b/out")
+    assert job.pipeline_config() == cfg
