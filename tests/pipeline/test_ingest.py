@@ -509,16 +509,27 @@ def test_compacted_shards_are_cut_by_size_named_and_hold_every_row(tmp_path, sce
         np.testing.assert_array_equal(got[k][order_got], want[k][order_want], err_msg=k)
 
 
+def _run_group(cfg, out, units) -> list[dict]:
+    """One unit group through the ingest's per-task function, in this process."""
+    return ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in units]})
+
+
+def _compacted_reference(scenes, out):
+    """(units, compacting config with two units a file, their one group, the files of an uninterrupted run
+    of it written to ``out``)."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    (group,) = ING.group_units(units, None, cfg)
+    _run_group(cfg, out, group)
+    ING.finalize(units, cfg, str(out))
+    return units, cfg, group, _files(out)
+
+
 def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes, monkeypatch):
     """A run killed after its first file (the third unit fails hard) leaves that file and the sidecars of
     its units only; resuming the pending units writes the rest, and the output equals an uninterrupted run
     byte for byte; running again writes nothing."""
-    units = _block_units(scenes)
-    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
-    (group,) = ING.group_units(units, None, cfg)
-    ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
-    ING.finalize(units, cfg, str(tmp_path / "ref"))
-    ref = _files(tmp_path / "ref")
+    units, cfg, group, ref = _compacted_reference(scenes, tmp_path / "ref")
 
     real, seen = ING.unit_rows, []
 
@@ -531,17 +542,17 @@ def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes,
     out = tmp_path / "run"
     monkeypatch.setattr(ING, "unit_rows", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt, match="killed"):
-        ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+        _run_group(cfg, out, group)
     monkeypatch.setattr(ING, "unit_rows", real)
     assert sorted(p.name for p in (out / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
     todo, done = ING.pending_units(units, cfg, str(out))
     assert sorted(u.unit_id for u in done) == sorted(u.unit_id for u in group[:2])
     (rest,) = ING.group_units(todo, None, cfg)
-    rows = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in rest]})
+    rows = _run_group(cfg, out, rest)
     assert not any(r["skipped"] for r in rows)
     ING.finalize(units, cfg, str(out))
     assert _files(out) == ref
-    again = ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+    again = _run_group(cfg, out, group)
     assert all(r["skipped"] for r in again) and _files(out) == ref
 
 
@@ -550,12 +561,7 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
     """The first compacted file holds two units: three writes (two sidecars, the file). A kill after any of
     them leaves either the whole file done or all of it to do, never one unit done and the other written
     into a second file (duplicate rows); the resumed output equals an uninterrupted run byte for byte."""
-    units = _block_units(scenes)
-    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
-    (group,) = ING.group_units(units, None, cfg)
-    ING.make_process_group_fn(cfg, str(tmp_path / "ref"))({"units": [u.to_json() for u in group]})
-    ING.finalize(units, cfg, str(tmp_path / "ref"))
-    ref = _files(tmp_path / "ref")
+    units, cfg, group, ref = _compacted_reference(scenes, tmp_path / "ref")
 
     real, writes = ING.write_bytes_atomic, []
 
@@ -568,11 +574,11 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
     out = tmp_path / "run"
     monkeypatch.setattr(ING, "write_bytes_atomic", dies_after_n_writes)
     with pytest.raises(KeyboardInterrupt, match="killed"):
-        ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in group]})
+        _run_group(cfg, out, group)
     monkeypatch.setattr(ING, "write_bytes_atomic", real)
     todo, done = ING.pending_units(units, cfg, str(out))
     assert len(done) in (0, 2), [u.unit_id for u in done]  # a file's units are done together
     (rest,) = ING.group_units(todo, None, cfg)
-    ING.make_process_group_fn(cfg, str(out))({"units": [u.to_json() for u in rest]})
+    _run_group(cfg, out, rest)
     ING.finalize(units, cfg, str(out))
     assert _files(out) == ref
