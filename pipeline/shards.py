@@ -422,7 +422,8 @@ def table_to_arrays(t: pa.Table) -> dict[str, Any]:
 
     Returns ``schema_version``, ``sample_id`` (list), scalars as 1-D arrays, ``s2_10m (N, T, 4, H, W)``,
     ``s2_20m (N, T, 8, H', W')`` (``H' = H/2`` for v3 ingest shards, ``H`` for v1/v2 and one-grid
-    benchmarks), ``s1 (N, T, 2, H, W)``, ``*_doy/*_valid/s2_cloud (N, T)`` and ``sources`` (list of lists).
+    benchmarks), ``s1 (N, T, 2, H, W)``, ``*_doy/*_valid/s2_cloud (N, T)`` and ``sources`` (list of lists),
+    plus :func:`labels_to_arrays` of a benchmark shard (``info``, ``label``, ``split``, crops).
     v3 tensors view Arrow memory (read-only) when the column is one chunk; v1/v2 ``s2`` is split (a copy)
     and also returned as stored (``s2 (N, T, 12, H, W)``).
     """
@@ -444,6 +445,7 @@ def table_to_arrays(t: pa.Table) -> dict[str, Any]:
         col = t[c].combine_chunks()
         out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
     out["sources"] = t["sources"].to_pylist()
+    out.update(labels_to_arrays(t))
     return out
 
 
@@ -716,3 +718,135 @@ def rejects_to_parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+# -------------------------------------------------------------------------------- benchmark labels
+
+#: a benchmark's task types and the label column each writes
+TASK_LABELS = {
+    "classification": "label_class",  # int16 class id
+    "multilabel": "label_multi",  # uint8 [C] multi-hot
+    "segmentation": "label_mask",  # uint8 [H, W] class id per pixel, IGNORE_INDEX = not labelled
+    "change": "label_change",  # uint8 [H, W] 0 no change, 1 change, IGNORE_INDEX = padding / unlabelled
+}
+SPLITS = ("train", "val", "test")
+#: label value of a pixel that no metric or loss counts (segmentation, change, zero-padded crops)
+IGNORE_INDEX = 255
+#: crop geometry of a sample cut from a larger image: the tile's top-left pixel in it and the image's size
+CROP_COLUMNS = ("crop_image", "crop_y", "crop_x", "crop_h", "crop_w")
+BENCHMARK_KEY, TASK_KEY, CLASSES_KEY = b"skyray.benchmark", b"skyray.task", b"skyray.classes"
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    """What a benchmark shard declares in its schema metadata: name, task type, class names (id = index;
+    ``change`` has ``("no change", "change")``)."""
+
+    name: str
+    task: str
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_LABELS:
+            raise ValueError(f"task must be one of {sorted(TASK_LABELS)}, got {self.task!r}")
+        if not self.classes or len(self.classes) > IGNORE_INDEX:
+            raise ValueError(f"classes must name 1..{IGNORE_INDEX} classes, got {len(self.classes)}")
+
+    @property
+    def label_column(self) -> str:
+        return TASK_LABELS[self.task]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def benchmark_info(schema: pa.Schema) -> BenchmarkInfo | None:
+    """The :class:`BenchmarkInfo` a shard schema declares, or ``None`` for an ingest (unlabelled) shard."""
+    meta = schema.metadata or {}
+    if BENCHMARK_KEY not in meta:
+        return None
+    return BenchmarkInfo(meta[BENCHMARK_KEY].decode(), meta[TASK_KEY].decode(),
+                         tuple(json.loads(meta[CLASSES_KEY])))
+
+
+@dataclass(frozen=True)
+class Crops:
+    """Where each row's tile sits in its source image (so predictions can be pasted back): ``image`` ids,
+    ``y``/``x`` the tile's top-left pixel, ``h``/``w`` the whole image's size (pixels past it are padding)."""
+
+    image: Sequence[str]
+    y: np.ndarray
+    x: np.ndarray
+    h: np.ndarray
+    w: np.ndarray
+
+
+def add_labels(table: pa.Table, info: BenchmarkInfo, labels: np.ndarray, split: Sequence[str],
+               crops: Crops | None = None) -> pa.Table:
+    """A contract-v3 table (:func:`build_table`) + its benchmark columns: ``info.label_column``, ``split``
+    and, for cropped images, :data:`CROP_COLUMNS`; ``info`` goes into the schema metadata.
+
+    ``labels``: ``(N,)`` class ids (classification), ``(N, C)`` 0/1 (multilabel), ``(N, H, W)`` ids or
+    :data:`IGNORE_INDEX` (segmentation; change: 0/1/ignore). Values are checked against the class count.
+    """
+    n = table.num_rows
+    labels = np.asarray(labels)
+    h = json.loads(table.schema.field("s2_10m").metadata[SHAPE_KEY])[-1]
+    c = info.num_classes
+    expected = {"classification": (n,), "multilabel": (n, c), "segmentation": (n, h, h), "change": (n, h, h)}
+    if labels.shape != expected[info.task]:
+        raise ValueError(f"{info.label_column} must be {expected[info.task]} for {info.task}, "
+                         f"got {labels.shape}")
+    if info.task == "change" and c != 2:
+        raise ValueError(f"a change task has 2 classes (no change, change), got {c}")
+    valid = labels[labels != IGNORE_INDEX] if info.task in ("segmentation", "change") else labels
+    hi = 2 if info.task == "multilabel" else c
+    if valid.size and (valid.min() < 0 or valid.max() >= hi):
+        raise ValueError(f"{info.label_column} values must lie in [0, {hi}) (or {IGNORE_INDEX} = ignore), "
+                         f"got [{valid.min()}, {valid.max()}]")
+    bad = sorted(set(split) - set(SPLITS))
+    if len(split) != n or bad:
+        raise ValueError(f"split needs {n} values from {SPLITS}, got {len(split)} (unknown: {bad})")
+    if info.task == "classification":
+        label_field = pa.field(info.label_column, pa.int16(), nullable=False)
+        label_col: pa.Array = pa.array(labels.astype(np.int16))
+    else:
+        shape = list(labels.shape[1:])
+        label_field = pa.field(info.label_column, pa.binary(math.prod(shape)), nullable=False,
+                               metadata={DTYPE_KEY: b"|u1", SHAPE_KEY: json.dumps(shape).encode()})
+        label_col = _binary_tensor(labels, np.dtype(np.uint8))
+    fields = [label_field, pa.field("split", pa.string(), nullable=False)]
+    cols = [label_col, pa.array(list(split), pa.string())]
+    if crops is not None:
+        fields.append(pa.field("crop_image", pa.string(), nullable=False))
+        cols.append(pa.array(list(crops.image), pa.string()))
+        for name in CROP_COLUMNS[1:]:
+            fields.append(pa.field(name, pa.int32(), nullable=False))
+            cols.append(pa.array(np.asarray(getattr(crops, name.removeprefix("crop_")), np.int32)))
+    out = table
+    for f, col in zip(fields, cols, strict=True):
+        out = out.append_column(f, col)
+    meta = {**(table.schema.metadata or {}), BENCHMARK_KEY: info.name.encode(), TASK_KEY: info.task.encode(),
+            CLASSES_KEY: json.dumps(list(info.classes)).encode()}
+    return out.replace_schema_metadata(meta)
+
+
+def labels_to_arrays(t: pa.Table) -> dict[str, Any]:
+    """The benchmark columns of a labelled shard table: ``info`` (:class:`BenchmarkInfo`), ``label`` (numpy,
+    shapes as in :func:`add_labels`), ``split`` (list) and, when present, the crop columns; ``{}`` for an
+    unlabelled shard."""
+    info = benchmark_info(t.schema)
+    if info is None:
+        return {}
+    col = info.label_column
+    if info.task == "classification":
+        label = t[col].to_numpy()
+    else:
+        label = tensor_to_numpy(t[col], t.schema.field(col))
+    out: dict[str, Any] = {"info": info, "label": label, "split": t["split"].to_pylist()}
+    if "crop_image" in t.schema.names:
+        out["crop_image"] = t["crop_image"].to_pylist()
+        for name in CROP_COLUMNS[1:]:
+            out[name] = t[name].to_numpy()
+    return out

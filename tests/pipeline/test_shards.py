@@ -514,3 +514,61 @@ def test_rejects_table_dedups_and_sorts(tmp_path):
     (tmp_path / "r.parquet").write_bytes(S.rejects_to_parquet(t))
     assert pq.read_table(tmp_path / "r.parquet").equals(t)
     assert S.rejects_table([]).num_rows == 0
+
+
+# ------------------------------------------------------------------------------------- benchmark labels
+
+
+@pytest.mark.parametrize("task,classes,make", [
+    ("classification", ("a", "b", "c"), lambda n, h: np.array([2, 0, 1][:n])),
+    ("multilabel", ("a", "b", "c", "d"), lambda n, h: np.eye(4, dtype=np.uint8)[[0, 3, 1][:n]] | 1),
+    ("segmentation", ("bg", "x"), lambda n, h: np.where(np.arange(n * h * h).reshape(n, h, h) % 3 == 0,
+                                                        S.IGNORE_INDEX, 1)),
+    ("change", ("no change", "change"), lambda n, h: (np.arange(n * h * h).reshape(n, h, h) % 2)),
+])
+def test_labels_round_trip_through_parquet(tmp_path, task, classes, make):
+    a = _arrays()
+    info = S.BenchmarkInfo("bench", task, classes)
+    labels = make(3, 16)
+    crops = S.Crops(["img0", "img0", "img1"], np.array([0, 16, 0]), np.array([0, 0, 0]), np.array([20] * 3),
+                    np.array([16] * 3))
+    t = S.add_labels(S.build_table(**a), info, labels, ["train", "val", "test"], crops=crops)
+    (tmp_path / "x.parquet").write_bytes(S.table_to_parquet(t))
+    back = S.read_shards(tmp_path / "x.parquet")
+    assert back["info"] == info and back["split"] == ["train", "val", "test"]
+    np.testing.assert_array_equal(back["label"], labels)
+    assert back["crop_image"] == ["img0", "img0", "img1"] and list(back["crop_y"]) == [0, 16, 0]
+    assert S.benchmark_info(pq.read_schema(tmp_path / "x.parquet")) == info
+    np.testing.assert_array_equal(back["s2_10m"], a["s2_10m"])  # the v3 columns are untouched
+
+
+def test_unlabelled_shards_have_no_benchmark_info():
+    t = S.build_table(**_arrays())
+    assert S.benchmark_info(t.schema) is None and "label" not in S.table_to_arrays(t)
+
+
+_TRAIN = ["train"] * 3
+
+
+@pytest.mark.parametrize("info,labels,split,match", [
+    (("b", "classification", ("a", "b")), np.array([0, 1, 2]), _TRAIN,
+     r"label_class values must lie in \[0, 2\)"),
+    (("b", "classification", ("a", "b")), np.array([0, 1]), _TRAIN, r"label_class must be \(3,\)"),
+    (("b", "multilabel", ("a", "b")), np.full((3, 2), 2), _TRAIN, r"label_multi values must lie in \[0, 2\)"),
+    (("b", "segmentation", ("a", "b")), np.zeros((3, 8, 8)), _TRAIN, r"label_mask must be \(3, 16, 16\)"),
+    (("b", "change", ("a", "b", "c")), np.zeros((3, 16, 16)), _TRAIN, "a change task has 2 classes"),
+    (("b", "classification", ("a", "b")), np.array([0, 1, 1]), ["train", "validation", "test"],
+     r"split needs 3 values .*unknown: \['validation'\]"),
+])
+def test_add_labels_rejects_bad_labels(info, labels, split, match):
+    with pytest.raises(ValueError, match=match):
+        S.add_labels(S.build_table(**_arrays()), S.BenchmarkInfo(*info), labels, split)
+
+
+@pytest.mark.parametrize("task,classes,match", [
+    ("detection", ("a",), "task must be one of"),
+    ("classification", (), "classes must name 1..255 classes"),
+])
+def test_benchmark_info_rejects_bad_values(task, classes, match):
+    with pytest.raises(ValueError, match=match):
+        S.BenchmarkInfo("b", task, classes)
