@@ -52,8 +52,14 @@ REJECT_REASONS = (
     "all_cloud",
     "all_nodata",
     "no_scenes",
+    # benchmark converters (pipeline.convert)
+    "missing_file",
+    "unreadable_file",
+    "bad_shape",
+    "unknown_class",
+    "excluded",
 )
-REJECT_LEVELS = ("item", "scene", "unit", "tile")
+REJECT_LEVELS = ("item", "scene", "unit", "tile", "sample")
 
 #: Sensor detection as data: ``(item field, normalised value prefix, sensor or None)``; first match wins and
 #: fields are tried in this order, so a collection id beats constellation and platform names. ``None``
