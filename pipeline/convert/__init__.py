@@ -31,4 +31,5 @@ def get(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-__all__ = ["BENCHMARKS", "NAMES", "get", "BadInput", "Benchmark", "Item", "Sample", "register", "samples_to_table"]
+__all__ = ["BENCHMARKS", "NAMES", "BadInput", "Benchmark", "Item", "Sample", "get", "register",
+           "samples_to_table"]
