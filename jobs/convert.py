@@ -36,7 +36,7 @@ from pydantic import Field, ValidationError, field_validator
 from jobs import cli
 from jobs.cli import ConfigError
 from pipeline.config import StorageConfig, Strict
-from pipeline.convert import NAMES, BadInput, Benchmark, Item, SourceError, get
+from pipeline.convert import NAMES, BadInput, Benchmark, Item, SourceError, get, relpath
 from pipeline.stac import Reject
 from pipeline.storage import (
     BadURIError,
@@ -106,8 +106,8 @@ def validate_options(bench: Benchmark, options: Mapping[str, Any]):
     except ValidationError as e:
         lines = [f"invalid options for benchmark {bench.name!r}:"]
         for err in e.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  options.{field}: {err['msg']}")
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  options{'.' if field else ''}{field}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -157,10 +157,11 @@ def item_from_json(d: Mapping) -> Item:
     return Item(d["id"], d["split"], d["files"], d.get("extra", {}))
 
 
-def items_sha(items: Sequence[Item]) -> str:
-    """Digest of a shard's items (ids, splits, files, facts): a sidecar counts only for the same items."""
-    blob = json.dumps([item_to_json(it) for it in items], sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()
+def items_sha(items: Sequence[Item], root: str) -> str:
+    """Digest of a shard's items (ids, splits, facts, files relative to the source ``root``): a sidecar
+    counts only for the same items, wherever the dataset is read from."""
+    rows = [{**item_to_json(it), "files": {k: relpath(root, v) for k, v in it.files.items()}} for it in items]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def sidecar_uri(out: str, name: str) -> str:
@@ -259,7 +260,7 @@ def convert_shard(bench: Benchmark, options, plan: ShardPlan, source: str, out: 
     side = {
         "schema_version": SCHEMA_VERSION,
         "config": dict(config),
-        "items_sha": items_sha(plan.items),
+        "items_sha": items_sha(plan.items, root),
         "items": len(plan.items),
         "items_written": written,
         "shard": shard,
@@ -271,12 +272,13 @@ def convert_shard(bench: Benchmark, options, plan: ShardPlan, source: str, out: 
     return side
 
 
-def shard_done(side: Mapping, plan: ShardPlan, out: str, config: Mapping, storage: StorageConfig) -> bool:
-    """Whether an existing sidecar stands for ``plan`` finished: same config and items, and its shard file
-    (if it wrote one) holds exactly the bytes the sidecar names."""
+def shard_done(side: Mapping, plan: ShardPlan, root: str, out: str, config: Mapping,
+               storage: StorageConfig) -> bool:
+    """Whether an existing sidecar stands for ``plan`` finished: same config and items (under the source
+    ``root``), and its shard file (if it wrote one) holds exactly the bytes the sidecar names."""
     from pipeline.shards import sha256
 
-    if side.get("config") != dict(config) or side.get("items_sha") != items_sha(plan.items):
+    if side.get("config") != dict(config) or side.get("items_sha") != items_sha(plan.items, root):
         return False
     shard = side.get("shard")
     if shard is None:
@@ -296,6 +298,7 @@ def make_convert_fn(cfg: ConvertConfig, config: Mapping) -> Callable[[dict], dic
 
         bench = get(name)
         options = validate_options(bench, opts_json)
+        root = filesystem(source, storage)[1]
         sides = []
         for js in batch["plan"]:
             d = json.loads(str(js))
@@ -303,7 +306,7 @@ def make_convert_fn(cfg: ConvertConfig, config: Mapping) -> Callable[[dict], dic
             uri = sidecar_uri(out, plan.name)
             if exists(uri, storage):
                 side = json.loads(read_bytes(uri, storage))
-                if shard_done(side, plan, out, config, storage):
+                if shard_done(side, plan, root, out, config, storage):
                     side.update(skipped=True, seconds=0.0)
                     sides.append(json.dumps(side))
                     continue
