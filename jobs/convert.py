@@ -41,11 +41,8 @@ from pipeline.stac import Reject
 from pipeline.storage import (
     BadURIError,
     check_uri,
-    exists,
     filesystem,
     join,
-    list_names,
-    read_bytes,
     redact,
     scheme_of,
     write_bytes_atomic,
@@ -164,35 +161,71 @@ def items_sha(items: Sequence[Item], root: str) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def sidecar_uri(out: str, name: str) -> str:
-    return join(out, PARTS_DIR, f"{name}.json")
+def sidecar_path(name: str) -> str:
+    return f"{PARTS_DIR}/{name}.json"
 
 
-def check_output(out: str, config: Mapping, storage: StorageConfig) -> list[str]:
+class Output:
+    """The output root with one storage client for all of a task's requests (a fresh s3fs client spends
+    about half a second on its first request, which per file would dominate small shards).
+
+    ``write`` is :func:`pipeline.storage.write_bytes_atomic` (temp + rename locally, one PUT on S3)."""
+
+    def __init__(self, uri: str, storage: StorageConfig):
+        self.uri, self.storage = uri, storage
+        self.fs, self.root = filesystem(uri, storage)
+        self.local = scheme_of(uri) == "file"
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._path(rel))
+
+    def read(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._path(rel))
+
+    def write(self, rel: str, data: bytes) -> None:
+        if self.local:
+            write_bytes_atomic(join(self.uri, rel), data, self.storage)
+        else:
+            self.fs.pipe_file(self._path(rel), data)
+
+    def names(self, sub: str, suffix: str) -> list[str]:
+        """Sorted base names under ``sub`` ending in ``suffix`` (temp files left out)."""
+        try:
+            entries = self.fs.ls(self._path(sub), detail=False)
+        except FileNotFoundError:
+            return []
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
+def check_output(out: Output, config: Mapping) -> list[str]:
     """``ConfigError`` when ``out`` already holds a conversion of another config or contract version (a
     resume would mix two datasets in one output); returns the names of the sidecars already there."""
     from pipeline.shards import SCHEMA_VERSION
 
     sha = config_sha(config)
-    uri = join(out, MANIFEST)
     found_version, found_config = None, None
-    if exists(uri, storage):
-        m = json.loads(read_bytes(uri, storage))
+    where = redact(out.uri)
+    if out.exists(MANIFEST):
+        m = json.loads(out.read(MANIFEST))
         found_version, found_config = m.get("schema_version"), m.get("config")
         if "benchmark" not in m:
-            raise ConfigError(f"--output {redact(out)} holds an ingest output, not a benchmark conversion: "
+            raise ConfigError(f"--output {where} holds an ingest output, not a benchmark conversion: "
                               "use a new output")
-    names = [n[: -len(".json")] for n in list_names(join(out, PARTS_DIR), storage, ".json")]
+    names = [n[: -len(".json")] for n in out.names(PARTS_DIR, ".json")]
     if found_version is None and names:
-        side = json.loads(read_bytes(sidecar_uri(out, names[0]), storage))
+        side = json.loads(out.read(sidecar_path(names[0])))
         found_version, found_config = side.get("schema_version"), side.get("config")
     if found_version is not None and found_version != SCHEMA_VERSION:
-        raise ConfigError(f"--output {redact(out)} holds shards of contract v{found_version}; this job "
+        raise ConfigError(f"--output {where} holds shards of contract v{found_version}; this job "
                           f"writes v{SCHEMA_VERSION}: use a new output (or delete the old one) instead of "
                           "resuming")
     if found_config is not None and config_sha(found_config) != sha:
         diff = _diff(found_config, config)
-        raise ConfigError(f"--output {redact(out)} was written by a different config ({'; '.join(diff)}): "
+        raise ConfigError(f"--output {where} was written by a different config ({'; '.join(diff)}): "
                           "use a new output (or delete the old one) instead of resuming")
     return names
 
@@ -227,14 +260,14 @@ def remove_partial_files(out: str, storage: StorageConfig) -> int:
 # ------------------------------------------------------------------------------------------ one shard
 
 
-def convert_shard(bench: Benchmark, options, plan: ShardPlan, source: str, out: str, storage: StorageConfig,
+def convert_shard(bench: Benchmark, options, plan: ShardPlan, fs, root: str, out: Output,
                   config: Mapping) -> dict:
     """Read the items of one shard, write ``shards/<name>.parquet`` (when any item survived) and then its
-    sidecar; returns the sidecar. Items that raise :class:`BadInput` become rejects."""
+    sidecar; returns the sidecar. Items that raise :class:`BadInput` become rejects. ``fs``, ``root``: the
+    source's filesystem and root path on it."""
     from pipeline.convert.writer import encode_shard
-    from pipeline.shards import SCHEMA_VERSION
+    from pipeline.shards import SCHEMA_VERSION, sha256
 
-    fs, root = filesystem(source, storage)
     t0 = time.perf_counter()
     samples, rejects, written = [], [], 0
     for it in plan.items:
@@ -252,9 +285,7 @@ def convert_shard(bench: Benchmark, options, plan: ShardPlan, source: str, out: 
     if samples:
         enc = encode_shard(plan.name, samples, bench.info)
         del samples
-        write_bytes_atomic(join(out, enc.path), enc.data, storage)
-        from pipeline.shards import sha256
-
+        out.write(enc.path, enc.data)
         shard = {"path": enc.path, "rows": enc.rows, "bytes": len(enc.data), "sha256": sha256(enc.data),
                  "splits": dict(sorted(enc.splits.items())), "s2_sums": enc.s2_sums, "s1_sums": enc.s1_sums}
     side = {
@@ -267,13 +298,12 @@ def convert_shard(bench: Benchmark, options, plan: ShardPlan, source: str, out: 
         "rejects": [r.to_dict() for r in sorted(rejects, key=lambda r: r.sort_key)],
     }
     data = (json.dumps(side, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
-    write_bytes_atomic(sidecar_uri(out, plan.name), data, storage)
+    out.write(sidecar_path(plan.name), data)
     side["seconds"] = time.perf_counter() - t0
     return side
 
 
-def shard_done(side: Mapping, plan: ShardPlan, root: str, out: str, config: Mapping,
-               storage: StorageConfig) -> bool:
+def shard_done(side: Mapping, plan: ShardPlan, root: str, out: Output, config: Mapping) -> bool:
     """Whether an existing sidecar stands for ``plan`` finished: same config and items (under the source
     ``root``), and its shard file (if it wrote one) holds exactly the bytes the sidecar names."""
     from pipeline.shards import sha256
@@ -283,34 +313,32 @@ def shard_done(side: Mapping, plan: ShardPlan, root: str, out: str, config: Mapp
     shard = side.get("shard")
     if shard is None:
         return True
-    uri = join(out, shard["path"])
-    return exists(uri, storage) and sha256(read_bytes(uri, storage)) == shard["sha256"]
+    return out.exists(shard["path"]) and sha256(out.read(shard["path"])) == shard["sha256"]
 
 
 def make_convert_fn(cfg: ConvertConfig, config: Mapping) -> Callable[[dict], dict]:
     """The Ray Data batch function: ``{"plan": [shard plan JSON]}`` -> ``{"side": [sidecar JSON]}``
     (``skipped`` set when the shard was already done). Testable without a cluster."""
-    name, opts_json = cfg.benchmark, cfg.options
-    source, out, storage = cfg.source, cfg.output, cfg.storage
+    name, opts_json, source, output, storage = cfg.benchmark, cfg.options, cfg.source, cfg.output, cfg.storage
 
     def convert(batch: dict) -> dict:
         import numpy as np
 
         bench = get(name)
         options = validate_options(bench, opts_json)
-        root = filesystem(source, storage)[1]
+        fs, root = filesystem(source, storage)
+        out = Output(output, storage)
         sides = []
         for js in batch["plan"]:
             d = json.loads(str(js))
             plan = ShardPlan(d["name"], [item_from_json(x) for x in d["items"]])
-            uri = sidecar_uri(out, plan.name)
-            if exists(uri, storage):
-                side = json.loads(read_bytes(uri, storage))
-                if shard_done(side, plan, root, out, config, storage):
+            if out.exists(sidecar_path(plan.name)):
+                side = json.loads(out.read(sidecar_path(plan.name)))
+                if shard_done(side, plan, root, out, config):
                     side.update(skipped=True, seconds=0.0)
                     sides.append(json.dumps(side))
                     continue
-            side = convert_shard(bench, options, plan, source, out, storage, config)
+            side = convert_shard(bench, options, plan, fs, root, out, config)
             side["skipped"] = False
             sides.append(json.dumps(side))
         return {"side": np.array(sides, dtype=object)}
@@ -374,7 +402,7 @@ def run(cfg: ConvertConfig) -> dict:
     plans = plan_shards(items, cfg.rows_per_shard)
     if remove_partial_files(cfg.output, cfg.storage):
         log.info("removed temp files of an interrupted run")
-    have = set(check_output(cfg.output, config, cfg.storage))
+    have = set(check_output(Output(cfg.output, cfg.storage), config))
     if have:
         log.info("resuming: %d of %d shards have a sidecar", len(have & {p.name for p in plans}), len(plans))
     sides = run_shards(plans, cfg, config)
