@@ -183,13 +183,19 @@ def read_raster(fs, path: str, rel: str | None = None) -> Raster:
         blob = fs.cat_file(path)
     except FileNotFoundError:
         raise BadInput("missing_file", f"{name} not found") from None
+    mem = MemoryFile(blob)
     try:
-        with MemoryFile(blob) as mem, mem.open() as ds:
+        with mem.open() as ds:
             data = ds.read()
             epsg = (ds.crs.to_epsg() or 0) if ds.crs else 0
             transform = tuple(ds.transform)[:6]
     except rasterio.errors.RasterioError as e:
-        raise BadInput("unreadable_file", f"{name}: {str(e)[:200]}") from None
+        # GDAL names the in-memory copy (a random /vsimem/ path): name the file instead, so the detail
+        # (and rejects.parquet) is the same on every run
+        msg = str(e).replace(mem.name, "the file").replace(mem.name.rsplit("/", 1)[-1], "the file")
+        raise BadInput("unreadable_file", f"{name}: {msg[:200]}") from None
+    finally:
+        mem.close()
     return Raster(data, int(epsg), transform)
 
 

@@ -362,16 +362,24 @@ def _s1(fs, folder: str, parts: int) -> np.ndarray | None:
     """``(1, 2, 120, 120)`` float16 VV, VH in dB, or None when the S1 patch is not in the copy."""
     name = folder.rstrip("/").rsplit("/", 1)[-1]
     rel = _rel(folder, parts)
-    paths = [f"{folder}/{name}_{pol}.tif" for pol in ("VV", "VH")]
-    if not any(fs.exists(p) for p in paths):
-        return None
     out = np.zeros((1, 2, SIZE_10M, SIZE_10M), np.float16)
-    for j, (pol, p) in enumerate(zip(("VV", "VH"), paths, strict=True)):
-        r = read_raster(fs, p, f"{rel}/{name}_{pol}.tif")
+    missing = []
+    for j, pol in enumerate(("VV", "VH")):
+        try:
+            r = read_raster(fs, f"{folder}/{name}_{pol}.tif", f"{rel}/{name}_{pol}.tif")
+        except BadInput as e:
+            if e.reason != "missing_file":
+                raise
+            missing.append(e)
+            continue
         if r.data.shape != (1, SIZE_10M, SIZE_10M):
             raise BadInput("bad_shape", f"{rel}/{name}_{pol}.tif: {r.data.shape} (bands, h, w), expected "
                                         f"(1, {SIZE_10M}, {SIZE_10M})")
         out[0, j] = r.data[0].astype(np.float16)
+    if len(missing) == 2:  # the copy has no S1 for this patch
+        return None
+    if missing:  # half a pair is a broken patch, not a missing modality
+        raise missing[0]
     return out
 
 

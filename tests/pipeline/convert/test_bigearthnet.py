@@ -174,8 +174,12 @@ def test_v2_rejects(tmp_path):
     assert len(got) + len(bad) + len(rejects) == len(patches)
     # an S1 patch that is there but broken is a reject, not a silent NaN
     s1 = patches[s2_name_v2(0)].s1_name
-    (tmp_path / "BigEarthNet-S1" / "_".join(s1.split("_")[:-3]) / s1 / f"{s1}_VH.tif").write_bytes(b"junk")
+    vh = tmp_path / "BigEarthNet-S1" / "_".join(s1.split("_")[:-3]) / s1 / f"{s1}_VH.tif"
+    vh.write_bytes(b"junk")
     with pytest.raises(BadInput, match=r"unreadable_file: .*_VH.tif"):
+        B.read_item(items[0], BigEarthNetOptions(), fs)
+    vh.unlink()  # half a pair
+    with pytest.raises(BadInput, match=r"missing_file: BigEarthNet-S1/.*_VH.tif not found"):
         B.read_item(items[0], BigEarthNetOptions(), fs)
     got, _ = _read(items[:1], fs, s1=False)
     assert got[s2_name_v2(0)].s1 is None

@@ -144,9 +144,15 @@ def test_read_raster_and_its_georeference(tmp_path):
     assert (g["lon"], g["lat"]) == pytest.approx((lon[0], lat[0]))
     with pytest.raises(BadInput, match=r"missing_file: gone.tif not found"):
         read_raster(fs, str(tmp_path / "gone.tif"), "gone.tif")
-    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
-    with pytest.raises(BadInput, match=r"unreadable_file: bad.tif: "):
-        read_raster(fs, str(tmp_path / "bad.tif"), "bad.tif")
+    details = set()
+    for body in (b"not a tiff", b"II*\x00 a broken TIFF header"):
+        (tmp_path / "bad.tif").write_bytes(body)
+        for _ in range(2):
+            with pytest.raises(BadInput, match=r"unreadable_file: bad.tif: ") as e:
+                read_raster(fs, str(tmp_path / "bad.tif"), "bad.tif")
+            assert "vsimem" not in e.value.detail and "the file" in e.value.detail
+            details.add(e.value.detail)
+    assert len(details) == 2  # one per file, the same on every read
 
 
 def test_relpath():
