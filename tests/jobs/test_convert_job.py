@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,51 @@ def test_config_errors_fail_before_any_work(eurosat, tmp_path, capsys):
     rc = main(["--benchmark", "eurosat", "--source", src, "--output", str(tmp_path / "b"),
                "--set", "options.test_fraction=2"])
     assert rc == 2 and "options.test_fraction: Input should be less than 1" in capsys.readouterr().err
+
+
+def test_the_cli_prints_the_summary_table(eurosat, tmp_path, capsys):
+    copy, _, _ = eurosat
+    rc = main(["--config", str(CONFIGS / "eurosat.yaml"), "--source", str(copy.root), "--output",
+               str(tmp_path / "cli"), "--set", "rows_per_shard=4"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "convert summary" in out
+    assert re.search(r"found = written \+ rejected +8 = 6 \+ 2\n", out)
+    assert re.search(r"rejects: unreadable_file +1\n", out)
+    assert sorted(p.name for p in (tmp_path / "cli" / "shards").iterdir()) == ["Forest_1.parquet",
+                                                                               "River_1.parquet"]
+
+
+def test_plan_shards_names_and_duplicates():
+    from jobs.convert import plan_shards
+    from pipeline.convert import Item
+
+    items = [Item(i, "train", {}) for i in ("c", "a/1", "b", "a 2", "d")]
+    plans = plan_shards(items, 2)
+    assert [(p.name, [it.id for it in p.items]) for p in plans] == [
+        ("a_2", ["a 2", "a/1"]), ("b", ["b", "c"]), ("d", ["d"])]
+    clash = plan_shards([Item(i, "train", {}) for i in ("a/1", "a 1", "b")], 1)
+    assert [p.name for p in clash] == ["000000_a_1", "000001_a_1", "000002_b"]
+    with pytest.raises(ConfigError, match=r"1 item ids occur twice .*\['b'\]"):
+        plan_shards([Item("b", "train", {}), Item("a", "val", {}), Item("b", "test", {})], 2)
+
+
+def test_the_batch_function_runs_without_a_cluster_and_skips_what_is_done(tmp_path):
+    from jobs.convert import item_to_json, make_convert_fn, manifest_config, plan_shards, validate_options
+    from pipeline.convert import get
+    from pipeline.storage import filesystem
+
+    make_eurosat(tmp_path / "src", {"Pasture": 2}, size=64)
+    cfg = _cfg("eurosat", tmp_path / "src", tmp_path / "out")
+    bench = get("eurosat")
+    opts = validate_options(bench, cfg.options)
+    fs, root = filesystem(cfg.source, cfg.storage)
+    items, _ = bench.list_items(root, opts, fs)
+    (plan,) = plan_shards(items, 10)
+    fn = make_convert_fn(cfg, manifest_config(cfg, opts))
+    plan_json = json.dumps({"name": plan.name, "items": [item_to_json(i) for i in plan.items]})
+    batch = {"plan": np.array([plan_json], dtype=object)}
+    (first,) = [json.loads(s) for s in fn(batch)["side"]]
+    assert not first["skipped"] and first["items_written"] == 2 and first["shard"]["rows"] == 2
+    assert (tmp_path / "out" / first["shard"]["path"]).is_file()
+    (again,) = [json.loads(s) for s in fn(batch)["side"]]
+    assert again["skipped"] and again["shard"] == first["shard"]
