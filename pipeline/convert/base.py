@@ -17,6 +17,7 @@ paths on it. Pure of Ray: the job (``jobs.convert``) wires these together.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -170,11 +171,23 @@ class Raster(NamedTuple):
         return out
 
 
-def read_raster(fs, path: str, rel: str | None = None) -> Raster:
-    """Read the GeoTIFF at ``path`` on ``fs`` (the whole file in one request: benchmark files are small).
+@functools.lru_cache(maxsize=256)
+def _epsg_of(wkt: str) -> int:
+    """EPSG code of a CRS (0 when it has none): the PROJ database lookup costs several ms, and a benchmark
+    has a handful of CRSs over thousands of files."""
+    from rasterio.crs import CRS
+
+    return int(CRS.from_wkt(wkt).to_epsg() or 0)
+
+
+def read_raster(fs, path: str, rel: str | None = None, *, crs: bool = True,
+                driver: str | None = None) -> Raster:
+    """Read the raster at ``path`` on ``fs`` (the whole file in one request: benchmark files are small).
 
     Raises :class:`BadInput` ``missing_file`` when it is not there and ``unreadable_file`` when GDAL cannot
-    decode it; ``rel`` (the path relative to the source root) names it in the detail."""
+    decode it; ``rel`` (the path relative to the source root) names it in the detail. ``crs=False`` skips
+    the CRS (``epsg`` 0) for files whose georeference another file of the sample gives; ``driver``
+    (e.g. ``"GTiff"``) spares GDAL probing every format."""
     import rasterio
     from rasterio.io import MemoryFile
 
@@ -185,9 +198,9 @@ def read_raster(fs, path: str, rel: str | None = None) -> Raster:
         raise BadInput("missing_file", f"{name} not found") from None
     mem = MemoryFile(blob)
     try:
-        with mem.open() as ds:
+        with mem.open(driver=driver) if driver else mem.open() as ds:
             data = ds.read()
-            epsg = (ds.crs.to_epsg() or 0) if ds.crs else 0
+            epsg = _epsg_of(ds.crs.to_wkt()) if crs and ds.crs else 0
             transform = tuple(ds.transform)[:6]
     except rasterio.errors.RasterioError as e:
         # GDAL names the in-memory copy (a random /vsimem/ path): name the file instead, so the detail

@@ -293,7 +293,9 @@ def onto_grid(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def _band(fs, folder: str, name: str, band: str, rel: str):
-    r = read_raster(fs, f"{folder}/{name}_{band}.tif", f"{rel}/{name}_{band}.tif")
+    # the patch's georeference comes from B02 alone
+    r = read_raster(fs, f"{folder}/{name}_{band}.tif", f"{rel}/{name}_{band}.tif", crs=band == "B02",
+                    driver="GTiff")
     c, h, w = r.data.shape
     if c != 1 or h != w or h not in NATIVE_SIDES:
         raise BadInput("bad_shape", f"{rel}/{name}_{band}.tif: {r.data.shape} (bands, h, w), expected one "
@@ -366,7 +368,8 @@ def _s1(fs, folder: str, parts: int) -> np.ndarray | None:
     missing = []
     for j, pol in enumerate(("VV", "VH")):
         try:
-            r = read_raster(fs, f"{folder}/{name}_{pol}.tif", f"{rel}/{name}_{pol}.tif")
+            r = read_raster(fs, f"{folder}/{name}_{pol}.tif", f"{rel}/{name}_{pol}.tif", crs=False,
+                            driver="GTiff")
         except BadInput as e:
             if e.reason != "missing_file":
                 raise

@@ -182,7 +182,7 @@ def read_item(item: Item, options: EuroSATOptions, fs) -> list[Sample]:
     """One image -> one sample: ``s2_10m (1, 4, 64, 64)``, ``s2_20m (1, 8, 64, 64)`` (one 10 m grid)."""
     path = item.files["image"]
     rel = "/".join(path.split("/")[-2:])  # <Class>/<Class>_<n>.tif, whatever the depth of the copy
-    r = read_raster(fs, path, rel)
+    r = read_raster(fs, path, rel, driver="GTiff")
     if r.data.shape != (len(FILE_BANDS), SIZE, SIZE):
         raise BadInput("bad_shape", f"{rel}: {r.data.shape} (bands, h, w), expected "
                                     f"({len(FILE_BANDS)}, {SIZE}, {SIZE})")
