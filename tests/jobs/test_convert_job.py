@@ -93,9 +93,10 @@ def test_a_lost_or_damaged_shard_is_rewritten_alone(eurosat, tmp_path):
     before = {k: v[0] for k, v in _files(work).items()}
     (work / "shards" / "Forest_4.parquet").unlink()
     (work / "shards" / "Forest_1.parquet").write_bytes(b"half a file")
+    (work / "shards" / ".Forest_4.parquet.0123abcd.tmp").write_bytes(b"a killed run's temp file")
     s = run(_cfg("eurosat", copy.root, work, "rows_per_shard=3"))
     assert (s["shards_converted"], s["shards_skipped"]) == (2, 1)
-    assert {k: v[0] for k, v in _files(work).items()} == before
+    assert {k: v[0] for k, v in _files(work).items()} == before  # the temp file is gone too
 
 
 def test_bigearthnet_from_s3_equals_the_local_conversion(s3_server, s3_bucket, ray_session, tmp_path):
