@@ -124,8 +124,8 @@ class BigEarthNetOptions(Strict):
 
     #: ``auto``: v2 when ``metadata`` is under the source, else v1 when ``BigEarthNet-v1.0/`` is
     version: Literal["auto", "v2", "v1"] = "auto"
-    #: v2: the metadata table and the table of snow/cloud/shadow patches (used when present), relative to
-    #: the source root
+    #: v2: the metadata table and a table of snow/cloud/shadow patch ids (used when present; copies that
+    #: split them out of ``metadata.parquet`` name it differently, hence an option), relative to the root
     metadata: str = "metadata.parquet"
     excluded_metadata: str | None = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
     #: read Sentinel-1 where the copy has it (else ``s1`` stays NaN, ``s1_valid`` False)
