@@ -360,7 +360,7 @@ def configure_data_context():
 
 
 def run_shards(plans: Sequence[ShardPlan], cfg: ConvertConfig, config: Mapping) -> list[dict]:
-    """One Ray Data task per shard plan; the sidecars, sorted by shard name."""
+    """One Ray Data task per shard plan; the sidecars in a fixed order (by their items' digest)."""
     import ray.data
 
     if not plans:
