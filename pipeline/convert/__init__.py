@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.convert.base import BadInput, Benchmark, Item, Sample, samples_to_table
+from pipeline.convert.base import (
+    BadInput,
+    Benchmark,
+    Item,
+    Raster,
+    Sample,
+    SourceError,
+    read_raster,
+    relpath,
+    samples_to_table,
+)
 
 #: the benchmarks ``jobs.convert --benchmark`` knows: module ``pipeline.convert.<name>`` each
 NAMES = ("eurosat", "bigearthnet", "oscd", "segmunich", "synthetic")
@@ -31,5 +41,5 @@ def get(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-__all__ = ["BENCHMARKS", "NAMES", "BadInput", "Benchmark", "Item", "Sample", "get", "register",
-           "samples_to_table"]
+__all__ = ["BENCHMARKS", "NAMES", "BadInput", "Benchmark", "Item", "Raster", "Sample", "SourceError", "get",
+           "read_raster", "register", "relpath", "samples_to_table"]

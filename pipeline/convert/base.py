@@ -19,14 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from pipeline.shards import BenchmarkInfo, Crops, add_labels, build_table
 from pipeline.stac import Reject
 
-__all__ = ["BadInput", "Benchmark", "Item", "Sample", "samples_to_table"]
+__all__ = ["BadInput", "Benchmark", "Item", "Raster", "Sample", "SourceError", "read_raster", "relpath",
+           "samples_to_table"]
+
+
+class SourceError(ValueError):
+    """The source is not a copy of the benchmark in a layout its converter knows (no class folders, no
+    ``metadata.parquet``, a split file that is not there). Raised by ``list_items``; ``jobs.convert`` reports
+    it as an error of ``--source`` / ``options`` before any work."""
 
 
 class BadInput(Exception):
@@ -138,3 +145,56 @@ def samples_to_table(samples: Sequence[Sample], info: BenchmarkInfo):
         crops = Crops([x[0] for x in c], *(np.array([x[i] for x in c]) for i in range(1, 5)))
     labels = np.stack([np.asarray(s.label) for s in rows])
     return add_labels(table, info, labels, [s.split for s in rows], crops=crops)
+
+
+class Raster(NamedTuple):
+    """A GeoTIFF read whole: ``data (C, H, W)`` in its file dtype, its EPSG code (0 without a CRS or with
+    one that has no code) and its affine geotransform ``(a, b, c, d, e, f)``."""
+
+    data: np.ndarray
+    epsg: int
+    transform: tuple[float, ...]
+
+    def georef(self) -> dict[str, Any]:
+        """The :class:`Sample` georeference of an image whose top-left pixel is this raster's: ``epsg``,
+        ``x_min``, ``y_max`` (the top-left corner) and the WGS84 ``lon``/``lat`` of its centre (NaN without
+        a CRS)."""
+        a, _, c, _, e, f = self.transform[:6]
+        h, w = self.data.shape[-2:]
+        out: dict[str, Any] = {"epsg": int(self.epsg), "x_min": float(c), "y_max": float(f)}
+        if self.epsg:
+            from rasterio.warp import transform as warp
+
+            lon, lat = warp(f"EPSG:{self.epsg}", "EPSG:4326", [c + a * w / 2], [f + e * h / 2])
+            out.update(lon=float(lon[0]), lat=float(lat[0]))
+        return out
+
+
+def read_raster(fs, path: str, rel: str | None = None) -> Raster:
+    """Read the GeoTIFF at ``path`` on ``fs`` (the whole file in one request: benchmark files are small).
+
+    Raises :class:`BadInput` ``missing_file`` when it is not there and ``unreadable_file`` when GDAL cannot
+    decode it; ``rel`` (the path relative to the source root) names it in the detail."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    name = rel or path
+    try:
+        blob = fs.cat_file(path)
+    except FileNotFoundError:
+        raise BadInput("missing_file", f"{name} not found") from None
+    try:
+        with MemoryFile(blob) as mem, mem.open() as ds:
+            data = ds.read()
+            epsg = (ds.crs.to_epsg() or 0) if ds.crs else 0
+            transform = tuple(ds.transform)[:6]
+    except rasterio.errors.RasterioError as e:
+        raise BadInput("unreadable_file", f"{name}: {str(e)[:200]}") from None
+    return Raster(data, int(epsg), transform)
+
+
+def relpath(root: str, path: str) -> str:
+    """``path`` relative to the source ``root`` with ``/`` separators (lineage and reject details name files
+    this way, so the same dataset gives the same output wherever it is read from)."""
+    root = root.rstrip("/")
+    return path[len(root) + 1:] if path.startswith(root + "/") else path

@@ -35,7 +35,7 @@ from pipeline.shards import (
     table_to_parquet,
 )
 from pipeline.stac import Reject
-from pipeline.storage import join, write_bytes_atomic
+from pipeline.storage import exists, join, read_bytes, write_bytes_atomic
 
 __all__ = ["EncodedShard", "encode_shard", "finish", "write_benchmark"]
 
@@ -68,11 +68,12 @@ def encode_shard(name: str, samples: Sequence[Sample], info: BenchmarkInfo) -> E
 
 def finish(out: str, shards: Iterable[EncodedShard | Mapping], rejects: Iterable[Reject], info: BenchmarkInfo,
            *, tile_px: int, max_slots: int, s2_20m_gsd: float, config: Mapping, found: int,
-           storage: StorageConfig | None = None) -> dict:
+           storage: StorageConfig | None = None, extra_counts: Mapping | None = None) -> dict:
     """Write ``rejects.parquet`` then ``manifest.json`` (last: its presence marks a finished output);
     ``shards`` are the written shards' records (``path``, ``rows``, ``bytes``, ``sha256``, ``splits``,
     ``s2_sums``, ``s1_sums``). ``found``: items the job found (``rows`` + rejected samples must account
-    for them: the manifest's ``counts``). Returns the manifest."""
+    for them: the manifest's ``counts``, plus ``extra_counts``). A file whose bytes are already there is
+    not written again (a re-run leaves the output untouched). Returns the manifest."""
     storage = storage or StorageConfig()
     recs = [_record(s) for s in shards]
     s2, s1, splits = empty_sums(len(S2_BANDS), True), empty_sums(len(S1_BANDS), False), Counter()
@@ -80,16 +81,25 @@ def finish(out: str, shards: Iterable[EncodedShard | Mapping], rejects: Iterable
         s2, s1 = add_sums(s2, r["s2_sums"]), add_sums(s1, r["s1_sums"])
         splits.update(r["splits"])
     rejects = list(rejects)
-    write_bytes_atomic(join(out, "rejects.parquet"), rejects_to_parquet(rejects_table(rejects)), storage)
+    _write_if_changed(join(out, "rejects.parquet"), rejects_to_parquet(rejects_table(rejects)), storage)
     manifest = build_manifest(
         shards=recs, s2_sums=s2, s1_sums=s1, tile_px=tile_px, max_slots=max_slots, config=config,
-        counts={"found": int(found), "written": sum(r["rows"] for r in recs), "rejected": len(rejects)},
+        counts={"found": int(found), "written": sum(r["rows"] for r in recs), "rejected": len(rejects),
+                **dict(extra_counts or {})},
         extra={"benchmark": {"name": info.name, "task": info.task, "classes": list(info.classes),
                              "splits": dict(sorted(splits.items()))}},
     )
     manifest["s2_groups"]["s2_20m"]["gsd"] = float(s2_20m_gsd)
-    write_bytes_atomic(join(out, "manifest.json"), manifest_bytes(manifest), storage)
+    _write_if_changed(join(out, "manifest.json"), manifest_bytes(manifest), storage)
     return manifest
+
+
+def _write_if_changed(uri: str, data: bytes, storage: StorageConfig) -> bool:
+    """Write ``data`` atomically unless ``uri`` already holds exactly these bytes; whether it wrote."""
+    if exists(uri, storage) and read_bytes(uri, storage) == data:
+        return False
+    write_bytes_atomic(uri, data, storage)
+    return True
 
 
 def _record(s: EncodedShard | Mapping) -> dict:
