@@ -46,8 +46,17 @@ from pydantic import Field, field_validator
 
 from pipeline.config import Strict
 from pipeline.convert import register
-from pipeline.convert.base import BadInput, Benchmark, Item, Sample
-from pipeline.convert.rasters import Raster, fetch, read_raster, tile_geo, to_dn
+from pipeline.convert.base import (
+    BadInput,
+    Benchmark,
+    Item,
+    Raster,
+    Sample,
+    SourceError,
+    read_raster,
+    relpath,
+    to_dn,
+)
 from pipeline.shards import IGNORE_INDEX, S2_10M_BANDS, S2_20M_BANDS, BenchmarkInfo
 from pipeline.stac import Reject
 
@@ -120,22 +129,23 @@ def parse_dates(text: str, path: str) -> np.ndarray:
     return np.array(days, np.int16)
 
 
-def change_mask(r: Raster) -> np.ndarray:
+#: PNG band count -> its colour bands (grey, grey + alpha, RGB, RGBA: the four PNG colour types)
+PNG_COLOUR = {1: [0], 2: [0], 3: [0, 1, 2], 4: [0, 1, 2]}
+
+
+def change_mask(r: Raster, name: str) -> np.ndarray:
     """A label raster -> ``(H, W) uint8`` 0 no change / 1 change / ``IGNORE_INDEX``.
 
-    ``cm.png``: any nonzero colour (an RGB(A) copy's colour bands; a palette copy's colours) is change.
-    ``<city>-cm.tif``: 1 no change, 2 change, anything else ignored."""
-    if r.path.endswith(".png"):
-        colour = [i for i, c in enumerate(r.colorinterp) if c != "alpha"] or [0]
-        bands = r.data[colour]
-        if r.palette is not None:
-            lut = np.zeros(max(256, int(bands.max()) + 1), bool)
-            for idx, rgba in r.palette.items():
-                lut[idx] = any(rgba[:3])
-            return lut[bands[0]].astype(np.uint8)
-        return (bands != 0).any(axis=0).astype(np.uint8)
-    if r.data.shape[0] != 1:
-        raise BadInput("bad_shape", f"{r.path}: {r.data.shape[0]} bands, expected 1")
+    ``cm.png``: any nonzero value of a colour band is change (a copy saved as RGB(A) or grey + alpha counts
+    its colour, not its opaque alpha band). ``<city>-cm.tif``: 1 no change, 2 change, anything else
+    ignored."""
+    c = r.data.shape[0]
+    if name.endswith(".png"):
+        if c not in PNG_COLOUR:
+            raise BadInput("bad_shape", f"{name}: {c} bands, expected 1-4 (grey / RGB, maybe with alpha)")
+        return (r.data[PNG_COLOUR[c]] != 0).any(axis=0).astype(np.uint8)
+    if c != 1:
+        raise BadInput("bad_shape", f"{name}: {c} bands, expected 1")
     raw = r.data[0]
     out = np.full(raw.shape, IGNORE_INDEX, np.uint8)
     out[raw == 1], out[raw == 2] = 0, 1
@@ -145,7 +155,8 @@ def change_mask(r: Raster) -> np.ndarray:
 def list_items(source: str, options: OSCDOptions | Mapping | None, fs) -> tuple[list[Item], list[Reject]]:
     """Cities of ``train.txt`` / ``test.txt`` -> one :class:`Item` each (files: both dates' folders,
     ``dates.txt``, the label); reads the two split files and lists the label folders, nothing else.
-    A city without a label file, or listed in both split files, is a reject."""
+    A city without a label file, or listed in both split files, is a reject; a missing split file or a
+    ``val_cities`` name that is no train city is a :class:`SourceError`."""
     opts = _options(options)
     images = posixpath.join(source, IMAGES)
     splits: dict[str, list[str]] = {}
@@ -153,12 +164,13 @@ def list_items(source: str, options: OSCDOptions | Mapping | None, fs) -> tuple[
         path = posixpath.join(images, f"{split}.txt")
         try:
             splits[split] = parse_cities(fs.cat_file(path).decode())
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"OSCD split file {path} not found: --source must be the folder that "
-                                    f"holds {IMAGES!r} and the label folders") from e
+        except FileNotFoundError:
+            raise SourceError(f"{IMAGES}/{split}.txt not found: --source must be the folder that holds "
+                              f"{IMAGES!r} and the label folders") from None
     unknown = sorted(set(opts.val_cities) - set(splits["train"]))
     if unknown:
-        raise ValueError(f"options.val_cities: {unknown} are not train cities (train.txt: {splits['train']})")
+        raise SourceError(f"options.val_cities: {unknown} are not train cities "
+                          f"(train.txt: {splits['train']})")
     labels = {split: _label_files(fs, posixpath.join(source, folder)) for split, folder in LABELS.items()}
     items, rejects = [], []
     both = set(splits["train"]) & set(splits["test"])
@@ -179,7 +191,7 @@ def list_items(source: str, options: OSCDOptions | Mapping | None, fs) -> tuple[
             files = {d: posixpath.join(city_dir, d) for d in DATES}
             files |= {"dates": posixpath.join(city_dir, "dates.txt"), "label": label}
             out_split = "val" if city in opts.val_cities else split
-            items.append(Item(city, out_split, files, {"rel": f"{IMAGES}/{city}"}))
+            items.append(Item(city, out_split, files, {"root": source}))
     return items, rejects
 
 
@@ -188,29 +200,29 @@ def read_item(item: Item, options: OSCDOptions | Mapping | None, fs) -> list[Sam
     the label is missing or unreadable, a date's band files differ in size or are not single-band, or the two
     dates and the label do not share one size."""
     opts = _options(options)
-    band_paths = {(d, b): posixpath.join(item.files[d], f"{b}.tif")
-                  for d in DATES for b in BANDS_10M + BANDS_20M}
-    data = fetch(fs, [*band_paths.values(), item.files["label"]])
-    rasters = {k: read_raster(p, data[p]) for k, p in band_paths.items()}
-    for r in rasters.values():
+    root = item.extra["root"]
+    names = {(d, b): relpath(root, posixpath.join(item.files[d], f"{b}.tif"))
+             for d in DATES for b in BANDS_10M + BANDS_20M}
+    rasters = {}
+    for k, name in names.items():
+        rasters[k] = r = read_raster(fs, posixpath.join(item.files[k[0]], f"{k[1]}.tif"), name)
         if r.data.shape[0] != 1:
-            raise BadInput("bad_shape", f"{r.path}: {r.data.shape[0]} bands, expected 1")
-    ref = rasters[(DATES[0], "B02")]
-    h, w = ref.data.shape[1:]
-    for r in rasters.values():
+            raise BadInput("bad_shape", f"{name}: {r.data.shape[0]} bands, expected 1")
+    first = (DATES[0], "B02")
+    h, w = rasters[first].data.shape[1:]
+    for k, r in rasters.items():
         if r.data.shape[1:] != (h, w):
-            raise BadInput("bad_shape", f"{r.path}: {r.data.shape[2]}x{r.data.shape[1]} px, but "
-                                        f"{ref.path} is {w}x{h} (every band of both dates shares one grid)")
-    label_raster = read_raster(item.files["label"], data[item.files["label"]])
-    label = change_mask(label_raster)
+            raise BadInput("bad_shape", f"{names[k]}: {r.data.shape[2]}x{r.data.shape[1]} px, but "
+                                        f"{names[first]} is {w}x{h} (all bands of both dates share one grid)")
+    label_name = relpath(root, item.files["label"])
+    label = change_mask(read_raster(fs, item.files["label"], label_name), label_name)
     if label.shape != (h, w):
-        raise BadInput("bad_shape", f"{label_raster.path}: {label.shape[1]}x{label.shape[0]} px, images are "
-                                    f"{w}x{h}")
-    s2 = {g: np.stack([np.stack([to_dn(rasters[(d, b)].data[0], rasters[(d, b)].path) for b in bands])
+        raise BadInput("bad_shape", f"{label_name}: {label.shape[1]}x{label.shape[0]} px, images are {w}x{h}")
+    s2 = {g: np.stack([np.stack([to_dn(rasters[(d, b)].data[0], names[(d, b)]) for b in bands])
                        for d in DATES])
           for g, bands in (("10m", BANDS_10M), ("20m", BANDS_20M))}  # (2, C, H, W) each
-    doy = _doy(fs, item.files["dates"])
-    sources = [f"{item.extra['rel']}/{d}" for d in DATES]
+    doy = _doy(fs, item.files["dates"], relpath(root, item.files["dates"]))
+    sources = [relpath(root, item.files[d]) for d in DATES]
     side, out = opts.tile_px, []
     for t in tiles(h, w, side):
         out.append(Sample(
@@ -218,7 +230,7 @@ def read_item(item: Item, options: OSCDOptions | Mapping | None, fs) -> list[Sam
             s2_10m=crop(s2["10m"], t.y, t.x, side, 0), s2_20m=crop(s2["20m"], t.y, t.x, side, 0),
             label=crop(label, t.y, t.x, side, IGNORE_INDEX), sources=sources, s2_doy=doy,
             s2_valid=np.ones(2, bool), crop=(item.id, t.y, t.x, h, w),
-            **tile_geo(ref, t.y, t.x, side)._asdict(),
+            **tile_georef(rasters[first], t, side),
         ))
     return out
 
@@ -247,13 +259,23 @@ def _label_path(city: str, files: set[str]) -> str | None:
     return None
 
 
-def _doy(fs, path: str) -> np.ndarray:
+def tile_georef(r: Raster, t: Tile, side: int) -> dict:
+    """The :class:`Sample` georeference of the ``side`` tile at ``t`` of raster ``r``: its top-left corner,
+    the WGS84 centre (``Raster.georef`` of the tile); the defaults (0, NaN) for a raster without a CRS."""
+    if not r.epsg:
+        return {}
+    a, b, c, d, e, f = r.transform[:6]
+    shifted = (a, b, c + a * t.x + b * t.y, d, e, f + d * t.x + e * t.y)
+    return Raster(np.empty((1, side, side), np.uint8), r.epsg, shifted).georef()
+
+
+def _doy(fs, path: str, name: str) -> np.ndarray:
     try:
         text = fs.cat_file(path).decode(errors="replace")
     except FileNotFoundError:
-        log.warning("%s not found: s2_doy is 0 (unknown) for this city", path)
+        log.warning("%s not found: s2_doy is 0 (unknown) for this city", name)
         return np.zeros(2, np.int16)
-    return parse_dates(text, path)
+    return parse_dates(text, name)
 
 
 BENCHMARK = register(Benchmark(INFO, tile_px=OSCDOptions().tile_px, max_slots=2, s2_20m_gsd=10.0,

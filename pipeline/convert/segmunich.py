@@ -34,8 +34,7 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.convert import register
-from pipeline.convert.base import BadInput, Benchmark, Item, Sample
-from pipeline.convert.rasters import fetch, read_raster, tile_geo, to_dn
+from pipeline.convert.base import BadInput, Benchmark, Item, Sample, SourceError, read_raster, relpath, to_dn
 from pipeline.shards import IGNORE_INDEX, S2_10M_BANDS, S2_20M_BANDS, BenchmarkInfo
 from pipeline.stac import Reject
 
@@ -70,11 +69,11 @@ class Remapped(NamedTuple):
     unknown_codes: tuple[int, ...]
 
 
-def remap(raw: np.ndarray) -> Remapped:
+def remap(raw: np.ndarray, name: str = "label") -> Remapped:
     """Raw SegMunich codes ``(H, W)`` (any integer dtype) -> :class:`Remapped` through :data:`REMAP`."""
     raw = np.asarray(raw)
     if not np.issubdtype(raw.dtype, np.integer):
-        raise BadInput("unreadable_file", f"label pixel type {raw.dtype} is not a class code")
+        raise BadInput("unreadable_file", f"{name}: label pixel type {raw.dtype} is not a class code")
     known = np.isin(raw, list(REMAP))
     lut = np.full(256, IGNORE_INDEX, np.uint8)
     for code, cls in REMAP.items():
@@ -96,9 +95,9 @@ def list_items(source: str, options: SegMunichOptions | Mapping | None,
         path = posixpath.join(root, "dataset", f"{split}.txt")
         try:
             text = fs.cat_file(path).decode()
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"SegMunich split file {path} not found: --source must be {ROOT}/ or the "
-                                    f"folder that holds it") from e
+        except FileNotFoundError:
+            raise SourceError(f"{ROOT}/dataset/{split}.txt not found: --source must be {ROOT}/ or the folder "
+                              "that holds it") from None
         stems[split] = list(dict.fromkeys(s.strip() for s in text.splitlines() if s.strip()))
     val = set()
     if opts.val_fraction > 0:
@@ -111,40 +110,39 @@ def list_items(source: str, options: SegMunichOptions | Mapping | None,
         for stem in names:
             files = {role: posixpath.join(root, split, role, f"{stem}.tif") for role in ("img", "label")}
             out = "val" if split == "train" and stem in val else split
-            items.append(Item(f"{split}_{stem}", out, files, {"rel": f"{ROOT}/{split}", "stem": stem}))
+            items.append(Item(f"{split}_{stem}", out, files, {"root": root}))
     return items, []
 
 
 def read_item(item: Item, options: SegMunichOptions | Mapping | None, fs) -> list[Sample]:
     """One image + label -> one sample; ``BadInput`` when a file is missing or unreadable, the image is not
     10 bands of 128 x 128, the label not one band of the same size, or no pixel holds a known code."""
-    data = fetch(fs, [item.files["img"], item.files["label"]])
-    img = read_raster(item.files["img"], data[item.files["img"]])
-    lab = read_raster(item.files["label"], data[item.files["label"]])
+    names = {role: relpath(item.extra["root"], p) for role, p in item.files.items()}
+    img = read_raster(fs, item.files["img"], names["img"])
+    lab = read_raster(fs, item.files["label"], names["label"])
     if img.data.shape != (len(FILE_BANDS), SIZE, SIZE):
         c, h, w = img.data.shape
-        raise BadInput("bad_shape", f"{img.path}: {c} bands of {w}x{h} px, expected {len(FILE_BANDS)} bands "
-                                    f"({' '.join(FILE_BANDS)}) of {SIZE}x{SIZE}")
+        raise BadInput("bad_shape", f"{names['img']}: {c} bands of {w}x{h} px, expected {len(FILE_BANDS)} "
+                                    f"bands ({' '.join(FILE_BANDS)}) of {SIZE}x{SIZE}")
     if lab.data.shape != (1, SIZE, SIZE):
         c, h, w = lab.data.shape
-        raise BadInput("bad_shape", f"{lab.path}: {c} bands of {w}x{h} px, expected 1 band of {SIZE}x{SIZE}")
-    r = remap(lab.data[0])
+        raise BadInput("bad_shape", f"{names['label']}: {c} bands of {w}x{h} px, expected 1 band of "
+                                    f"{SIZE}x{SIZE}")
+    r = remap(lab.data[0], names["label"])
     if r.unknown_px == SIZE * SIZE:
         raise BadInput("unknown_class",
-                       f"{lab.path}: no pixel holds a known code (codes {list(r.unknown_codes)})")
+                       f"{names['label']}: no pixel holds a known code (codes {list(r.unknown_codes)})")
     if r.unknown_px:
-        log.warning("%s: %d px with unknown codes %s set to ignore (%d)", lab.path, r.unknown_px,
+        log.warning("%s: %d px with unknown codes %s set to ignore (%d)", names["label"], r.unknown_px,
                     list(r.unknown_codes), IGNORE_INDEX)
-    dn = to_dn(img.data, img.path)
+    dn = to_dn(img.data, names["img"])
     band = dict(zip(FILE_BANDS, dn, strict=True))
     zero = np.zeros((SIZE, SIZE), np.uint16)
     s2_10m = np.stack([band.get(b, zero) for b in S2_10M_BANDS])[None]  # (1, 4, H, W)
     s2_20m = np.stack([band.get(b, zero) for b in S2_20M_BANDS])[None]  # (1, 8, H, W) on the 10 m grid
-    stem = item.extra["stem"]
     return [Sample(
         sample_id=item.id, split=item.split, s2_10m=s2_10m, s2_20m=s2_20m, label=r.mask,
-        sources=[f"{item.extra['rel']}/img/{stem}.tif"], s2_doy=np.zeros(1, np.int16),
-        s2_valid=np.ones(1, bool), **tile_geo(img, 0, 0, SIZE)._asdict(),
+        sources=[names["img"]], s2_doy=np.zeros(1, np.int16), s2_valid=np.ones(1, bool), **img.georef(),
     )]
 
 

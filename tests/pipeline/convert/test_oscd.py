@@ -8,12 +8,10 @@ import json
 import fsspec
 import numpy as np
 import pytest
-import rasterio
 from pydantic import ValidationError
 
 from pipeline import shards as S
-from pipeline.convert import BadInput, get, oscd
-from pipeline.convert.rasters import read_raster
+from pipeline.convert import BadInput, SourceError, get, oscd, read_raster
 from pipeline.convert.writer import write_benchmark
 from tests.pipeline.convert._layouts_oscd_segmunich import (
     UTM31_ORIGIN,
@@ -105,12 +103,12 @@ def test_options_fail_naming_the_field(layout):
         oscd.OSCDOptions(val_cities=("bercy", "bercy"))
     with pytest.raises(ValidationError, match="tile_size"):
         oscd.OSCDOptions.model_validate({"tile_size": 64})
-    with pytest.raises(ValueError, match=r"options.val_cities: \['dubai'\] are not train cities"):
+    with pytest.raises(SourceError, match=r"options.val_cities: \['dubai'\] are not train cities"):
         oscd.list_items(str(root), {"val_cities": ["dubai"]}, FS)
 
 
 def test_missing_split_file_names_the_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.txt not found: --source must be the folder"):
+    with pytest.raises(SourceError, match="Images/train.txt not found: --source must be the folder"):
         oscd.list_items(str(tmp_path), None, FS)
 
 
@@ -158,13 +156,13 @@ def test_label_kinds_values(layout):
     png = _read(root, "abudhabi")
     tif = _read(root, "bercy")[0].label
     assert set(np.unique(np.concatenate([s.label.ravel() for s in png]))) == {0, 1, 255}  # 255: padding
-    raw = read_raster("cm.tif", (root / LABEL).read_bytes()).data[0]
+    raw = read_raster(FS, str(root / LABEL)).data[0]
     np.testing.assert_array_equal(tif[raw == 1], 0)
     np.testing.assert_array_equal(tif[raw == 2], 1)
     np.testing.assert_array_equal(tif[(raw != 1) & (raw != 2)], 255)
 
 
-def test_png_preferred_over_tif_and_rgba_palette_copies(layout):
+def test_png_preferred_over_tif_and_rgba_copies(layout):
     root, cities = layout
     cm = root / oscd.LABELS["train"] / "bercy" / "cm"
     raw = np.zeros((16, 16), np.uint8)
@@ -177,11 +175,13 @@ def test_png_preferred_over_tif_and_rgba_palette_copies(layout):
     rgba = np.stack([raw, raw, raw, np.full_like(raw, 255)])
     write_raster(cm / "cm.png", rgba, driver="PNG", photometric="RGB")
     np.testing.assert_array_equal(_read(root, "bercy")[0].label, (raw != 0).astype(np.uint8))
-    # a palette copy: index 1 is white (change), index 0 black
-    with rasterio.open(cm / "cm.png", "w", driver="PNG", width=16, height=16, count=1, dtype="uint8") as dst:
-        dst.write((raw != 0).astype(np.uint8), 1)
-        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 255, 255, 255)})
+    # grey + alpha
+    write_raster(cm / "cm.png", rgba[[0, 3]], driver="PNG")
     np.testing.assert_array_equal(_read(root, "bercy")[0].label, (raw != 0).astype(np.uint8))
+    # GDAL reads by content: a 5-band GeoTIFF named cm.png is no PNG label
+    write_raster(cm / "cm.png", np.zeros((5, 16, 16), np.uint8))
+    with pytest.raises(BadInput, match=r"bad_shape: .*bercy/cm/cm.png: 5 bands, expected 1-4"):
+        _read(root, "bercy")
 
 
 def test_georeference_of_tiles(layout):
@@ -227,7 +227,7 @@ def test_label_in_the_other_split_folder_is_found(layout):
 B, LABEL = f"{oscd.IMAGES}/bercy", f"{oscd.LABELS['train']}/bercy/cm/bercy-cm.tif"
 #: damage -> (files it touches, what they become: None deleted, b"" cut short, bytes, an array), error
 DAMAGE = {
-    "missing_band": ([f"{B}/imgs_2_rect/B8A.tif"], None, r"missing_file: .*imgs_2_rect/B8A.tif not found"),
+    "missing_band": ([f"{B}/imgs_2_rect/B8A.tif"], None, f"missing_file: {B}/imgs_2_rect/B8A.tif not found"),
     "truncated": ([f"{B}/imgs_1_rect/B03.tif"], b"", r"unreadable_file: .*imgs_1_rect/B03.tif"),
     "not_a_tiff": ([f"{B}/imgs_1_rect/B04.tif"], b"not a tiff", r"unreadable_file: .*B04.tif"),
     "two_bands": ([f"{B}/imgs_1_rect/B05.tif"], np.ones((2, 16, 16), np.uint16),

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline import shards as S
-from pipeline.convert import BadInput, get, segmunich
+from pipeline.convert import BadInput, SourceError, get, segmunich
 from pipeline.convert.writer import write_benchmark
 from tests.pipeline.convert._layouts_oscd_segmunich import SEG_TRUTH, make_segmunich, seg_image, write_raster
 
@@ -45,8 +45,8 @@ def test_remap_counts_unknown_codes_of_wider_types():
     r = segmunich.remap(np.array([[21, 300, 7], [300, 0, -1]], np.int16))
     assert r.mask.tolist() == [[1, 255, 255], [255, 0, 255]]
     assert (r.unknown_px, r.unknown_codes) == (4, (-1, 7, 300))
-    with pytest.raises(BadInput, match="unreadable_file: label pixel type float32"):
-        segmunich.remap(np.zeros((2, 2), np.float32))
+    with pytest.raises(BadInput, match="unreadable_file: x.tif: label pixel type float32"):
+        segmunich.remap(np.zeros((2, 2), np.float32), "x.tif")
 
 
 def test_classes_follow_the_benchmark_order():
@@ -91,7 +91,7 @@ def test_options_fail_naming_the_field(tmp_path):
         segmunich.SegMunichOptions(val_fraction=1.0)
     with pytest.raises(ValidationError, match="tile_px"):
         segmunich.list_items(str(tmp_path), {"tile_px": 64}, FS)
-    with pytest.raises(FileNotFoundError, match="train.txt not found: --source must be TUM_128/"):
+    with pytest.raises(SourceError, match="TUM_128/dataset/train.txt not found: --source must be TUM_128/"):
         segmunich.list_items(str(tmp_path), None, FS)
 
 
@@ -111,7 +111,7 @@ def test_read_item_pixel_exact_bands_and_labels(layout, caplog):
             np.testing.assert_array_equal(s.s2_20m[0, i], band.get(b, zero))
         assert not s.s2_10m[0, 3].any() and not s.s2_20m[0, 5].any()  # B08, B09 absent
         np.testing.assert_array_equal(s.label, img.mask)
-        assert s.sources == [f"TUM_128/{img.split}/img/{img.stem}.tif"]
+        assert s.sources == [f"{img.split}/img/{img.stem}.tif"]  # relative to TUM_128/
         assert s.s2_doy.tolist() == [0] and s.epsg == 0
         assert f"{(img.raw == 99).sum()} px with unknown codes [99] set to ignore" in caplog.text
         caplog.clear()
@@ -131,8 +131,8 @@ def test_georeferenced_image(tmp_path):
 
 
 DAMAGE = {
-    "missing_img": ("img", None, r"missing_file: .*TUM_128/train/img/1.tif not found"),
-    "missing_label": ("label", None, r"missing_file: .*TUM_128/train/label/1.tif not found"),
+    "missing_img": ("img", None, r"missing_file: train/img/1.tif not found"),
+    "missing_label": ("label", None, r"missing_file: train/label/1.tif not found"),
     "truncated": ("img", b"", r"unreadable_file: .*img/1.tif"),
     "not_a_tiff": ("label", b"GIF89a", r"unreadable_file: .*label/1.tif"),
     "twelve_bands": ("img", np.ones((12, 128, 128), np.uint16),
