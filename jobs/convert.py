@@ -381,7 +381,9 @@ def run(cfg: ConvertConfig) -> dict:
     if items_written + len(rejects) != found:
         raise AssertionError(f"written {items_written} + rejected {len(rejects)} != found {found}")
     shards = [s["shard"] for s in sides if s["shard"] is not None]
-    manifest = finish(cfg.output, shards, rejects, bench.info, tile_px=bench.tile_px,
+    # a cropped benchmark's tile side is an option (OSCD ``tile_px``); the registered one is its default
+    tile_px = getattr(options, "tile_px", bench.tile_px)
+    manifest = finish(cfg.output, shards, rejects, bench.info, tile_px=tile_px,
                       max_slots=bench.max_slots, s2_20m_gsd=bench.s2_20m_gsd, config=config, found=found,
                       storage=cfg.storage, extra_counts={"items_written": items_written})
     seconds = time.perf_counter() - t0
