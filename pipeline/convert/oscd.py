@@ -255,7 +255,7 @@ def _label_path(city: str, files: set[str]) -> str | None:
     for name in ("cm.png", f"{city}-cm.tif"):
         hit = [f for f in files if f.endswith(f"/{city}/cm/{name}")]
         if hit:
-            return hit[0]
+            return sorted(hit)[0]  # several copies under one folder: the same pick on every run
     return None
 
 

@@ -24,6 +24,7 @@ per image, :func:`remap`), and an image with no known code at all is rejected (`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 from collections.abc import Mapping
@@ -56,7 +57,8 @@ class SegMunichOptions(Strict):
 
     #: share of the train stems written as the ``val`` split (0: none)
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    #: seed of that choice (numpy ``default_rng`` over the sorted train stems: the same on every machine)
+    #: seed of that choice: the train stems ordered by ``sha256(f"{seed}/{stem}")``, the first
+    #: ``round(val_fraction * n)`` go to val (depends on nothing but the stems and the seed)
     seed: int = 0
 
 
@@ -99,12 +101,8 @@ def list_items(source: str, options: SegMunichOptions | Mapping | None,
             raise SourceError(f"{ROOT}/dataset/{split}.txt not found: --source must be {ROOT}/ or the folder "
                               "that holds it") from None
         stems[split] = list(dict.fromkeys(s.strip() for s in text.splitlines() if s.strip()))
-    val = set()
-    if opts.val_fraction > 0:
-        train = sorted(stems["train"])
-        k = round(opts.val_fraction * len(train))
-        if k:
-            val = set(np.random.default_rng(opts.seed).choice(train, size=k, replace=False).tolist())
+    order = sorted(stems["train"], key=lambda s: hashlib.sha256(f"{opts.seed}/{s}".encode()).hexdigest())
+    val = set(order[:round(opts.val_fraction * len(order))])
     items = []
     for split, names in stems.items():
         for stem in names:

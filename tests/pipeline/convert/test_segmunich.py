@@ -3,6 +3,7 @@ raw code remap with 255 as ignore, splits, rejects with reasons, and the writer 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import fsspec
@@ -81,6 +82,9 @@ def test_val_fraction_is_seeded_and_stable(layout):
     assert a == {k: i.split for k, i in _items(root, val_fraction=0.5, seed=3).items()}
     assert sorted(a.values()).count("val") == 2 and all(a[k] == "test" for k in ("test_0", "test_7"))
     assert all(k.startswith("train_") for k, v in a.items() if v == "val")
+    # the documented rule, so other tools can rebuild the split: first half by sha256("<seed>/<stem>")
+    order = sorted("0123", key=lambda s: hashlib.sha256(f"3/{s}".encode()).hexdigest())
+    assert {k for k, v in a.items() if v == "val"} == {f"train_{s}" for s in order[:2]}
     # the order of train.txt does not change the choice
     (root / "TUM_128/dataset/train.txt").write_text("3\n2\n1\n0\n")
     assert a == {k: i.split for k, i in _items(root, val_fraction=0.5, seed=3).items()}
