@@ -11,8 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline import shards as S
+from pipeline.config import StorageConfig
 from pipeline.convert import BadInput, SourceError, get, oscd, read_raster
 from pipeline.convert.writer import write_benchmark
+from pipeline.storage import filesystem, upload_tree
 from tests.pipeline.convert._layouts_oscd_segmunich import (
     UTM31_ORIGIN,
     make_oscd,
@@ -306,3 +308,20 @@ def test_write_benchmark_end_to_end(layout, tmp_path_factory):
         assert data["split"][i] == "test"
     np.testing.assert_array_equal(label, cities["dubai"].change)
     np.testing.assert_array_equal(b02, np.stack([cities["dubai"].bands[(d, "B02")] for d in oscd.DATES]))
+
+
+def test_from_s3_same_samples_as_local(layout, s3_server, s3_bucket):
+    root, _ = layout
+    storage = StorageConfig(endpoint_url=s3_server["endpoint_url"])
+    upload_tree(root, f"s3://{s3_bucket}/oscd", storage)
+    fs, path = filesystem(f"s3://{s3_bucket}/oscd", storage)
+    opts = oscd.OSCDOptions(tile_px=TILE)
+    items, rejects = oscd.list_items(path, opts, fs)
+    assert rejects == [] and [i.id for i in items] == ["abudhabi", "bercy", "cupertino", "dubai", "lasvegas"]
+    remote = oscd.read_item(next(i for i in items if i.id == "abudhabi"), opts, fs)
+    local = _read(root, "abudhabi")
+    assert [s.sample_id for s in remote] == [s.sample_id for s in local]
+    for a, b in zip(remote, local, strict=True):
+        np.testing.assert_array_equal(a.s2_20m, b.s2_20m)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert a.sources == b.sources

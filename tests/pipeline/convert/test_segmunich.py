@@ -12,8 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline import shards as S
+from pipeline.config import StorageConfig
 from pipeline.convert import BadInput, SourceError, get, segmunich
 from pipeline.convert.writer import write_benchmark
+from pipeline.storage import filesystem, upload_tree
 from tests.pipeline.convert._layouts_oscd_segmunich import SEG_TRUTH, make_segmunich, seg_image, write_raster
 
 FS = fsspec.filesystem("file")
@@ -187,3 +189,16 @@ def test_write_benchmark_end_to_end(layout, tmp_path_factory):
     for sid, img in images.items():
         np.testing.assert_array_equal(data["label"][by_id[sid]], img.mask)
         np.testing.assert_array_equal(data["s2_20m"][by_id[sid], 0, 4], img.bands[7])  # B8A
+
+
+def test_from_s3_same_samples_as_local(layout, s3_server, s3_bucket):
+    root, images = layout
+    storage = StorageConfig(endpoint_url=s3_server["endpoint_url"])
+    upload_tree(root, f"s3://{s3_bucket}/seg", storage)
+    fs, path = filesystem(f"s3://{s3_bucket}/seg", storage)
+    items, _ = segmunich.list_items(path, None, fs)
+    assert sorted(i.id for i in items) == sorted(images)
+    (s,) = segmunich.read_item(next(i for i in items if i.id == "test_7"), None, fs)
+    np.testing.assert_array_equal(s.label, images["test_7"].mask)
+    np.testing.assert_array_equal(s.s2_20m[0, 0], images["test_7"].bands[0])  # B01
+    assert s.sources == ["test/img/7.tif"]
