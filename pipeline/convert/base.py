@@ -28,7 +28,7 @@ from pipeline.shards import BenchmarkInfo, Crops, add_labels, build_table
 from pipeline.stac import Reject
 
 __all__ = ["BadInput", "Benchmark", "Item", "Raster", "Sample", "SourceError", "read_raster", "relpath",
-           "samples_to_table"]
+           "samples_to_table", "to_dn"]
 
 
 class SourceError(ValueError):
@@ -217,3 +217,19 @@ def relpath(root: str, path: str) -> str:
     this way, so the same dataset gives the same output wherever it is read from)."""
     root = root.rstrip("/")
     return path[len(root) + 1:] if path.startswith(root + "/") else path
+
+
+def to_dn(a: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values -> ``uint16`` DNs exactly, never scaled: integers in ``[0, 65535]`` in any integer or
+    float dtype pass (copies of a dataset differ in pixel type); anything else is
+    ``BadInput(unreadable_file)`` naming ``name`` rather than a silent cast."""
+    if a.dtype == np.uint16:
+        return a
+    if a.dtype.kind not in "iuf":
+        raise BadInput("unreadable_file", f"{name}: pixel type {a.dtype} is not a DN")
+    if a.size:
+        lo, hi = a.min(), a.max()
+        integral = a.dtype.kind in "iu" or bool(np.all(np.floor(a) == a))
+        if not (integral and lo >= 0 and hi <= np.iinfo(np.uint16).max):
+            raise BadInput("unreadable_file", f"{name}: {a.dtype} values in [{lo}, {hi}] are not uint16 DNs")
+    return a.astype(np.uint16)
