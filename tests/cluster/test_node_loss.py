@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def run_drill(tmp_path: Path, *args: str, timeout: int = 600) -> tuple[int, dict
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         pytest.fail(f"the drill itself hung past {timeout} s:\n{out[-4000:]}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert report.is_file(), out[-4000:]
     return proc.returncode, json.loads(report.read_text()), out
 
