@@ -84,6 +84,9 @@ def run(job: IngestJobConfig) -> dict:
     if done:
         log.info("resuming: %d of %d units already done", len(done), len(units))
     rows = ING.run_units(todo, cfg, output)
+    # an attempt lost with its node mid-write (Ray re-ran its task elsewhere) leaves its temp file behind
+    if ING.remove_partial_files(output, cfg):
+        log.info("removed temp files of task attempts lost mid-write")
     fin = ING.finalize(
         units, cfg, output, upstream_rejects=[*item_rejects, *plan_rejects],
         counts={"items": n_items, "scenes": len(scenes)}, extra={"items": redact(items)},

@@ -1,0 +1,71 @@
+"""Node-loss drill for the ingest (CI): a worker node killed mid-run costs only its task; the output is
+byte-identical to an undisturbed run; a run that lost every node stops at its deadline instead of waiting.
+
+The drill (`tests/cluster/node_loss.py`) runs in a process of its own: its `ray.cluster_utils.Cluster`
+must not meet this session's local Ray (`ray_session`), and its `RAY_TMPDIR` keeps it from every other Ray
+on the machine. Nothing here calls `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.node_loss import DEADLINE_EXIT
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_drill(tmp_path: Path, *args: str, timeout: int = 600) -> tuple[int, dict, str]:
+    ray_tmp = Path("/tmp") / f"rnl{os.getpid()}{len(args)}"  # Ray's socket paths must stay short
+    ray_tmp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu",
+               RAY_AUTH_MODE="disabled")  # a simulated cluster on loopback; test_job_submit covers tokens
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "tests.cluster.node_loss", "--work", str(tmp_path / "work"),
+           "--report", str(report), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the drill itself hung past {timeout} s:\n{out[-4000:]}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert report.is_file(), out[-4000:]
+    return proc.returncode, json.loads(report.read_text()), out
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_ingest(tmp_path):
+    rc, r, out = run_drill(tmp_path, "--workers", "2", "--deadline", "300")
+    assert rc == 0, out[-4000:]
+    print(json.dumps(r, indent=1, sort_keys=True))  # the figures (bench/results/cluster.md)
+    # the loss landed mid-run, on a node running a task, and cost only that
+    assert 0 < r["unit_files_at_kill"] < r["units"]
+    assert r["lost_running"] >= 1 and r["lost_errors"] == ["NODE_DIED"]
+    assert r["redone"] >= r["lost_running"], "every lost attempt is re-run"
+    assert r["redone_after_kill_s"] > 0 and r["tries_needed"] <= 3
+    # every unit accounted for, once: processed now, or found written by the attempt that was lost
+    assert r["units_processed"] + r["units_skipped"] == r["units"]
+    # byte-identical to the undisturbed run: shards, manifest, rejects and every unit sidecar
+    assert r["identical"], r["differing"]
+    assert r["files"] > r["units"]
+
+
+@pytest.mark.slow
+def test_run_that_lost_every_node_stops_at_its_deadline(tmp_path):
+    rc, r, out = run_drill(tmp_path, "--workers", "2", "--kill", "all", "--deadline", "60", timeout=400)
+    assert rc == DEADLINE_EXIT, out[-4000:]
+    assert r["error"].startswith("deadline: the drilled run did not finish within 60 s"), r
+    assert "0 worker node(s) alive, 0 CPU left" in r["error"], r
