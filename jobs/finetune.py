@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -313,7 +314,9 @@ def _check_encoder(cfg: FinetuneConfig) -> None:
     with torch.device("meta"):
         model = build_task_model(cfg.model.name, cfg.model.overrides, task=cfg.task,
                                  num_classes=len(cfg.classes), frozen=cfg.frozen)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # loading into meta parameters is a no-op by design here: only names and shapes are checked
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
         try:
             load_encoder(model, local_weights(cfg, tmp))
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
