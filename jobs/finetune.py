@@ -361,7 +361,8 @@ def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any]]:
     for split in SPLITS:
         if not bench.get("splits", {}).get(split):
             raise cli.ConfigError(f"data.path {cfg.data.path!r} has no {split!r} rows (splits: "
-                                  f"{bench.get('splits')})")
+                                  f"{bench.get('splits')}); model selection needs a val split: convert "
+                                  "with one (e.g. OSCD --set options.val_cities=[...])")
     if bench["task"] == "change" and manifest.get("max_slots", 0) < 2:
         raise cli.ConfigError("a change benchmark needs two S2 slots per sample (max_slots >= 2)")
     _check_stages(cfg.stages, manifest["tile_px"], enc_config.patch_size)
