@@ -353,8 +353,9 @@ def test_spectralgpt_linear_probe_every_task(ray_session, toy, tmp_path, task):
     """A random tiny SpectralGPT, linear probe, 2 workers, a few steps: the test metric of each task type
     equals the one computed by hand from the saved predictions; the separable toy is learnt."""
     data = toy(task)
+    # one evaluation (+ the test pass) at the end keeps the run short; the other runs select among two
     out = run(_cfg(SGPT, data, tmp_path, f"name={task}", "stages=[{img_size: 32, steps: 12, batch_size: 16}]",
-                   "eval.every_steps=6", "checkpoint.every_steps=6", "head.channels=16"))
+                   "eval.every_steps=12", "checkpoint.every_steps=12", "head.channels=16"))
     metrics = _check_run(out, data, task)
     assert metrics["mode"] == "linear_probe" and metrics["encoder"] == "random"
     floor = {"classification": 0.9, "multilabel": 0.9, "segmentation": 0.4, "change": 0.5}[task]
