@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -241,7 +241,7 @@ class SweepConfig(Strict):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     #: trials in flight at once; ``auto``: as many as the cluster's CPUs and GPUs hold (see
     #: ``max_concurrent``)
-    max_concurrent_trials: int | Literal["auto"] = "auto"
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     #: CPUs each trial leaves for its Ray Data preprocessing, counted by ``auto``
     data_cpus_per_trial: float = Field(default=0.5, ge=0)
     #: what each trial's driver (the Tune function that runs the Ray Train controller) asks for:
@@ -340,7 +340,7 @@ METRIC_TITLES = {"oa": "OA", "map_micro": "mAP (micro)", "map_macro": "mAP (macr
 class TrialRecord:
     """One finished (or stopped) trial: its knob values, ``curve`` (step, val_score) as reported,
     its last report (``final``: holds ``test_<metric>`` when the run went to its end), the steps it
-    trained, its wall seconds, the CPUs/GPUs it held, and Tune's status."""
+    trained, its wall seconds, the CPUs/GPUs it held, and its error (None: it did not fail)."""
 
     trial_id: str
     params: dict[str, Any]
@@ -350,7 +350,6 @@ class TrialRecord:
     seconds: float
     cpus: float
     gpus: float
-    status: str = "TERMINATED"
     error: str | None = None
 
     @property
@@ -360,6 +359,13 @@ class TrialRecord:
     @property
     def completed(self) -> bool:
         return any(k.startswith("test_") for k in self.final)
+
+    @property
+    def outcome(self) -> str:
+        """``completed`` (ran its full budget), ``stopped`` (by the scheduler) or ``error: ...``."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        return "completed" if self.completed else "stopped"
 
 
 @dataclass
@@ -454,9 +460,9 @@ def results_md(benchmark: str, results: Sequence[EncoderResult], scheduler: str)
     for r in results:
         out += ["", f"## {r.encoder}: every trial", ""]
         out.append(_md_table(
-            ["trial", *FIELDS, "best val", "steps", "seconds", "status"],
+            ["trial", *FIELDS, "best val", "steps", "seconds", "outcome"],
             [[t.trial_id, *(t.params.get(k, "") for k in FIELDS), t.best_val, t.steps, round(t.seconds, 1),
-              t.status if t.error is None else f"ERROR: {t.error}"]
+              t.outcome]
              for t in sorted(r.trials, key=lambda t: t.trial_id)]))
     return "\n".join(out) + "\n"
 

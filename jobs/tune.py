@@ -307,7 +307,6 @@ def _records(grid, ft) -> list[TrialRecord]:
             seconds=float(m.get("time_total_s") or 0.0),
             cpus=ft.scaling.num_workers * ft.scaling.cpus_per_worker,
             gpus=float(ft.scaling.num_workers) if ft.scaling.use_gpu else 0.0,
-            status="ERROR" if r.error else "TERMINATED",
             error=(str(r.error).strip().splitlines() or ["error"])[-1][:200] if r.error else None,
         ))
     return out
