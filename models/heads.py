@@ -19,7 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChangeHead", "LinearProbe", "MultiLabelHead", "SegmentationHead"]
+__all__ = ["IGNORE_INDEX", "ChangeHead", "LinearProbe", "MultiLabelHead", "SegmentationHead",
+           "masked_cross_entropy"]
+
+#: label of a pixel no loss counts (padding, unlabelled); the shard contract's ``IGNORE_INDEX``
+IGNORE_INDEX = 255
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not ``ignore_index``: logits (B, K) or (B, K, H, W),
+    target (B,) or (B, H, W) int64. 0 (not NaN, as torch's mean would give) when every target is ignored,
+    so a batch of padding alone leaves the weights alone instead of failing the run."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp(min=1)
 
 
 class LinearProbe(nn.Module):

@@ -87,10 +87,16 @@ def read_manifest(data_uri: str, storage: StorageConfig) -> dict:
     return manifest
 
 
-def build_dataset(cfg: TrainConfig, manifest: Mapping[str, Any]):
+def build_dataset(cfg: TrainConfig, manifest: Mapping[str, Any], *, preprocess: Callable | None = None,
+                  columns: Sequence[str] = (), split: str | None = None, train: bool = True):
     """Ray Dataset of preprocessed samples: projected read in a seeded file order reshuffled every
     epoch, then the family's preprocess function (normalisation from the manifest). Cached
-    (``data.cache``): materialised, and its block order reshuffled every epoch."""
+    (``data.cache``): materialised, and its block order reshuffled every epoch.
+
+    Fine-tuning: ``preprocess`` replaces the family's function, ``columns`` are read as well, ``split``
+    keeps the rows of one benchmark split; ``train=False`` (evaluation) reads in file order and, cached,
+    is materialised without a block-order shuffle.
+    """
     import ray.data
     from ray.data import FileShuffleConfig, RandomSeedConfig
 
@@ -100,18 +106,23 @@ def build_dataset(cfg: TrainConfig, manifest: Mapping[str, Any]):
     fam = family_of(cfg.model.name)
     fs, root = pyarrow_fs(cfg.data.path, cfg.data.storage)
     paths = [join(root, s["path"]) for s in manifest["shards"]]
-    fn = fam.make_preprocess(manifest, cfg)
+    fn = preprocess or fam.make_preprocess(manifest, cfg)
+    cols = list(dict.fromkeys([*s2_columns(manifest["schema_version"]), *fam.columns, *columns]))
     ds = ray.data.read_parquet(
         paths,
         filesystem=fs,
-        columns=[*s2_columns(manifest["schema_version"]), *fam.columns],
-        shuffle=FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True),
+        columns=cols,
+        shuffle=FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if train else None,
     )
+    if split is not None:
+        ds = ds.filter(expr=f"split == {split!r}")
     ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=cfg.data.preprocess_batch_size)
     if not cfg.data.cache:
         # Streaming: file order (above) + each worker's local shuffle buffer. A block-order
         # shuffle here would be an all-to-all barrier materialising every block before batch one.
         return ds
+    if not train:
+        return ds.materialize()
     # Materialised once; reshuffling its block order per epoch is then only metadata.
     return ds.materialize().randomize_block_order(
         seed=RandomSeedConfig(seed=cfg.seed, reseed_after_execution=True)
@@ -385,3 +396,87 @@ def make_augment_fn(
         return res
 
     return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning: labels, change pairs, evaluation batches
+# ---------------------------------------------------------------------------------------------
+
+
+def make_spectralgpt_pair_fn(
+    band_stats: Mapping[str, Any], bands: Sequence[str] = SHARD_S2_BANDS, device_cube: bool = False
+) -> Callable[[pa.Table], dict[str, np.ndarray]]:
+    """Shard rows of a change benchmark -> ``{"x": (N, 2, C, H, W) float32}``: the pair's two S2 dates
+    (slot 0 = date 1, slot 1 = date 2), normalised. ``device_cube`` with v3 shards: ``x_10m (N, 2, 4, H, W)``
+    and ``x_20m (N, 2, 8, H', W')`` instead, for ``assemble_s2`` on the accelerator."""
+    idx = band_indices(bands)
+
+    def fn(batch: pa.Table) -> dict[str, np.ndarray]:
+        x = normalize_s2_groups({k: g[:, :2] for k, g in read_s2(batch).items()}, band_stats)
+        if device_cube and "s2" not in x:
+            return {"x_10m": x["s2_10m"], "x_20m": x["s2_20m"]}
+        return {"x": np.ascontiguousarray(s2_cube(x)[:, :, idx])}
+
+    return fn
+
+
+def read_labels(batch: pa.Table | Mapping[str, Any], task: str, column: str) -> np.ndarray:
+    """A batch's label column: ``(N,)`` int64 class ids (classification), ``(N, K)`` uint8 multi-hot or
+    ``(N, H, W)`` uint8 masks (``pipeline.shards.IGNORE_INDEX`` = not labelled)."""
+    if task == "classification":
+        return _table_col(batch, column).astype(np.int64)
+    if isinstance(batch, pa.Table):
+        return column_to_numpy(batch.column(column), batch.schema.field(column))
+    return np.asarray(batch[column])
+
+
+def make_finetune_preprocess_fn(
+    base: Callable[[pa.Table], dict[str, np.ndarray]], task: str, label_column: str, keep_ids: bool = False
+) -> Callable[[pa.Table], dict[str, np.ndarray]]:
+    """``base`` (a family's preprocess, one sample per row) + ``label`` (``read_labels``) and, for
+    evaluation, ``sample_id``. Non-finite lon/lat (a benchmark without georeference) become (0, 0), one
+    region for every such sample."""
+
+    def fn(batch: pa.Table) -> dict[str, np.ndarray]:
+        out = dict(base(batch))
+        n = len(next(iter(out.values())))
+        if n != batch.num_rows:
+            raise ValueError(f"the preprocess function made {n} samples of {batch.num_rows} labelled rows")
+        if "lonlat" in out:
+            out["lonlat"] = np.nan_to_num(out["lonlat"], nan=0.0, posinf=0.0, neginf=0.0)
+        out["label"] = read_labels(batch, task, label_column)
+        if keep_ids:
+            out["sample_id"] = np.asarray(_table_col(batch, "sample_id")).astype(str)
+        return out
+
+    return fn
+
+
+def make_eval_collate_fn(
+    multiple: int, ignore_index: int
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, Any]]:
+    """Numpy evaluation batch -> torch batch, every pixel kept: spatial arrays (≥ 3 dims, the last two
+    H, W) are zero-padded right and bottom to a multiple of ``multiple`` (the patch), label masks with
+    ``ignore_index`` so padding is never scored; an array at a coarser grid gets the same ground.
+    ``sample_id`` stays a numpy array of strings."""
+
+    def fn(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        keys = [k for k, v in batch.items() if k != "sample_id" and np.asarray(v).ndim >= 3]
+        side = max((batch[k].shape[-1] for k in keys), default=0)
+        target = -(-side // multiple) * multiple
+        out: dict[str, Any] = {}
+        for k, v in batch.items():
+            if k == "sample_id":
+                out[k] = np.asarray(v)
+                continue
+            v = np.asarray(v)
+            if k in keys and target != side:
+                f = side // v.shape[-1]
+                pad = target // f - v.shape[-1]
+                v = np.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, pad), (0, pad)],
+                           constant_values=ignore_index if k == "label" else 0)
+            out[k] = torch.as_tensor(np.ascontiguousarray(v))
+        return out
+
+    return fn
+

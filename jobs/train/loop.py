@@ -127,6 +127,32 @@ class TrainLoop:
         """Write the job's end-of-run pictures into ``out_dir`` (called on every rank: a forward
         under ZeRO-3 gathers parameters collectively; only rank 0's directory is uploaded)."""
 
+    def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; a group's optional ``lr_scale`` multiplies the
+        scheduled LR (layer-wise LR decay)."""
+        return param_groups(module, self.cfg.optim.weight_decay)
+
+    def report_due(self, step: int) -> tuple[bool, bool]:
+        """``(log, checkpoint)``: whether step ``step`` (1-based) reports, and with a checkpoint."""
+        c = self.cfg
+        last = step == self.total
+        return step % c.log.every_steps == 0 or last, step % c.checkpoint.every_steps == 0 or last
+
+    def report_metrics(self, step: int) -> dict[str, Any]:
+        """Extra metrics of the report at ``step`` (called on every rank before it, so it may run
+        collectives, e.g. an evaluation)."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """Extra rank-0 state stored in every checkpoint (``restore_state`` reads it back)."""
+        return {}
+
+    def restore_state(self, state: Mapping[str, Any], ckpt_dir: str) -> None:
+        """Read back what ``state`` and ``checkpoint_files`` stored (every rank)."""
+
+    def checkpoint_files(self, ckpt_dir: str) -> None:
+        """Write extra files into a checkpoint directory (rank 0)."""
+
     # ------------------------------------------------------------------ run
 
     def run(self) -> None:
@@ -164,7 +190,7 @@ class TrainLoop:
             module = self.build_module()
         module.set_grad_checkpointing(cfg.deepspeed.activation_checkpointing)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, model_parameters=param_groups(module, cfg.optim.weight_decay), config=self.ds_config
+            model=module, model_parameters=self.param_groups(module), config=self.ds_config
         )
         torch.manual_seed(cfg.seed * 1000 + self.rank + 1)
 
@@ -185,6 +211,7 @@ class TrainLoop:
             with ckpt.as_directory() as d:
                 self.engine.load_checkpoint(d, tag=DS_TAG, load_lr_scheduler_states=False)
                 state = read_state(d)
+                self.restore_state(state, d)
             self.step, self.history, self.starts = state["step"], state["history"], state.get("starts", [])
         self.starts.append(self.step)
         self.epoch = self.step  # distinct shuffle seeds for every (re)start and epoch
@@ -236,7 +263,7 @@ class TrainLoop:
         lr = lr_at(self.step, base_lr=o.base_lr, global_batch=stage.batch_size, warmup_steps=o.warmup_steps,
                    total_steps=self.total, min_lr_ratio=o.min_lr_ratio)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         loss_sum, parts = 0.0, {}
         for batch in micro:
             batch = self.last_batch = self.prepare_batch(batch)
@@ -278,19 +305,23 @@ class TrainLoop:
         self.history.append({"step": step, "loss": mean_loss, "lr": lr, "stage": si, **parts})
         self._maybe_kill(step)
 
-        do_log = step % cfg.log.every_steps == 0 or step == self.total
-        do_ckpt = step % cfg.checkpoint.every_steps == 0 or step == self.total
+        do_log, do_ckpt = self.report_due(step)
         if not (do_log or do_ckpt):
             return
-        metrics = self.log(si, lr, mean_loss, parts)
+        t_eval = time.perf_counter()
+        extra = self.report_metrics(step)
+        self.win_t0 += time.perf_counter() - t_eval  # evaluation time is not training throughput
+        metrics = {**self.log(si, lr, mean_loss, parts, extra), **extra}
         if do_ckpt:
             self.save(metrics)
         else:
             ray.train.report(metrics)
 
-    def log(self, si: int, lr: float, loss: float, parts: Mapping[str, float]) -> dict[str, Any]:
+    def log(self, si: int, lr: float, loss: float, parts: Mapping[str, float],
+            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The metrics of the window since the last log (throughput, data wait, memory, MFU, the
-        loss parts); rank 0 prints the step line and writes TensorBoard scalars."""
+        loss parts); rank 0 prints the step line (with ``extra``'s scalars, e.g. validation
+        metrics) and writes TensorBoard scalars."""
         dt = time.perf_counter() - self.win_t0
         sps = self.win_samples / max(dt, 1e-9)
         metrics = {
@@ -305,8 +336,10 @@ class TrainLoop:
         self._reset_window()
         self.history[-1].update(samples_per_s=sps, data_wait_frac=metrics["data_wait_frac"])
         if self.rank == 0:
-            print(f"[{self.tag}] {format_step_line(metrics)}", flush=True)
+            print(f"[{self.tag}] {format_step_line({**metrics, **(extra or {})})}", flush=True)
             self.tb.scalars(metrics, self.step)
+            if extra:
+                self.tb.scalars(extra, self.step, prefix="eval")
         return metrics
 
     def save(self, metrics: dict[str, Any]) -> None:
@@ -317,7 +350,8 @@ class TrainLoop:
         self.engine.save_checkpoint(tmp, tag=DS_TAG, client_state={"step": self.step})
         if self.rank == 0:
             write_state(tmp, {"step": self.step, "history": self.history, "starts": self.starts,
-                              "config": self.cfg.model_dump(mode="json")})
+                              "config": self.cfg.model_dump(mode="json"), **self.state()})
+            self.checkpoint_files(tmp)
             Path(tmp, CONFIG_FILE).write_text(self.config_json)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -359,31 +393,52 @@ class TrainLoop:
 # ---------------------------------------------------------------------------------------------
 
 
-def fit(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[str, Any], config_json: str):
-    """Run ``loop_cls`` on ``cfg.scaling.num_workers`` Ray Train workers under ``<storage>/<name>``;
-    the ``ray.train.Result``. ``NonFiniteLossError`` when a worker reported a non-finite loss."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def default_run_config(cfg: TrainConfig, checkpoint_config=None, callbacks=None):
+    """The ``RunConfig`` of a run under ``<storage>/<name>`` (checkpoints: the last ``checkpoint.keep``
+    unless ``checkpoint_config`` says otherwise)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     fs, storage_path = pyarrow_fs(cfg.storage, cfg.data.storage)
+    return RunConfig(
+        name=cfg.name,
+        storage_path=storage_path,
+        storage_filesystem=fs,
+        checkpoint_config=checkpoint_config or CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        callbacks=callbacks,
+    )
+
+
+def make_trainer(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[str, Any], config_json: str,
+                 run_config=None, dataset_config=None):
+    """The ``TorchTrainer`` running ``loop_cls`` on ``cfg.scaling.num_workers`` workers (``run_config``:
+    default ``default_run_config(cfg)``; ``dataset_config``: how datasets reach the workers, default
+    Ray's)."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    extra = {} if dataset_config is None else {"dataset_config": dataset_config}
+    return TorchTrainer(
         loop_cls.entry,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "config_json": config_json},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=storage_path,
-            storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
+        run_config=run_config or default_run_config(cfg),
         datasets=dict(datasets),
+        **extra,
     )
+
+
+def fit(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[str, Any], config_json: str,
+        trainer=None):
+    """Run ``loop_cls`` on ``cfg.scaling.num_workers`` Ray Train workers under ``<storage>/<name>``
+    (``trainer``: one ``make_trainer`` built with other settings); the ``ray.train.Result``.
+    ``NonFiniteLossError`` when a worker reported a non-finite loss."""
+    trainer = trainer or make_trainer(cfg, loop_cls, datasets, config_json)
     from pipeline.storage import filesystem
 
     flag_fs, flag = filesystem(join(cfg.storage, cfg.name, NON_FINITE_FILE), cfg.data.storage)

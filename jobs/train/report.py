@@ -97,6 +97,10 @@ def format_step_line(m: Mapping[str, Any]) -> str:
     ]
     if m.get("mfu") is not None:
         parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    evals = [f"{k} {v:.4f}" for k, v in m.items()
+             if k.startswith(("val_", "test_")) and k != "val_score" and isinstance(v, int | float)]
+    if evals:
+        parts.append(" ".join(evals))
     return " | ".join(parts)
 
 
@@ -169,3 +173,31 @@ def write_plots(out_dir: str, history: list[dict], recon: Reconstruction | None,
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_curves(out_dir: str, history: list[dict], evals: list[dict], title: str) -> str:
+    """``curves.png``: the training loss per step (left) and every validation metric at each
+    evaluation (right; ``evals``: ``{"step", "val_<metric>": ...}`` records) of a fine-tuning run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    keys = sorted({k for e in evals for k in e if k.startswith("val_") and k != "val_score"})
+    for k in keys:
+        pts = [(e["step"], e[k]) for e in evals if k in e]
+        bx.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k.removeprefix("val_"))
+    bx.set_xlabel("step")
+    bx.set_ylabel("validation")
+    if keys:
+        bx.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
