@@ -75,6 +75,8 @@ log = logging.getLogger("skyray.tune")
 DONE_FILE = "trial_done.json"
 #: Tune's metric and time attribute (the finetune job's reports carry both)
 METRIC, TIME_ATTR = "val_score", "step"
+#: a trial's last report carries this (the reason) when it ended with a deterministic failure
+FAILED = "failed"
 
 
 class Plan(NamedTuple):
@@ -140,6 +142,20 @@ def plan(cfg: SweepConfig) -> list[Plan]:
     return plans
 
 
+def check_prepared(plans: list[Plan]) -> None:
+    """``jobs.finetune.prepare`` of each experiment's base config on the driver (the shards' tile
+    size, the splits, the encoder weights fitting the model): ``ConfigError`` naming the benchmark
+    and encoder before any trial starts."""
+    from jobs import finetune
+
+    for p in plans:
+        lazy = cli.deep_merge(p.base, {"data": {"cache": False}})  # checks only: build, do not read
+        try:
+            finetune.prepare(finetune.FinetuneConfig.model_validate(lazy))
+        except cli.ConfigError as e:
+            raise cli.ConfigError(f"data.{p.benchmark} with encoders.{p.encoder}: {e}") from None
+
+
 def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
     """Validate the fine-tuning config at every corner value of every knob."""
     from pydantic import ValidationError
@@ -170,11 +186,10 @@ def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
 def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> None:
     """One trial: the fine-tuning run of ``base`` with ``params``, named by the trial id, so a
     restarted trial resumes its own Ray Train run from the last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from jobs import finetune
-    from jobs.train.data import pyarrow_fs
+    from jobs.train.loop import NonFiniteLossError, fit
     from pipeline import storage as st
 
     trial_id = tune.get_context().get_trial_id()
@@ -184,17 +199,16 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> No
         tune.report(json.loads(st.read_bytes(done_uri, cfg.data.storage)))
         return
     cfg, datasets = finetune.prepare(cfg)
-    fs, storage_path = pyarrow_fs(cfg.storage, cfg.data.storage)
-    run_config = RunConfig(
-        name=trial_id, storage_path=storage_path, storage_filesystem=fs,
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-        failure_config=FailureConfig(max_failures=cfg.max_failures),
-        callbacks=[TuneReportCallback(), RecordPlacementGroup(registry, trial_id)],
-    )
-    result = finetune.make_trainer(cfg, datasets, run_config=run_config).fit()
-    if result.error:
-        raise result.error
-    final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float | str)}
+    run_config = finetune.default_run_config(
+        cfg, callbacks=[TuneReportCallback(), RecordPlacementGroup(registry, trial_id)])
+    trainer = finetune.make_trainer(cfg, datasets, run_config=run_config)
+    try:
+        result = fit(cfg, finetune.FinetuneLoop, datasets, cli.config_json(cfg), trainer=trainer)
+        final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float | str)}
+    except NonFiniteLossError as e:
+        # deterministic: a Tune retry would fail the same way, so the trial ends here, marked failed
+        final = {TIME_ATTR: e.step, METRIC: float("nan"), FAILED: str(e)}
+        tune.report(final)
     st.write_bytes_atomic(done_uri, json.dumps(final, sort_keys=True).encode(), cfg.data.storage)
 
 
@@ -307,7 +321,7 @@ def _records(grid, ft) -> list[TrialRecord]:
             seconds=float(m.get("time_total_s") or 0.0),
             cpus=ft.scaling.num_workers * ft.scaling.cpus_per_worker,
             gpus=float(ft.scaling.num_workers) if ft.scaling.use_gpu else 0.0,
-            error=(str(r.error).strip().splitlines() or ["error"])[-1][:200] if r.error else None,
+            error=(str(r.error).strip().splitlines() or ["error"])[-1][:200] if r.error else m.get(FAILED),
         ))
     return out
 
@@ -340,22 +354,24 @@ def _write_outputs(cfg: SweepConfig, results: list[EncoderResult]) -> dict[str, 
 
 def run(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or resume) every experiment; returns ``{"name", "root", "outputs", "experiments"}``."""
-    plans = plan(cfg)  # every config error before any work
-    cli.log_config(cfg, "sweep config")
-    cli.init_ray()
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from jobs.finetune import FinetuneConfig
     from jobs.train.data import pyarrow_fs
 
+    plans = plan(cfg)  # every config error before any work
+    cli.log_config(cfg, "sweep config")
+    cli.init_ray()
+    cluster = ray.cluster_resources()
+    sizing = [concurrency(cfg, FinetuneConfig.model_validate(p.base), cluster) for p in plans]
+    check_prepared(plans)
+
     registry_name = f"skyray-tune-pgs-{cfg.name}"
     registry = PlacementGroupRegistry.options(name=registry_name).remote()
-    cluster = ray.cluster_resources()
     results: list[EncoderResult] = []
     summary: list[dict[str, Any]] = []
-    for p in plans:
+    for p, (conc, per_trial) in zip(plans, sizing, strict=True):
         ft = FinetuneConfig.model_validate(p.base)
-        conc, per_trial = concurrency(cfg, ft, cluster)
         fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
         exp_path = f"{bench_path}/{p.encoder}"
         trainable = tune.with_resources(
@@ -374,8 +390,10 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 param_space=to_tune_space(cfg.space),
                 tune_config=tune.TuneConfig(
                     metric=METRIC, mode="max", scheduler=_scheduler(cfg, ft.total_steps),
-                    search_alg=BasicVariantGenerator(random_state=cfg.seed),
-                    num_samples=cfg.num_samples, max_concurrent_trials=conc,
+                    # the random search, seeded; it bounds the trials in flight itself (Tune ignores
+                    # ``max_concurrent_trials`` beside a given generator)
+                    search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=conc),
+                    num_samples=cfg.num_samples,
                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
                 ),
                 run_config=tune.RunConfig(

@@ -194,3 +194,169 @@ def test_plot_trials_writes_a_png(tmp_path):
     p = tmp_path / "trials.png"
     plot_trials(p, "synthetic", _results())
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------------------------
+# the job: config errors before any trial, a 4-trial ASHA sweep, resume after a driver kill
+# ---------------------------------------------------------------------------------------------
+
+TINY = "configs/tune/tiny.yaml"
+#: the tiny preset, shortened: 20 steps, validation every 5, ASHA rungs at 5 and 10
+FAST = ["finetune.stages=[{img_size: 32, steps: 20, batch_size: 16}]", "finetune.checkpoint.every_steps=10",
+        "scheduler.grace_period=5"]
+
+
+@pytest.fixture(scope="module")
+def toy_classification(tmp_path_factory):
+    """A small labelled classification benchmark (contract v3, 48/12/12 rows, 32 px)."""
+    from tests.jobs.conftest import make_benchmark
+
+    out = tmp_path_factory.mktemp("toy") / "toy"
+    make_benchmark(out, "classification")
+    return out
+
+
+def _cfg(tmp_path, data, *overrides: str, name: str = "s") -> SweepConfig:
+    return cli.load_config(SweepConfig, TINY, [*FAST, *overrides],
+                           {"data": f"toy={data}", "storage": str(tmp_path / "sweeps"), "name": name})
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["space.batch_size={choice: [16, 7]}", "finetune.scaling.num_workers=2"],
+     r"space\.batch_size=7: .*batch_size"),
+    (["space.mode=probe"], r"space\.mode='probe': the fine-tuning config is invalid: mode"),
+    (["scheduler.grace_period=20"], r"scheduler\.grace_period 20 must be below the trials' 20 steps"),
+    (["finetune.scaling.cpus_per_worker=0"],
+     r"finetune: the fine-tuning config is invalid: scaling\.cpus_per_worker"),
+    (["finetune_config=configs/finetune/none.yaml"], "finetune_config: file not found"),
+])
+def test_config_errors_before_any_trial(tmp_path, toy_classification, overrides, match):
+    from jobs.tune import plan
+
+    with pytest.raises(cli.ConfigError, match=match):
+        plan(_cfg(tmp_path, toy_classification, *overrides))
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_data_errors_name_the_benchmark(tmp_path, shards_dir):
+    from jobs.tune import plan
+
+    with pytest.raises(cli.ConfigError, match=r"data\.toy: .* holds no benchmark"):
+        plan(_cfg(tmp_path, shards_dir))  # unlabelled ingest shards
+    with pytest.raises(cli.ConfigError, match=r"data\.toy: no manifest\.json"):
+        plan(_cfg(tmp_path, tmp_path / "missing"))
+    with pytest.raises(cli.ConfigError, match="storage is not set"):
+        plan(cli.load_config(SweepConfig, TINY, FAST, {"data": f"toy={shards_dir}", "name": "s"}))
+
+
+def test_prepare_errors_and_missing_driver_resource_fail_before_trials(ray_session, tmp_path,
+                                                                     toy_classification):
+    from jobs.tune import run
+
+    with pytest.raises(cli.ConfigError,
+                       match=r"data\.toy with encoders\.random: stages\.0\.img_size 64 exceeds"):
+        run(_cfg(tmp_path, toy_classification, "finetune.stages=[{img_size: 64, steps: 20, batch_size: 16}]",
+                 "finetune.model.overrides.img_size=64"))
+    with pytest.raises(cli.ConfigError, match=r"driver_resources: the cluster has no .*\['tune_driver'\]"):
+        run(_cfg(tmp_path, toy_classification, "driver_resources={CPU: 0, tune_driver: 0.01}"))
+    assert not list((tmp_path / "sweeps").rglob("trial_*"))
+
+
+def _tune_trials(exp_dir):
+    """Tune's own record of every trial (``trial_*/result.json``, one JSON object per report):
+    trial id -> reports, the reference the tables are checked against."""
+    import json
+
+    out = {}
+    for f in sorted(exp_dir.glob("trial_*/result.json")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
+
+
+def _check_outputs(root, bench="toy", encoder="random", trials=4, steps=20):
+    """The tables and plot of a finished sweep against Tune's per-trial records."""
+    exp = _tune_trials(root / bench / encoder)
+    assert len(exp) == trials
+    rows = list(csv.DictReader(io.StringIO((root / bench / "results.csv").read_text())))
+    assert len(rows) == 1 and rows[0]["encoder"] == encoder
+    row = rows[0]
+    assert int(row["trials"]) == trials and int(row["errored"]) == 0
+    last_step = {t: max(r["step"] for r in rs) for t, rs in exp.items()}
+    assert int(row["trial_steps"]) == sum(last_step.values())
+    completed = {t: rs for t, rs in exp.items() if any("test_oa" in r for r in rs)}
+    assert completed and int(row["completed"]) == len(completed)
+    assert all(last_step[t] == steps for t in completed)  # ran the full budget
+    assert all(last_step[t] < steps for t in exp if t not in completed)  # stopped by ASHA
+    best = max(completed, key=lambda t: (max(r["val_score"] for r in completed[t]), t))
+    assert row["best_trial"] == best
+    assert float(row["best_val_score"]) == pytest.approx(max(r["val_score"] for r in completed[best]))
+    test_oa = next(r["test_oa"] for r in completed[best] if "test_oa" in r)
+    assert float(row["test_oa"]) == pytest.approx(test_oa)
+    assert float(row["cpu_seconds"]) > 0
+    md = (root / bench / "results.md").read_text()
+    for t in exp:
+        assert f"| {t} |" in md
+    assert (root / bench / "trials.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (root / "summary.md").read_text()
+    assert f"| {encoder} | {100 * test_oa:.2f} |" in summary
+    return exp
+
+
+@pytest.mark.slow
+def test_asha_sweep_of_4_trials_on_2_cpus_writes_tables_and_plot(ray_session, tmp_path, toy_classification):
+    from jobs.tune import run
+
+    cfg = _cfg(tmp_path, toy_classification)
+    out = run(cfg)
+    assert out["experiments"] == [{"benchmark": "toy", "encoder": "random", "trials": 4, "resumed": False,
+                                   "trial_steps": out["experiments"][0]["trial_steps"],
+                                   "best": out["experiments"][0]["best"]}]
+    exp = _check_outputs(tmp_path / "sweeps" / "s")
+    # every report carried the metric on the global step, every eval interval
+    for rs in exp.values():
+        assert [r["step"] for r in rs] == list(range(5, 5 * len(rs) + 1, 5))
+        assert all(0.0 <= r["val_score"] <= 1.0 for r in rs)
+
+
+@pytest.mark.slow
+def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classification):
+    """Kill the sweep driver once a trial has finished, relaunch the same command: the sweep
+    continues, every trial is accounted for, and the finished ones are not trained again."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from jobs.tune import DONE_FILE
+
+    storage = tmp_path / "sweeps"
+    cmd = [sys.executable, "-m", "jobs.tune", "--config", TINY, "--data", f"toy={toy_classification}",
+           "--encoder", "random", "--storage", str(storage), "--name", "r", "--set", *FAST]
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    runs = storage / "r" / "toy" / "random" / "runs"
+    log = tmp_path / "first.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while not list(runs.glob(f"*/{DONE_FILE}")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(1)
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9, log.read_text()[-3000:]
+    finished = {p.parent.name: {q: q.stat().st_mtime_ns for q in p.parent.rglob("*") if q.is_file()}
+                for p in runs.glob(f"*/{DONE_FILE}")}
+    assert finished
+    assert not (storage / "r" / "summary.md").exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = json.loads(second.stdout[second.stdout.index("{\n"):])
+    assert out["experiments"][0]["resumed"] is True and out["experiments"][0]["trials"] == 4
+    exp = _check_outputs(storage / "r")
+    assert set(finished) <= set(exp)
+    for trial_id, files in finished.items():  # not retrained: its Train run is untouched
+        now = {q: q.stat().st_mtime_ns for q in (runs / trial_id).rglob("*") if q.is_file()}
+        assert now == files, trial_id
