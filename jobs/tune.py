@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 import ray
 from ray import tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from jobs import cli
 from jobs.sweep import (
@@ -186,8 +187,6 @@ def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
 def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> None:
     """One trial: the fine-tuning run of ``base`` with ``params``, named by the trial id, so a
     restarted trial resumes its own Ray Train run from the last checkpoint."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from jobs import finetune
     from jobs.train.loop import NonFiniteLossError, fit
     from pipeline import storage as st
@@ -200,7 +199,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> No
         return
     cfg, datasets = finetune.prepare(cfg)
     run_config = finetune.default_run_config(
-        cfg, callbacks=[TuneReportCallback(), RecordPlacementGroup(registry, trial_id)])
+        cfg, callbacks=[ReportToTune(), RecordPlacementGroup(registry, trial_id)])
     trainer = finetune.make_trainer(cfg, datasets, run_config=run_config)
     try:
         result = fit(cfg, finetune.FinetuneLoop, datasets, cli.config_json(cfg), trainer=trainer)
@@ -210,6 +209,15 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> No
         final = {TIME_ATTR: e.step, METRIC: float("nan"), FAILED: str(e)}
         tune.report(final)
     st.write_bytes_atomic(done_uri, json.dumps(final, sort_keys=True).encode(), cfg.data.storage)
+
+
+class ReportToTune(TuneReportCallback):
+    """``TuneReportCallback`` whose reports always carry the scheduler's metric: a report without
+    it (the loop's stop on a non-finite loss reports only ``step``) gets ``val_score`` NaN, which ASHA
+    never promotes, instead of failing Tune's metric check, which would end the whole sweep."""
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        super().after_report(run_context, [{METRIC: float("nan"), **m} for m in metrics], checkpoint)
 
 
 # Ray Train V2 schedules a trial's workers in a placement group that belongs to the job, not to
