@@ -360,12 +360,46 @@ def _write_outputs(cfg: SweepConfig, results: list[EncoderResult]) -> dict[str, 
     return written
 
 
-def run(cfg: SweepConfig) -> dict[str, Any]:
-    """Run (or resume) every experiment; returns ``{"name", "root", "outputs", "experiments"}``."""
+def _tuner(cfg: SweepConfig, p: Plan, conc: int, per_trial: Mapping[str, float], registry: str):
+    """``(Tuner, resumed)`` of one experiment: restored when its directory holds one, else new."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from jobs.finetune import FinetuneConfig
     from jobs.train.data import pyarrow_fs
+
+    fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
+    exp_path = f"{bench_path}/{p.encoder}"
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=p.base, registry=registry), dict(cfg.driver_resources))
+    if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        log.info("resuming %s/%s from %s", p.benchmark, p.encoder, exp_path)
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False, storage_filesystem=fs), True
+    log.info("%s/%s: %d trials, %d at once (one trial holds %s)", p.benchmark, p.encoder,
+             cfg.num_samples * grid_size(cfg.space), conc, per_trial)
+    total = FinetuneConfig.model_validate(p.base).total_steps
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(cfg.space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", scheduler=_scheduler(cfg, total),
+            # the random search, seeded; it bounds the trials in flight itself (Tune ignores
+            # ``max_concurrent_trials`` beside a given generator)
+            search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=conc),
+            num_samples=cfg.num_samples,
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=p.encoder, storage_path=bench_path, storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            callbacks=[FreePlacementGroups(registry)], verbose=1,
+        ),
+    ), False
+
+
+def run(cfg: SweepConfig) -> dict[str, Any]:
+    """Run (or resume) every experiment; returns ``{"name", "root", "outputs", "experiments"}``."""
+    from jobs.finetune import FinetuneConfig
 
     plans = plan(cfg)  # every config error before any work
     cli.log_config(cfg, "sweep config")
@@ -375,50 +409,22 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     check_prepared(plans)
 
     registry_name = f"skyray-tune-pgs-{cfg.name}"
-    registry = PlacementGroupRegistry.options(name=registry_name).remote()
+    registry = PlacementGroupRegistry.options(name=registry_name, get_if_exists=True).remote()
     results: list[EncoderResult] = []
     summary: list[dict[str, Any]] = []
-    for p, (conc, per_trial) in zip(plans, sizing, strict=True):
-        ft = FinetuneConfig.model_validate(p.base)
-        fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
-        exp_path = f"{bench_path}/{p.encoder}"
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, base=p.base, registry=registry_name), dict(cfg.driver_resources))
-        if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            log.info("resuming %s/%s from %s", p.benchmark, p.encoder, exp_path)
-            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False, storage_filesystem=fs)
-            resumed = True
-        else:
-            trials = cfg.num_samples * grid_size(cfg.space)
-            log.info("%s/%s: %d trials, %d at once (one trial holds %s)", p.benchmark, p.encoder, trials,
-                     conc, per_trial)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=to_tune_space(cfg.space),
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode="max", scheduler=_scheduler(cfg, ft.total_steps),
-                    # the random search, seeded; it bounds the trials in flight itself (Tune ignores
-                    # ``max_concurrent_trials`` beside a given generator)
-                    search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=conc),
-                    num_samples=cfg.num_samples,
-                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
-                ),
-                run_config=tune.RunConfig(
-                    name=p.encoder, storage_path=bench_path, storage_filesystem=fs,
-                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                    callbacks=[FreePlacementGroups(registry_name)], verbose=1,
-                ),
-            )
-            resumed = False
-        grid = tuner.fit()
-        r = EncoderResult(p.benchmark, p.task, p.encoder, _records(grid, ft))
-        results.append(r)
-        summary.append({"benchmark": p.benchmark, "encoder": p.encoder, "trials": len(r.trials),
-                        "trial_steps": r.trial_steps, "resumed": resumed,
-                        "best": r.best.trial_id if r.best else None})
+    try:
+        for p, (conc, per_trial) in zip(plans, sizing, strict=True):
+            tuner, resumed = _tuner(cfg, p, conc, per_trial, registry_name)
+            grid = tuner.fit()
+            ft = FinetuneConfig.model_validate(p.base)
+            r = EncoderResult(p.benchmark, p.task, p.encoder, _records(grid, ft))
+            results.append(r)
+            summary.append({"benchmark": p.benchmark, "encoder": p.encoder, "trials": len(r.trials),
+                            "trial_steps": r.trial_steps, "resumed": resumed,
+                            "best": r.best.trial_id if r.best else None})
+    finally:
+        ray.kill(registry)
     outputs = _write_outputs(cfg, results)
-    ray.kill(registry)
     return {"name": cfg.name, "root": join(_absolute(cfg.storage), cfg.name), "outputs": outputs,
             "experiments": summary}
 
