@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         t0 = time.perf_counter()
-        data, source = build_benchmark(work, tiles=2, size_px=512, per_class=args.per_class, seed=0)
+        data, source = build_benchmark(work, tiles=3, size_px=768, per_class=args.per_class, seed=0)
         manifest = json.loads((data / "manifest.json").read_text())
         lines.append(f"benchmark: {source}; splits {manifest['benchmark']['splits']} "
                      f"({time.perf_counter() - t0:.0f} s to build)")
