@@ -72,7 +72,7 @@ __all__ = ["SweepConfig", "main", "run"]
 
 log = logging.getLogger("skyray.tune")
 
-#: written by a trial's driver into its Ray Train run once the run finished (its last report)
+#: a trial's last report, written into its Ray Train run when the run finished (``ReportToTune``)
 DONE_FILE = "trial_done.json"
 #: Tune's metric and time attribute (the finetune job's reports carry both)
 METRIC, TIME_ATTR = "val_score", "step"
@@ -199,25 +199,39 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> No
         return
     cfg, datasets = finetune.prepare(cfg)
     run_config = finetune.default_run_config(
-        cfg, callbacks=[ReportToTune(), RecordPlacementGroup(registry, trial_id)])
+        cfg, callbacks=[ReportToTune(done_uri, cfg.data.storage), RecordPlacementGroup(registry, trial_id)])
     trainer = finetune.make_trainer(cfg, datasets, run_config=run_config)
     try:
-        result = fit(cfg, finetune.FinetuneLoop, datasets, cli.config_json(cfg), trainer=trainer)
-        final = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float | str)}
+        fit(cfg, finetune.FinetuneLoop, datasets, cli.config_json(cfg), trainer=trainer)
     except NonFiniteLossError as e:
         # deterministic: a Tune retry would fail the same way, so the trial ends here, marked failed
         final = {TIME_ATTR: e.step, METRIC: float("nan"), FAILED: str(e)}
+        st.write_bytes_atomic(done_uri, json.dumps(final, sort_keys=True).encode(), cfg.data.storage)
         tune.report(final)
-    st.write_bytes_atomic(done_uri, json.dumps(final, sort_keys=True).encode(), cfg.data.storage)
 
 
 class ReportToTune(TuneReportCallback):
-    """``TuneReportCallback`` whose reports always carry the scheduler's metric: a report without
-    it (the loop's stop on a non-finite loss reports only ``step``) gets ``val_score`` NaN, which ASHA
-    never promotes, instead of failing Tune's metric check, which would end the whole sweep."""
+    """``TuneReportCallback`` (in the Train controller) that
+
+    * gives every report the scheduler's metric: a report without it (the loop's stop on a
+      non-finite loss reports only ``step``) gets ``val_score`` NaN, which ASHA never promotes,
+      instead of failing Tune's metric check, which would end the whole sweep;
+    * writes the run's last report (the one with ``test_<metric>``) to ``trial_done.json`` before
+      Tune sees it: ASHA stops a trial that reaches its budget as soon as it receives that report,
+      killing the trial's driver before ``fit`` returns there."""
+
+    def __init__(self, done_uri: str, storage) -> None:
+        super().__init__()
+        self.done_uri, self.storage = done_uri, storage
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        super().after_report(run_context, [{METRIC: float("nan"), **m} for m in metrics], checkpoint)
+        from pipeline.storage import write_bytes_atomic
+
+        metrics = [{METRIC: float("nan"), **m} for m in metrics]
+        if metrics and any(k.startswith("test_") for k in metrics[0]):
+            final = {k: v for k, v in metrics[0].items() if isinstance(v, int | float | str)}
+            write_bytes_atomic(self.done_uri, json.dumps(final, sort_keys=True).encode(), self.storage)
+        super().after_report(run_context, metrics, checkpoint)
 
 
 # Ray Train V2 schedules a trial's workers in a placement group that belongs to the job, not to

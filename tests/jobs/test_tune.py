@@ -346,6 +346,7 @@ def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classificati
         proc.kill()
         proc.wait()
     assert proc.returncode == -9, log.read_text()[-3000:]
+    time.sleep(5)  # the dead driver's job ends: its trial drivers, Train controllers and workers exit
     finished = {p.parent.name: {q: q.stat().st_mtime_ns for q in p.parent.rglob("*") if q.is_file()}
                 for p in runs.glob(f"*/{DONE_FILE}")}
     assert finished
