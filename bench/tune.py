@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=45, help="full budget per trial (global steps)")
     ap.add_argument("--grace", type=int, default=5, help="ASHA grace period (steps)")
-    ap.add_argument("--reduction", type=float, default=3.0)
+    ap.add_argument("--reduction", type=float, default=4.0)
     ap.add_argument("--per-class", type=int, default=40)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--work", default=None)
