@@ -321,6 +321,7 @@ def test_asha_sweep_of_4_trials_on_2_cpus_writes_tables_and_plot(ray_session, tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two launches of a 4-trial sweep
 def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classification):
     """Kill the sweep driver once a trial has finished, relaunch the same command: the sweep
     continues, every trial is accounted for, and the finished ones are not trained again."""
@@ -340,7 +341,7 @@ def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classificati
     log = tmp_path / "first.log"
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        deadline = time.time() + 600
+        deadline = time.time() + 900
         while not list(runs.glob(f"*/{DONE_FILE}")) and proc.poll() is None and time.time() < deadline:
             time.sleep(1)
         proc.kill()
@@ -352,7 +353,7 @@ def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classificati
     assert finished
     assert not (storage / "r" / "summary.md").exists()
 
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out = json.loads(second.stdout[second.stdout.index("{\n"):])
     assert out["experiments"][0]["resumed"] is True and out["experiments"][0]["trials"] == 4
