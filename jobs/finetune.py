@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -313,7 +314,9 @@ def _check_encoder(cfg: FinetuneConfig) -> None:
     with torch.device("meta"):
         model = build_task_model(cfg.model.name, cfg.model.overrides, task=cfg.task,
                                  num_classes=len(cfg.classes), frozen=cfg.frozen)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # loading into meta parameters is a no-op by design here: only names and shapes are checked
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
         try:
             load_encoder(model, local_weights(cfg, tmp))
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
@@ -358,7 +361,8 @@ def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any]]:
     for split in SPLITS:
         if not bench.get("splits", {}).get(split):
             raise cli.ConfigError(f"data.path {cfg.data.path!r} has no {split!r} rows (splits: "
-                                  f"{bench.get('splits')})")
+                                  f"{bench.get('splits')}); model selection needs a val split: convert "
+                                  "with one (e.g. OSCD --set options.val_cities=[...])")
     if bench["task"] == "change" and manifest.get("max_slots", 0) < 2:
         raise cli.ConfigError("a change benchmark needs two S2 slots per sample (max_slots >= 2)")
     _check_stages(cfg.stages, manifest["tile_px"], enc_config.patch_size)

@@ -78,7 +78,7 @@ class TaskMetrics:
     live (the workers' device, so NCCL can sync them)."""
 
     def __init__(self, task: str, num_classes: int, device: torch.device | str = "cpu") -> None:
-        self.task = task
+        self.task, self.num_classes, self.device = task, num_classes, torch.device(device)
         self.metrics = MetricCollection(_collection(task, num_classes), compute_groups=False).to(device)
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -91,6 +91,12 @@ class TaskMetrics:
 
     def compute(self) -> dict[str, float]:
         """Every metric over all updates of every rank (a collective under ``torch.distributed``)."""
+        if self.task == "multilabel":
+            # Average precision keeps every score (list states, gathered over the ranks); a rank whose
+            # share of the split was empty would gather a state of another rank (1-D instead of
+            # (N, K)) and break the collective, so each rank adds a (0, K) entry before it.
+            empty = torch.zeros(0, self.num_classes, device=self.device)
+            self.metrics.update(empty, empty.long())
         return {k: float(v) for k, v in self.metrics.compute().items()}
 
     def reset(self) -> None:

@@ -71,13 +71,13 @@ def make_benchmark(out: Path, task: str, splits: dict[str, int] | None = None, t
             elif task == "segmentation":
                 cls = rng.integers(0, 3, size=3)
                 label = np.repeat(cls, -(-tile // 3))[:tile][None, :].repeat(tile, 0).astype(np.uint8)
-                base[:] = 1500 + 1500 * label[None, None]
+                base[:] = 1500 + 1500 * label[None, None].astype(float)
                 label[0] = 255
             else:
                 y, x = rng.integers(0, tile // 2, size=2)
                 label = np.zeros((tile, tile), np.uint8)
                 label[y:y + tile // 2, x:x + tile // 2] = 1
-                base[1] += 4000 * label
+                base[1] += 4000.0 * label
                 label[:, 0] = 255
             dn = np.clip(base + rng.normal(0, 100, base.shape), 1, 10000).astype(np.uint16)
             # cube order B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12 -> the two groups

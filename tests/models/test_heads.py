@@ -114,3 +114,21 @@ def test_change_head_learns_to_find_the_change():
         opt.step()
     acc = ((head(a, b) > 0) == changed).float().mean()
     assert acc > 0.95, acc
+
+
+def test_masked_cross_entropy_counts_only_labelled_targets():
+    from models.heads import IGNORE_INDEX, masked_cross_entropy
+
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0] = IGNORE_INDEX
+    keep = target != IGNORE_INDEX
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], target[keep])
+    torch.testing.assert_close(masked_cross_entropy(logits, target), expected)
+    # every target ignored: 0, not NaN (torch's mean), and no gradient
+    logits.requires_grad_(True)
+    loss = masked_cross_entropy(logits, torch.full((2, 4, 4), IGNORE_INDEX))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad.abs().sum() == 0
+    nan = F.cross_entropy(logits, torch.full((2, 4, 4), IGNORE_INDEX), ignore_index=IGNORE_INDEX)
+    assert torch.isnan(nan)
