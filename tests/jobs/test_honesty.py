@@ -29,3 +29,12 @@ def test_benchmark_is_balanced_and_split(splits):
 def test_train_config_errors_name_the_field():
     with pytest.raises(ValueError, match="optim.base_lr"):
         honesty.train_config("spectralgpt", 10, ["optim.base_lr=-1"])
+
+
+def test_skysense_pretraining_beats_a_random_encoder(splits):
+    """SkySense (S2 time series + S1): pretrained beats random. Asserted at >= 3 points mean over 2 seeds and
+    300 steps (what fits ~3 min on 2 cores), not the issue's 10 points over 3 seeds (``bench/results/
+    honesty.md`` has the full figure); a random-vs-random comparison gives exactly 0 and fails it."""
+    rows = honesty.run_family("skysense", splits, steps=300, seeds=2, overrides=[], log=lambda s: None)
+    assert all(0.0 < r.random_oa < 1.0 for r in rows)
+    assert honesty.mean_gap(rows, "skysense") >= 3.0, honesty.table(rows)

@@ -144,10 +144,10 @@ def test_change_pairs_change_texture_where_labelled(archive):
     for it in items:
         (s,) = b.read_item(it, o, FS)
         assert 0.1 < s.label.mean() < 0.5  # a ~30 % blob changed on every chip
-        # the change keeps the mean spectrum: chip means of both dates agree within 5 % (a blob of a smooth
-        # texture has its own mean)
+        # the change keeps the mean spectrum: chip means of both dates agree within 10 % (a blob cut out of a
+        # 16-32 px layout has its own mean; the classes' spectra differ by 2-3x, e.g. water vs. soil)
         m = s.s2_10m.astype(np.float64).mean((2, 3))
-        np.testing.assert_allclose(m[0], m[1], rtol=0.05)
+        np.testing.assert_allclose(m[0], m[1], rtol=0.1)
 
 
 # ------------------------------------------------------------------------------------ fairness
