@@ -54,6 +54,13 @@ def test_resolved_facts_follow_the_task():
     assert (b.info.classes, b.max_slots) == (CLASSES, 3)
 
 
+def test_resolved_is_identity_without_configure():
+    import dataclasses
+
+    plain = dataclasses.replace(get("synthetic"), configure=None)
+    assert plain.resolved(SyntheticOptions(task="change")) is plain
+
+
 def test_not_an_archive(tmp_path):
     b, o = _bench()
     with pytest.raises(FileNotFoundError, match="truth/classes.json"):
