@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -68,6 +67,9 @@ def build_benchmark(work: Path, *, tiles: int, size_px: int, per_class: int, see
     from pipeline.convert.writer import write_benchmark
     from pipeline.synthetic import make_archive
 
+    out = work / "bench"
+    if (out / "manifest.json").exists():  # a --work directory of an earlier run: same arguments, same bytes
+        return out
     epsgs = [32633 + i for i in range(tiles)]
     arch = make_archive(work / "archive", scenes=0, s1_scenes=0, seed=seed, size_px=size_px, epsg=epsgs)
     bench = get("synthetic")
@@ -76,7 +78,6 @@ def build_benchmark(work: Path, *, tiles: int, size_px: int, per_class: int, see
     fs = fsspec.filesystem("file")
     items, rejects = b.list_items(arch.root, opts, fs)
     samples = [s for it in items for s in b.read_item(it, opts, fs)]
-    out = work / "bench"
     write_benchmark(str(out), samples, b.info, tile_px=b.tile_px, max_slots=b.max_slots,
                     s2_20m_gsd=b.s2_20m_gsd, rejects=rejects, config={"options": opts.model_dump()})
     return out
@@ -133,7 +134,8 @@ def train_config(family: str, steps: int, overrides: list[str]) -> TrainConfig:
     return TrainConfig.model_validate(raw)
 
 
-def pretrain(cfg: TrainConfig, data: dict[str, np.ndarray], seed: int, log=print) -> tuple[torch.nn.Module, list]:
+def pretrain(cfg: TrainConfig, data: dict[str, np.ndarray], seed: int,
+             log=print) -> tuple[torch.nn.Module, list]:
     """Plain fp32 AdamW pretraining of ``cfg.model`` on ``data`` (numpy batch arrays, first axis = samples);
     returns the trained pretrainer and the loss curve [(step, loss)]."""
     fam = family_of(cfg.model.name)
@@ -167,9 +169,9 @@ def pretrain(cfg: TrainConfig, data: dict[str, np.ndarray], seed: int, log=print
             torch.nn.utils.clip_grad_norm_(module.parameters(), o.grad_clip)
         opt.step()
         module.after_step(step, steps)
-        curve.append((step, float(out["loss"])))
+        curve.append((step, float(out["loss"].detach())))
         if step % max(1, steps // 4) == 0 or step == steps - 1:
-            log(f"    step {step:4d} loss {float(out['loss']):.4f}")
+            log(f"    step {step:4d} loss {float(out['loss'].detach()):.4f}")
     return module, curve
 
 
@@ -198,7 +200,8 @@ def random_encoder(cfg: TrainConfig, seed: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def features(family: str, encoder: torch.nn.Module, batch: dict[str, np.ndarray], chunk: int = 64) -> torch.Tensor:
+def features(family: str, encoder: torch.nn.Module, batch: dict[str, np.ndarray],
+             chunk: int = 64) -> torch.Tensor:
     """Frozen pooled features (N, D): SpectralGPT mean over tokens, SkySense ``pooled``."""
     encoder.eval()
     n = next(iter(batch.values())).shape[0]
@@ -299,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["spectralgpt", "skysense"])
     ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default: per family)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--per-class", type=int, default=60, help="chips per class (balanced)")
+    ap.add_argument("--per-class", type=int, default=100, help="chips per class (balanced)")
     ap.add_argument("--tiles", type=int, default=3)
-    ap.add_argument("--size-px", type=int, default=768)
+    ap.add_argument("--size-px", type=int, default=1152)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides",
@@ -312,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         t0 = time.time()
-        bench = build_benchmark(work, tiles=args.tiles, size_px=args.size_px, per_class=args.per_class, seed=0)
+        bench = build_benchmark(work, tiles=args.tiles, size_px=args.size_px, per_class=args.per_class,
+                                seed=0)
         splits = load_splits(bench)
         print(f"benchmark: {', '.join(f'{k} {len(v.y)}' for k, v in splits.items())} chips "
               f"({time.time() - t0:.0f} s)", flush=True)
@@ -323,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     for fam in args.family:
-        print(f"{fam}: pretrained - random = {mean_gap(rows, fam):+.1f} points OA (mean of {args.seeds} seeds)")
+        gap = mean_gap(rows, fam)
+        print(f"{fam}: pretrained - random = {gap:+.1f} points OA (mean of {args.seeds} seeds)")
     print(f"machine: {platform.node()} {platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; python {sys.version.split()[0]}; total {time.time() - t0:.0f} s")
+          f"{torch.get_num_threads()} threads; python {sys.version.split()[0]}; "
+          f"total {time.time() - t0:.0f} s")
     return 0
 
 

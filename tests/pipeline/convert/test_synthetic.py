@@ -15,7 +15,7 @@ from pipeline import synthetic
 from pipeline.convert import get
 from pipeline.convert.synthetic import CLASSES, SyntheticOptions
 from pipeline.convert.writer import write_benchmark
-from pipeline.shards import IGNORE_INDEX, labels_to_arrays, read_shards
+from pipeline.shards import IGNORE_INDEX, labels_to_arrays
 from pipeline.synthetic.surface import LANDCOVER_CLASSES
 from pipeline.synthetic.textures import render_chip
 
@@ -54,6 +54,13 @@ def test_resolved_facts_follow_the_task():
     assert (b.info.classes, b.max_slots) == (CLASSES, 3)
 
 
+def test_resolved_is_identity_without_configure():
+    import dataclasses
+
+    plain = dataclasses.replace(get("synthetic"), configure=None)
+    assert plain.resolved(SyntheticOptions(task="change")) is plain
+
+
 def test_not_an_archive(tmp_path):
     b, o = _bench()
     with pytest.raises(FileNotFoundError, match="truth/classes.json"):
@@ -72,7 +79,8 @@ def test_unreadable_truth_is_rejected(archive, tmp_path):
     bad.write_bytes(b"not a tiff")
     b, o = _bench(task="segmentation")
     items, rejects = b.list_items(str(tmp_path / "a"), o, FS)
-    assert [(r.id, r.reason) for r in rejects] == [(bad.name.removesuffix("_landcover.tif"), "unreadable_file")]
+    tile = bad.name.removesuffix("_landcover.tif")
+    assert [(r.id, r.reason) for r in rejects] == [(tile, "unreadable_file")]
     assert len(items) == 144  # the other tile's 12 x 12 chips
 
 
@@ -85,7 +93,8 @@ def test_listing_classification_pure_and_balanced(archive):
         assert (lc == it.extra["label"] + 1).mean() >= 0.6
     counts = np.bincount([it.extra["label"] for it in items], minlength=len(CLASSES))
     b2, o2 = _bench(per_class=3)
-    bal = np.bincount([it.extra["label"] for it in b2.list_items(archive.root, o2, FS)[0]], minlength=len(CLASSES))
+    picked = b2.list_items(archive.root, o2, FS)[0]
+    bal = np.bincount([it.extra["label"] for it in picked], minlength=len(CLASSES))
     np.testing.assert_array_equal(bal, np.minimum(counts, 3))
     # the split is a seeded hash of the id: same on a re-listing, different seed -> different split
     again = b.list_items(archive.root, o, FS)[0]
@@ -100,8 +109,8 @@ def _truth(archive, item):
 
     with rasterio.open(item.files["truth"]) as r:
         lc = r.read(1)
-    n = 32
-    return lc[item.extra["row"] * n:(item.extra["row"] + 1) * n, item.extra["col"] * n:(item.extra["col"] + 1) * n]
+    r, c, n = item.extra["row"], item.extra["col"], 32
+    return lc[r * n:(r + 1) * n, c * n:(c + 1) * n]
 
 
 def test_samples_of_each_task(archive, tmp_path):
@@ -142,9 +151,10 @@ def test_change_pairs_change_texture_where_labelled(archive):
     for it in items:
         (s,) = b.read_item(it, o, FS)
         assert 0.1 < s.label.mean() < 0.5  # a ~30 % blob changed on every chip
-        # the change keeps the mean spectrum: chip means of both dates agree within 5 % (a blob of a smooth texture has its own mean)
+        # the change keeps the mean spectrum: chip means of both dates agree within 10 % (a blob cut out of a
+        # 16-32 px layout has its own mean; the classes' spectra differ by 2-3x, e.g. water vs. soil)
         m = s.s2_10m.astype(np.float64).mean((2, 3))
-        np.testing.assert_allclose(m[0], m[1], rtol=0.05)
+        np.testing.assert_allclose(m[0], m[1], rtol=0.1)
 
 
 # ------------------------------------------------------------------------------------ fairness
@@ -162,7 +172,7 @@ def _ridge_oa(f_tr, y_tr, f_te, y_te, lam=1e-2):
 
 @pytest.fixture(scope="module")
 def pure_chips():
-    """40 single-class chips per class, 4 dates each: (s2 (N, 4, 12, 32, 32) float, s1 (N, 4, 2, 32, 32), y)."""
+    """40 single-class chips per class, 4 dates each: s2 (N, 4, 12, 32, 32) float, s1 (N, 4, 2, 32, 32), y."""
     rng = np.random.default_rng(0)
     s2, s1, y = [], [], []
     for k, cid in enumerate(sorted(LANDCOVER_CLASSES)):
@@ -177,22 +187,17 @@ def pure_chips():
 
 
 def _texture(x):
-    """Hand-made texture features of (N, ..., H, W): energy of horizontal/vertical/diagonal differences at
-    lags 1, 2 and of 4 x 4 block means (spatial layout), per leading channel."""
-    f = []
-    for lag in (1, 2):
-        f += [np.abs(np.diff(x[..., ::lag, :], axis=-2)).mean((-2, -1)),
-              np.abs(np.diff(x[..., :, ::lag], axis=-1)).mean((-2, -1)),
-              np.abs(x[..., lag:, lag:] - x[..., :-lag, :-lag]).mean((-2, -1))]
-    blocks = x.reshape(*x.shape[:-2], x.shape[-2] // 4, 4, x.shape[-1] // 4, 4).mean((-3, -1))
-    f.append(blocks.std((-2, -1)))
-    return np.concatenate([a.reshape(len(x), -1) for a in f], 1)
+    """Hand-made layout features of (N, ..., H, W): log power spectrum at the lowest spatial frequencies
+    (periods of 32 down to 6 px, both diagonals), per leading channel."""
+    p = np.abs(np.fft.rfft2(x - x.mean((-2, -1), keepdims=True))) ** 2
+    low = np.concatenate([p[..., :5, :5], p[..., -4:, :5]], axis=-2)  # (..., 9, 5)
+    return np.log1p(low.reshape(len(x), -1))
 
 
 def test_mean_spectra_do_not_separate_the_classes(pure_chips):
     """The benchmark's defining property, in numbers: a linear classifier on mean spectra (every band, every
-    date, S2 and S1) is near chance (1/7 = 14 %), on texture of one date it separates the five classes a single
-    date can tell apart, and texture over the dates + S1 separates all seven."""
+    date, S2 and S1) is near chance (1/7 = 14 %); the layout of one date separates the five classes a
+    single date can tell apart, and layout over the dates + S1 separates all seven."""
     s2, s1, y = pure_chips
     n = len(y) * 2 // 3
     mean_feats = np.c_[s2.mean((-2, -1)).reshape(len(y), -1), s1.mean((-2, -1)).reshape(len(y), -1)]
