@@ -73,6 +73,10 @@ class SpectralGPTConfig:
     norm_eps: float = 1e-6
     drop_path_rate: float = 0.0
     mask_ratio: float = 0.9
+    #: mask whole spectral tubes: a spatial position is masked in every spectral group or in none. With
+    #: per-token masking a masked token's position is usually visible in another group, and neighbouring
+    #: bands are so correlated that copying across groups solves the task without any spatial context.
+    tube_masking: bool = False
     norm_pix_loss: bool = False
     spectral_loss_weight: float = 1.0  # weight of the spectral-summed reconstruction term
     grad_checkpointing: bool = False
@@ -295,11 +299,22 @@ class SpectralGPT(nn.Module):
         """Protocol form of ``encode``: ``batch["x"]`` (B, C, H, W) -> (B, t*h*w, D)."""
         return self.encode(batch["x"])
 
+    def tube_noise(self, b: int, thw: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """Masking noise (B, t*h*w) equal over the t spectral groups of a position (+ a tiny group offset, so
+        one position's tokens sort together): ``random_masking`` then keeps or masks whole tubes."""
+        t, h, w = thw
+        spatial = torch.rand(b, 1, h * w, device=device)  # (B, 1, h*w)
+        offset = torch.arange(t, device=device, dtype=spatial.dtype).view(1, t, 1) * 1e-7
+        return ((spatial + offset) / (1 + t * 1e-7)).flatten(1)  # (B, t*h*w) in (t, h, w) order
+
     def forward_encoder(
         self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
-        """(B, C, H, W) -> latent (B, K, D) of the kept tokens, mask (B, L), ids_restore (B, L), grid."""
+        """(B, C, H, W) -> latent (B, K, D) of the kept tokens, mask (B, L), ids_restore (B, L), grid.
+        Without ``noise``, per-token noise or, with ``tube_masking``, :meth:`tube_noise`."""
         thw = self.token_grid(x)
+        if noise is None and self.config.tube_masking:
+            noise = self.tube_noise(x.shape[0], thw, x.device)
         patches, mask, ids_restore, ids_keep = self.random_masking(self.patchify(x), mask_ratio, noise)
         pos = self.pos_embed(thw)  # (1, L, D)
         pos = torch.gather(

@@ -107,10 +107,17 @@ class Benchmark:
     list_items: Callable[..., tuple[list[Item], list[Reject]]]
     read_item: Callable[..., list[Sample]]
     options: type | None = None
+    #: a benchmark whose facts depend on its options (the synthetic one's ``task``, ``slots``, ``tile_px``):
+    #: ``configure(options) -> Benchmark`` with them set; None: the same facts for every option
+    configure: Callable[[Any], Benchmark] | None = None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def resolved(self, options: Any) -> Benchmark:
+        """This benchmark with the facts ``options`` set (itself when they do not depend on options)."""
+        return self if self.configure is None else self.configure(options)
 
 
 def _slots(a: np.ndarray | None, t: int, default: Any, dtype) -> np.ndarray:

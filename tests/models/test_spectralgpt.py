@@ -78,6 +78,20 @@ def test_noise_fixes_the_mask_smallest_kept(model):
     assert torch.equal(m1, expected)
 
 
+@pytest.mark.parametrize(("ratio", "tubes_kept"), [(0.75, 4), (0.5, 8)])
+def test_tube_masking_masks_a_position_in_every_spectral_group(ratio, tubes_kept):
+    torch.manual_seed(0)
+    m = create("spectralgpt_tiny", mask_ratio=ratio, tube_masking=True)
+    mask = m({"x": sample(b=4)})["mask"].view(4, TINY.num_groups, TINY.grid_size**2)  # (B, t, h*w)
+    assert torch.equal(mask, mask[:, :1].expand_as(mask))  # the same positions in every group
+    assert (mask[:, 0] == 0).sum(1).tolist() == [tubes_kept] * 4
+    assert not torch.equal(mask[0], mask[1])  # per-sample positions
+    # per-token masking (the default) leaves most masked tokens' positions visible in another group
+    per_token = create("spectralgpt_tiny", mask_ratio=ratio)({"x": sample(b=4)})["mask"]
+    per_token = per_token.view(4, TINY.num_groups, -1)
+    assert not torch.equal(per_token, per_token[:, :1].expand_as(per_token))
+
+
 def test_patchify_layout_and_round_trip(model):
     x = sample(1)
     tokens = model.patchify(x)  # (1, t*h*w, u*p*q)
