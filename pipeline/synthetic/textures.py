@@ -6,23 +6,21 @@ Every pixel mixes two materials shared by all classes, ``A`` (green canopy) and 
 mean is 0.5 on every date, so the mean spectrum of a class is the same on every date; what differs is
 (:data:`TEXTURES`):
 
-=========  ===================================  ==================================  ====================
-class      S2 layout (one date)                 over the dates                      S1 texture
-=========  ===================================  ==================================  ====================
-water      flat                                 static                              flat
-forest     smooth random field, 8 px            static                              follows ``f``
-cropland   stripes, period 16 px, random angle  stripes drift half a period a year  follows ``f``
-urban      checkerboard, period 16 px           static                              follows ``f``
-bare       checkerboard, period 32 px           static                              follows ``f``
-snow       flat                                 static                              smooth noise, 6 px
-grassland  smooth random field, 8 px            a new field every date (mowing)     follows ``f``
-=========  ===================================  ==================================  ====================
+=========  ==================================  ==================================  ====================
+class      S2 texture (one date)               over the dates                      S1 texture
+=========  ==================================  ==================================  ====================
+water      flat                                static                              flat
+forest     smooth noise, 3 px                  static                              follows ``f``
+cropland   stripes, period 4 px, random angle  stripes drift half a period a year  follows ``f``
+urban      4 px blocks on a 6 px street grid   static                              bright blocks
+bare       smooth noise, 8 px                  static                              follows ``f``
+snow       flat                                static                              coarse noise, 6 px
+grassland  smooth noise, 3 px                  a new field every date (mowing)     follows ``f``
+=========  ==================================  ==================================  ====================
 
-Every textured class has the same contrast and the same smooth, patch-sized (8-16 px) structures; they
-differ in how those structures are laid out across the chip (random, parallel, checkered, at which period),
-which a model has to relate across patches to see. One S2 date cannot separate water from snow nor forest
-from grassland: snow needs SAR, grassland the time series (what SkySense's temporal and SAR inputs are for);
-a single date still separates the other five by layout alone. The S1 mean (dB) is class-independent too.
+So one S2 date cannot separate water from snow nor forest from grassland: snow needs SAR, grassland the
+time series (what SkySense's temporal and SAR inputs are for); a single date still separates the other
+five by texture alone. The S1 mean (dB) is class-independent too.
 
 Pure numpy: :func:`render_chip` renders the S2 time series and the S1 series of one chip from its land
 cover (one map per date, for change pairs) and a seeded stream.
@@ -45,12 +43,12 @@ CONTRAST = 0.18
 #: class name -> (S2 texture, temporal behaviour, S1 texture)
 TEXTURES: dict[str, tuple[str, str, str]] = {
     "water": ("flat", "static", "flat"),
-    "forest": ("noise8", "static", "follow"),
+    "forest": ("noise3", "static", "follow"),
     "cropland": ("stripes", "drift", "follow"),
-    "urban": ("checker16", "static", "follow"),
-    "bare": ("checker32", "static", "follow"),
+    "urban": ("blocks", "static", "blocks"),
+    "bare": ("noise8", "static", "follow"),
     "snow": ("flat", "static", "noise6"),
-    "grassland": ("noise8", "renew", "follow"),
+    "grassland": ("noise3", "renew", "follow"),
 }
 #: class-independent S1 backscatter mean (dB) of VV, VH and the contrast (dB) of its textures
 S1_MEAN_DB = (-11.0, -17.5)
@@ -76,14 +74,15 @@ def _noise(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
     return _unit(value_noise(rng, (n, n), scale, octaves=1))
 
 
-def _checker(n: int, oy: float, ox: float, period: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    return _unit(np.sin(2 * math.pi * (yy + oy) / period) * np.sin(2 * math.pi * (xx + ox) / period))
-
-
-def _stripes(n: int, angle: float, phase: float, period: float = 16.0) -> np.ndarray:
+def _stripes(n: int, angle: float, phase: float, period: float = 4.0) -> np.ndarray:
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     return _unit(np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period + phase))
+
+
+def _blocks(n: int, oy: int, ox: int, block: int = 4, street: int = 2) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n]
+    p = block + street
+    return _unit((((yy + oy) % p) < block) & (((xx + ox) % p) < block)).astype(np.float32)
 
 
 def _class_fields(name: str, rng: np.random.Generator, n: int, doys: np.ndarray):
@@ -93,12 +92,12 @@ def _class_fields(name: str, rng: np.random.Generator, n: int, doys: np.ndarray)
     t = len(doys)
     angle = float(rng.choice([0.0, 0.5, 1.0, 1.5])) * math.pi / 2 + float(rng.uniform(-0.2, 0.2))
     phase = float(rng.uniform(0, 2 * math.pi))
-    oy, ox = (float(v) for v in rng.uniform(0, 32, 2))
+    oy, ox = (int(v) for v in rng.integers(0, 6, 2))
     static = {
         "flat": lambda: np.zeros((n, n), np.float32),
+        "noise3": lambda: _noise(rng, n, 3.0),
         "noise8": lambda: _noise(rng, n, 8.0),
-        "checker16": lambda: _checker(n, oy, ox, 16.0),
-        "checker32": lambda: _checker(n, oy, ox, 32.0),
+        "blocks": lambda: _blocks(n, oy, ox),
         "stripes": lambda: _stripes(n, angle, phase),
     }[s2_kind]
     if time_kind == "renew":
@@ -109,6 +108,8 @@ def _class_fields(name: str, rng: np.random.Generator, n: int, doys: np.ndarray)
         f = np.broadcast_to(static(), (t, n, n))
     if s1_kind == "follow":
         s1 = f
+    elif s1_kind == "blocks":
+        s1 = np.broadcast_to(_blocks(n, oy, ox), (t, n, n))
     elif s1_kind == "noise6":
         s1 = np.broadcast_to(_noise(rng, n, 6.0), (t, n, n))
     else:

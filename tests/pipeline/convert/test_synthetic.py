@@ -152,7 +152,7 @@ def test_change_pairs_change_texture_where_labelled(archive):
         (s,) = b.read_item(it, o, FS)
         assert 0.1 < s.label.mean() < 0.5  # a ~30 % blob changed on every chip
         # the change keeps the mean spectrum: chip means of both dates agree within 10 % (a blob cut out of a
-        # 16-32 px layout has its own mean; the classes' spectra differ by 2-3x, e.g. water vs. soil)
+        # smooth texture has its own mean; the archive's class spectra differ by 2-3x, e.g. water vs. soil)
         m = s.s2_10m.astype(np.float64).mean((2, 3))
         np.testing.assert_allclose(m[0], m[1], rtol=0.1)
 
@@ -187,7 +187,7 @@ def pure_chips():
 
 
 def _texture(x):
-    """Hand-made layout features of (N, ..., H, W): log power spectrum at the lowest spatial frequencies
+    """Hand-made texture features of (N, ..., H, W): log power spectrum at the lowest spatial frequencies
     (periods of 32 down to 6 px, both diagonals), per leading channel."""
     p = np.abs(np.fft.rfft2(x - x.mean((-2, -1), keepdims=True))) ** 2
     low = np.concatenate([p[..., :5, :5], p[..., -4:, :5]], axis=-2)  # (..., 9, 5)
@@ -196,8 +196,8 @@ def _texture(x):
 
 def test_mean_spectra_do_not_separate_the_classes(pure_chips):
     """The benchmark's defining property, in numbers: a linear classifier on mean spectra (every band, every
-    date, S2 and S1) is near chance (1/7 = 14 %); the layout of one date separates the five classes a
-    single date can tell apart, and layout over the dates + S1 separates all seven."""
+    date, S2 and S1) is near chance (1/7 = 14 %); the texture of one date separates the five classes a
+    single date can tell apart, and texture over the dates + S1 separates all seven."""
     s2, s1, y = pure_chips
     n = len(y) * 2 // 3
     mean_feats = np.c_[s2.mean((-2, -1)).reshape(len(y), -1), s1.mean((-2, -1)).reshape(len(y), -1)]
