@@ -326,6 +326,7 @@ def make_convert_fn(cfg: ConvertConfig, config: Mapping) -> Callable[[dict], dic
 
         bench = get(name)
         options = validate_options(bench, opts_json)
+        bench = bench.resolved(options)
         fs, root = filesystem(source, storage)
         out = Output(output, storage)
         sides = []
@@ -390,6 +391,7 @@ def run(cfg: ConvertConfig) -> dict:
             raise ConfigError(f"{what}: {e}") from None
     bench = get(cfg.benchmark)
     options = validate_options(bench, cfg.options)
+    bench = bench.resolved(options)  # facts that depend on the options (the synthetic task, slots, tile)
     config = manifest_config(cfg, options)
     fs, root = filesystem(cfg.source, cfg.storage)
     try:

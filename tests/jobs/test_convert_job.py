@@ -234,3 +234,19 @@ def test_the_batch_function_runs_without_a_cluster_and_skips_what_is_done(tmp_pa
     assert (tmp_path / "out" / first["shard"]["path"]).is_file()
     (again,) = [json.loads(s) for s in fn(batch)["side"]]
     assert again["skipped"] and again["shard"] == first["shard"]
+
+
+@pytest.mark.parametrize("task,column,slots", [("segmentation", "label_mask", 4),
+                                               ("change", "label_change", 2)])
+def test_the_job_takes_facts_that_depend_on_options(ray_session, tmp_path, task, column, slots):
+    """The synthetic benchmark's task decides its label column and T: the job uses the resolved facts."""
+    from pipeline import synthetic
+
+    src = synthetic.make_archive(tmp_path / "archive", scenes=0, s1_scenes=0, seed=3, size_px=192,
+                                 epsg=[32633])
+    out = tmp_path / "out"
+    run(_cfg("synthetic", src.root, out, f"options.task={task}"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["benchmark"]["task"] == task and manifest["max_slots"] == slots
+    t = pq.read_table(out / "shards")
+    assert column in t.schema.names and read_shards(out / "shards")["s2_10m"].shape[1] == slots
