@@ -61,10 +61,7 @@ class Split:
 
 def build_benchmark(work: Path, *, tiles: int, size_px: int, per_class: int, seed: int) -> Path:
     """Archive truth -> converter -> shards under ``work/bench``; returns that directory."""
-    import fsspec
-
-    from pipeline.convert import get
-    from pipeline.convert.writer import write_benchmark
+    from pipeline.convert.writer import convert_in_process
     from pipeline.synthetic import make_archive
 
     out = work / "bench"
@@ -72,14 +69,8 @@ def build_benchmark(work: Path, *, tiles: int, size_px: int, per_class: int, see
         return out
     epsgs = [32633 + i for i in range(tiles)]
     arch = make_archive(work / "archive", scenes=0, s1_scenes=0, seed=seed, size_px=size_px, epsg=epsgs)
-    bench = get("synthetic")
-    opts = bench.options(task="classification", per_class=per_class, seed=seed)
-    b = bench.resolved(opts)
-    fs = fsspec.filesystem("file")
-    items, rejects = b.list_items(arch.root, opts, fs)
-    samples = [s for it in items for s in b.read_item(it, opts, fs)]
-    write_benchmark(str(out), samples, b.info, tile_px=b.tile_px, max_slots=b.max_slots,
-                    s2_20m_gsd=b.s2_20m_gsd, rejects=rejects, config={"options": opts.model_dump()})
+    convert_in_process("synthetic", arch.root, str(out),
+                       {"task": "classification", "per_class": per_class, "seed": seed})
     return out
 
 

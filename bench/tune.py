@@ -38,24 +38,15 @@ TINY = "configs/tune/tiny.yaml"
 
 def build_benchmark(work: Path, *, tiles: int, size_px: int, per_class: int, seed: int) -> tuple[Path, str]:
     """The synthetic benchmark (classification) as shards under ``work/synthetic``; ``(path, source)``."""
-    import fsspec
-
-    from pipeline.convert import get
-    from pipeline.convert.writer import write_benchmark
+    from pipeline.convert.writer import convert_in_process
     from pipeline.synthetic import make_archive
 
     arch = make_archive(work / "archive", scenes=0, s1_scenes=0, seed=seed, size_px=size_px,
                         epsg=[32633 + i for i in range(tiles)])
-    bench = get("synthetic")
-    opts = bench.options(task="classification", per_class=per_class, seed=seed)
-    b = bench.resolved(opts)
-    fs = fsspec.filesystem("file")
-    items, rejects = b.list_items(arch.root, opts, fs)
-    samples = [s for it in items for s in b.read_item(it, opts, fs)]
     out = work / "synthetic"
-    write_benchmark(str(out), samples, b.info, tile_px=b.tile_px, max_slots=b.max_slots,
-                    s2_20m_gsd=b.s2_20m_gsd, rejects=rejects, config={"options": opts.model_dump()})
-    return out, f"pipeline.convert.synthetic ({len(samples)} chips, {tiles} tiles of {size_px} px)"
+    m = convert_in_process("synthetic", arch.root, str(out),
+                           {"task": "classification", "per_class": per_class, "seed": seed})
+    return out, f"pipeline.convert.synthetic ({m['rows']} chips, {tiles} tiles of {size_px} px)"
 
 
 def sweep(work: Path, data: Path, name: str, overrides: list[str]) -> tuple[dict, float]:

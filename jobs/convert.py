@@ -37,6 +37,7 @@ from jobs import cli
 from jobs.cli import ConfigError
 from pipeline.config import StorageConfig, Strict
 from pipeline.convert import NAMES, BadInput, Benchmark, Item, SourceError, get, relpath
+from pipeline.ingest import configure_data_context
 from pipeline.stac import Reject
 from pipeline.storage import (
     BadURIError,
@@ -345,19 +346,6 @@ def make_convert_fn(cfg: ConvertConfig, config: Mapping) -> Callable[[dict], dic
         return {"side": np.array(sides, dtype=object)}
 
     return convert
-
-
-def configure_data_context():
-    """Every Ray Data setting of the conversion, in one place."""
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.enable_operator_progress_bars = True
-    ctx.max_errored_blocks = 0  # a shard that keeps failing fails the job: no silent holes
-    ctx.execution_options.preserve_order = False
-    ctx.execution_options.verbose_progress = False
-    return ctx
 
 
 def run_shards(plans: Sequence[ShardPlan], cfg: ConvertConfig, config: Mapping) -> list[dict]:

@@ -655,8 +655,9 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
 # -------------------------------------------------------------------------------------- Ray Data
 
 
-def configure_data_context(cfg: IngestConfig):
-    """Every Ray Data setting of the ingest, in one place."""
+def configure_data_context(cfg: IngestConfig | None = None):
+    """Every Ray Data setting of the ingest and of the benchmark converter (``jobs.convert``), in one place:
+    both emit one small summary row per unit of work and write the pixels themselves."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -665,7 +666,7 @@ def configure_data_context(cfg: IngestConfig):
     ctx.max_errored_blocks = 0  # a unit that keeps failing fails the job: no silent holes
     ctx.execution_options.preserve_order = False
     ctx.execution_options.verbose_progress = False
-    # output rows are a few hundred bytes; no pixel data ever goes through the object store
+    # output rows are a few hundred bytes (summaries); no pixel data ever goes through the object store
     ctx.target_max_block_size = 16 * 1024**2
     return ctx
 

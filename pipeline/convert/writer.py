@@ -37,7 +37,7 @@ from pipeline.shards import (
 from pipeline.stac import Reject
 from pipeline.storage import exists, join, read_bytes, write_bytes_atomic
 
-__all__ = ["EncodedShard", "encode_shard", "finish", "write_benchmark"]
+__all__ = ["EncodedShard", "convert_in_process", "encode_shard", "finish", "write_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,28 @@ def write_benchmark(out: str, samples: Sequence[Sample], info: BenchmarkInfo, *,
     return finish(out, encoded, rejects, info, tile_px=tile_px, max_slots=max_slots, s2_20m_gsd=s2_20m_gsd,
                   config=dict(config or {"benchmark": info.name}), found=len(rows) + len(rejects),
                   storage=storage)
+
+
+def convert_in_process(name: str, source: str, out: str, options: Mapping | None = None,
+                       rows_per_shard: int = 256) -> dict:
+    """``jobs.convert`` without Ray, for small local sets (benches, fixtures): list, read every item (a
+    :class:`~pipeline.convert.base.BadInput` becomes a reject), :func:`write_benchmark`; the manifest."""
+    import fsspec
+
+    from pipeline.convert import BadInput, get
+
+    bench = get(name)
+    opts = bench.options(**dict(options or {})) if bench.options is not None else None
+    bench = bench.resolved(opts)
+    fs = fsspec.filesystem("file")
+    items, rejects = bench.list_items(source, opts, fs)
+    samples: list[Sample] = []
+    for it in items:
+        try:
+            samples.extend(bench.read_item(it, opts, fs))
+        except BadInput as e:
+            rejects.append(e.reject(it.id))
+    config = {"benchmark": name, "options": opts.model_dump(mode="json") if opts is not None else {}}
+    return write_benchmark(out, samples, bench.info, tile_px=bench.tile_px, max_slots=bench.max_slots,
+                           s2_20m_gsd=bench.s2_20m_gsd, rows_per_shard=rows_per_shard, rejects=rejects,
+                           config=config)

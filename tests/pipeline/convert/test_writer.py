@@ -21,7 +21,7 @@ from pipeline.convert import (
     relpath,
     samples_to_table,
 )
-from pipeline.convert.writer import encode_shard, finish, write_benchmark
+from pipeline.convert.writer import convert_in_process, encode_shard, finish, write_benchmark
 from pipeline.shards import BenchmarkInfo, read_shards, sha256, table_to_arrays
 from pipeline.stac import Reject
 from pipeline.storage import filesystem
@@ -167,3 +167,16 @@ def test_registry():
         get("imagenet")
     with pytest.raises(ValueError, match=r"benchmark 'eurosat' registered twice"):
         register(get("eurosat"))
+
+
+def test_convert_in_process_accounts_for_every_item(tmp_path):
+    """The Ray-free conversion: every item written or rejected with its reason, the manifest counts agree."""
+    from tests.pipeline.convert.layouts import make_eurosat
+
+    copy = make_eurosat(tmp_path / "src", {"Forest": 3, "River": 2})
+    (copy.class_root / "River" / "River_2.tif").write_bytes(b"II*\x00 truncated")
+    m = convert_in_process("eurosat", str(tmp_path / "src"), str(tmp_path / "out"), {"seed": 0})
+    assert m["counts"] == {"found": 5, "written": 4, "rejected": 1}
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejects] == [("River_2", "unreadable_file")]
+    assert sorted(read_shards(tmp_path / "out" / "shards")["label"]) == [1, 1, 1, 8]  # Forest, River
