@@ -155,7 +155,7 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
 
 
 def drill(work: Path, *, workers: int = 2, kill: str = "one", deadline_s: float = 300.0,
-          size_px: int = 1032, kill_after: float = 1 / 3, tries: int = 3) -> dict:
+          size_px: int = 1032, kill_after: float = 1 / 6, tries: int = 8) -> dict:
     """Run the reference and the drilled ingest on a fresh multi-node cluster; the report (see module doc).
 
     A kill that found its node between tasks (nothing lost), or a run that ended before the kill, is tried

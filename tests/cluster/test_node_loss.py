@@ -55,7 +55,7 @@ def test_worker_node_killed_mid_ingest(tmp_path):
     assert 0 < r["unit_files_at_kill"] < r["units"]
     assert r["lost_running"] >= 1 and r["lost_errors"] == ["NODE_DIED"]
     assert r["redone"] >= r["lost_running"], "every lost attempt is re-run"
-    assert r["redone_after_kill_s"] > 0 and r["tries_needed"] <= 3
+    assert r["redone_after_kill_s"] > 0 and r["tries_needed"] <= 8
     # every unit accounted for, once: processed now, or found written by the attempt that was lost
     assert r["units_processed"] + r["units_skipped"] == r["units"]
     # byte-identical to the undisturbed run: shards, manifest, rejects and every unit sidecar
