@@ -27,7 +27,6 @@ validation curves), TensorBoard. ``jobs.tune`` builds the same trainer from ``pr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -286,9 +285,8 @@ class SplitEveryRow(DataConfig):
 
 
 def default_name(cfg: FinetuneConfig) -> str:
-    """``finetune-<model>-<8 hex>`` of the resolved config without its name (relaunching resumes)."""
-    body = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
-    return f"finetune-{cfg.model.name}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+    """``finetune-<model>-<8 hex>`` (:meth:`TrainConfig.digest_name`): relaunching resumes."""
+    return cfg.digest_name("finetune")
 
 
 def local_weights(cfg: FinetuneConfig, tmp: str) -> str:

@@ -20,7 +20,6 @@ masked / reconstruction) and the export of the encoder to safetensors (``jobs.ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from typing import Any
@@ -66,10 +65,8 @@ class PretrainLoop(TrainLoop):
 
 
 def default_name(cfg: PretrainConfig) -> str:
-    """``pretrain-<model>-<8 hex>``: the digest of the resolved config without its name, so
-    relaunching the same command (same config, data and storage) finds the same run and resumes."""
-    body = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
-    return f"pretrain-{cfg.model.name}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
+    """``pretrain-<model>-<8 hex>`` (:meth:`TrainConfig.digest_name`): relaunching resumes."""
+    return cfg.digest_name("pretrain")
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:

@@ -6,6 +6,8 @@ optimiser, DeepSpeed, scaling, checkpoints, logging, fault injection); a job's c
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -162,3 +164,9 @@ class TrainConfig(Strict):
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    def digest_name(self, job: str) -> str:
+        """``<job>-<model>-<8 hex>``: the digest of the resolved config without its name, so relaunching
+        the same command (same config, data and storage) finds the same run and resumes."""
+        body = json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+        return f"{job}-{self.model.name}-{hashlib.sha256(body.encode()).hexdigest()[:8]}"
