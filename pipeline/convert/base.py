@@ -20,15 +20,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from pipeline.shards import BenchmarkInfo, Crops, add_labels, build_table
 from pipeline.stac import Reject
 
-__all__ = ["BadInput", "Benchmark", "Item", "Raster", "Sample", "SourceError", "read_raster", "relpath",
-           "samples_to_table", "to_dn"]
+__all__ = ["BadInput", "Benchmark", "Item", "Raster", "Sample", "SourceError", "as_options", "read_raster",
+           "relpath", "samples_to_table", "to_dn"]
 
 
 class SourceError(ValueError):
@@ -118,6 +118,15 @@ class Benchmark:
     def resolved(self, options: Any) -> Benchmark:
         """This benchmark with the facts ``options`` set (itself when they do not depend on options)."""
         return self if self.configure is None else self.configure(options)
+
+
+M = TypeVar("M")
+
+
+def as_options(model: type[M], options: M | Mapping | None) -> M:
+    """A converter's ``options`` as its pydantic ``model`` (the job hands the validated model; direct callers
+    may pass a mapping or nothing)."""
+    return options if isinstance(options, model) else model.model_validate(dict(options or {}))
 
 
 def _slots(a: np.ndarray | None, t: int, default: Any, dtype) -> np.ndarray:

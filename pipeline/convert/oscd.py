@@ -53,6 +53,7 @@ from pipeline.convert.base import (
     Raster,
     Sample,
     SourceError,
+    as_options,
     read_raster,
     relpath,
     to_dn,
@@ -157,7 +158,7 @@ def list_items(source: str, options: OSCDOptions | Mapping | None, fs) -> tuple[
     ``dates.txt``, the label); reads the two split files and lists the label folders, nothing else.
     A city without a label file, or listed in both split files, is a reject; a missing split file or a
     ``val_cities`` name that is no train city is a :class:`SourceError`."""
-    opts = _options(options)
+    opts = as_options(OSCDOptions, options)
     images = posixpath.join(source, IMAGES)
     splits: dict[str, list[str]] = {}
     for split in ("train", "test"):
@@ -199,7 +200,7 @@ def read_item(item: Item, options: OSCDOptions | Mapping | None, fs) -> list[Sam
     """One city -> its tiles as two-slot samples (see the module docstring); ``BadInput`` when a band file or
     the label is missing or unreadable, a date's band files differ in size or are not single-band, or the two
     dates and the label do not share one size."""
-    opts = _options(options)
+    opts = as_options(OSCDOptions, options)
     root = item.extra["root"]
     names = {(d, b): relpath(root, posixpath.join(item.files[d], f"{b}.tif"))
              for d in DATES for b in BANDS_10M + BANDS_20M}
@@ -233,12 +234,6 @@ def read_item(item: Item, options: OSCDOptions | Mapping | None, fs) -> list[Sam
             **tile_georef(rasters[first], t, side),
         ))
     return out
-
-
-def _options(options: OSCDOptions | Mapping | None) -> OSCDOptions:
-    if isinstance(options, OSCDOptions):
-        return options
-    return OSCDOptions.model_validate(dict(options or {}))
 
 
 def _label_files(fs, root: str) -> set[str]:

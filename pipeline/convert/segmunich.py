@@ -35,7 +35,17 @@ from pydantic import Field
 
 from pipeline.config import Strict
 from pipeline.convert import register
-from pipeline.convert.base import BadInput, Benchmark, Item, Sample, SourceError, read_raster, relpath, to_dn
+from pipeline.convert.base import (
+    BadInput,
+    Benchmark,
+    Item,
+    Sample,
+    SourceError,
+    as_options,
+    read_raster,
+    relpath,
+    to_dn,
+)
 from pipeline.shards import IGNORE_INDEX, S2_10M_BANDS, S2_20M_BANDS, BenchmarkInfo
 from pipeline.stac import Reject
 
@@ -90,7 +100,7 @@ def list_items(source: str, options: SegMunichOptions | Mapping | None,
     """Stems of ``dataset/train.txt`` and ``dataset/test.txt`` -> one :class:`Item` each (image + label path);
     reads the two split files only (and checks once where ``TUM_128`` is). A stem listed twice in one file is
     written once."""
-    opts = _options(options)
+    opts = as_options(SegMunichOptions, options)
     root = _root(source, fs)
     stems = {}
     for split in ("train", "test"):
@@ -142,12 +152,6 @@ def read_item(item: Item, options: SegMunichOptions | Mapping | None, fs) -> lis
         sample_id=item.id, split=item.split, s2_10m=s2_10m, s2_20m=s2_20m, label=r.mask,
         sources=[names["img"]], s2_doy=np.zeros(1, np.int16), s2_valid=np.ones(1, bool), **img.georef(),
     )]
-
-
-def _options(options: SegMunichOptions | Mapping | None) -> SegMunichOptions:
-    if isinstance(options, SegMunichOptions):
-        return options
-    return SegMunichOptions.model_validate(dict(options or {}))
 
 
 def _root(source: str, fs) -> str:

@@ -40,7 +40,7 @@ from rasterio.windows import Window
 
 from pipeline.config import Strict
 from pipeline.convert import register
-from pipeline.convert.base import BadInput, Benchmark, Item, Sample
+from pipeline.convert.base import BadInput, Benchmark, Item, Sample, as_options
 from pipeline.shards import BenchmarkInfo
 from pipeline.stac import Reject
 from pipeline.synthetic.surface import LANDCOVER_CLASSES, value_noise
@@ -86,12 +86,6 @@ class SyntheticOptions(Strict):
         return 2 if self.task == "change" else self.slots
 
 
-def _opts(options) -> SyntheticOptions:
-    if isinstance(options, SyntheticOptions):
-        return options
-    return SyntheticOptions.model_validate(dict(options or {}))
-
-
 def _unit_hash(*parts) -> float:
     """A number in [0, 1) from ``parts`` (sha256: the same on every machine and Python)."""
     h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
@@ -130,7 +124,7 @@ def _tiles(source: str, fs) -> list[str]:
 
 def list_items(source: str, options, fs) -> tuple[list[Item], list[Reject]]:
     """One item per chip (classification: per pure chip, balanced by ``per_class``); sorted by id."""
-    o = _opts(options)
+    o = as_options(SyntheticOptions, options)
     source = source.rstrip("/")
     items: list[Item] = []
     rejects: list[Reject] = []
@@ -192,7 +186,7 @@ def _changed(lc: np.ndarray, r: np.random.Generator) -> np.ndarray:
 
 def read_item(item: Item, options, fs) -> list[Sample]:
     """Render the chip of ``item`` from its truth window (see the module docstring)."""
-    o = _opts(options)
+    o = as_options(SyntheticOptions, options)
     n = o.tile_px
     x = item.extra
     lc, _ = _read_truth(fs, item.files["truth"], Window(x["col"] * n, x["row"] * n, n, n))
@@ -235,7 +229,7 @@ def info_for(task: str) -> BenchmarkInfo:
 
 def configure(options) -> Benchmark:
     """The benchmark's facts for ``options`` (task, tile side, slots): what the writer declares."""
-    o = _opts(options)
+    o = as_options(SyntheticOptions, options)
     return dataclasses.replace(BENCHMARK, info=info_for(o.task), tile_px=o.tile_px, max_slots=o.num_slots)
 
 
