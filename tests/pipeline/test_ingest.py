@@ -556,6 +556,26 @@ def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes,
     assert all(r["skipped"] for r in again) and _files(out) == ref
 
 
+def test_a_unit_failing_in_an_open_file_leaves_no_spool_file(tmp_path, scenes, monkeypatch):
+    """The open file streams to a temp file beside its destination: a unit that fails while it holds rows
+    of earlier units drops it (the done file stays), so nothing but whole files is ever under shards/."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    (group,) = ING.group_units(units, None, cfg)
+    real, seen = ING.unit_rows, []
+
+    def dies_on_the_fourth(unit, c):
+        seen.append(unit.unit_id)
+        if len(seen) == 4:  # the second file is open with the third unit's rows
+            raise RuntimeError("unit failed")
+        return real(unit, c)
+
+    monkeypatch.setattr(ING, "unit_rows", dies_on_the_fourth)
+    with pytest.raises(RuntimeError, match="unit failed"):
+        _run_group(cfg, tmp_path, group)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
+
+
 @pytest.mark.parametrize("killed_at", [1, 2, 3])
 def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monkeypatch, killed_at):
     """The first compacted file holds two units: three writes (two sidecars, the file). A kill after any of
