@@ -202,6 +202,7 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out
     it, and copy each tile's part into its date-ordered slot of ``out`` (``s10m (tiles, T, 4, H, W)``,
     ``s20m (tiles, T, 8, H/2, W/2)``); ``sums (tiles, T, 3, 12) int64`` receives each filled slot's band
     sums (:func:`pipeline.shards.s2_slot_sums`), taken right after its copy while the slot is in cache.
+    Each chosen slot is written whole; the others are left as they are (the caller zeroes those it keeps).
 
     A scene whose bands turn out unreadable is rejected and the choice is made again without it (its
     slots go to the next candidates). Returns ``(chosen keys per tile, decoded bytes)``.
@@ -239,8 +240,7 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out
                 sums[i, j] = S.s2_slot_sums(out.s10m[i, j], out.s20m[i, j])
         if not failed:
             return chosen, nbytes
-        for a in (*out, sums):  # slots move to other scenes: start the copy again
-            a.fill(0)
+        sums.fill(0)  # slots move to other scenes: start again (each chosen slot is then copied whole)
 
 
 def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, rejects: list) -> list[int]:
@@ -358,8 +358,9 @@ def unit_rows(unit, cfg: IngestConfig):
     rejects: list[Reject] = []
     bytes_read = 0
 
-    s2_out = S2Out(np.zeros((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
-                   np.zeros((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
+    # every chosen slot is copied whole, so only the empty slots of kept tiles are zeroed (below), not all
+    s2_out = S2Out(np.empty((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
+                   np.empty((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
     s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
     slot_sums = np.zeros((nt, t, 3, len(S2.bands)), np.int64)
 
@@ -371,6 +372,9 @@ def unit_rows(unit, cfg: IngestConfig):
         s2_keys, nb = _s2_fill(unit, grid, offsets, cfg, cands, s2_out, slot_sums, rejects)
         bytes_read += nb
         keep = _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg, rejects)
+        for i in keep:  # slots fill from 0 in date order: the rest are empty, all 0 (nodata)
+            for a in s2_out:
+                a[i, len(s2_keys[i]) :] = 0
         # S1 only for the tiles kept, and only until no later scene could change their slots
         s1_top, nb = _s1_fill(unit, grid, offsets, cfg, s1_out, rejects, keep)
         bytes_read += nb
