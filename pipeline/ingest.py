@@ -278,7 +278,7 @@ def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, 
              need: Sequence[int]):
     """S1 in one pass, in date order: warp each scene onto the unit grid and keep, for each tile in
     ``need`` (those S2 keeps), the ``T`` slots with the least nodata (then earliest) in
-    ``out (tiles, T, 2, H, W)``.
+    ``out (tiles, T, 2, H, W)`` (each kept slot written whole, the others left as they are).
 
     A tile is read only until it is :func:`_saturated` (no later scene could change its slots), and a
     scene only over the cells of a fixed lattice (2 x 2 tiles) that hold such tiles; once every needed
@@ -361,7 +361,7 @@ def unit_rows(unit, cfg: IngestConfig):
     # every chosen slot is copied whole, so only the empty slots of kept tiles are zeroed (below), not all
     s2_out = S2Out(np.empty((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
                    np.empty((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
-    s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
+    s1_out = np.empty((nt, t, len(S1.bands), h, h), np.float16)  # kept tiles' empty slots: NaN (below)
     slot_sums = np.zeros((nt, t, 3, len(S2.bands)), np.int64)
 
     with rasterio_env(cfg.storage):
@@ -395,6 +395,7 @@ def unit_rows(unit, cfg: IngestConfig):
             if slots != list(range(t)):  # put the kept S1 slots in date order (in place, one tile)
                 s1_out[i] = s1_out[i][slots]
                 s1_top.keys[i] = [s1_top.keys[i][j] for j in slots]
+            s1_out[i, sum(k is not None for k in s1_top.keys[i]) :] = np.nan  # the empty slots: nodata
             for mod, keys in (("s2", s2_keys[i]), ("s1", s1_top.keys[i])):
                 for j, k in enumerate(keys):
                     if k is None:
