@@ -583,7 +583,7 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
     into a second file (duplicate rows); the resumed output equals an uninterrupted run byte for byte."""
     units, cfg, group, ref = _compacted_reference(scenes, tmp_path / "ref")
 
-    real, writes = ING.write_bytes_atomic, []
+    real, real_commit, writes = ING.write_bytes_atomic, ING.SpoolFile.commit, []
 
     def dies_after_n_writes(uri, data, storage):
         if len(writes) == killed_at:
@@ -591,11 +591,21 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
         writes.append(uri)
         return real(uri, data, storage)
 
+    def commit_or_die(spool):  # the file itself: published from its spool file
+        if len(writes) == killed_at:
+            raise KeyboardInterrupt("killed")
+        writes.append(spool.uri)
+        return real_commit(spool)
+
     out = tmp_path / "run"
     monkeypatch.setattr(ING, "write_bytes_atomic", dies_after_n_writes)
+    monkeypatch.setattr(ING.SpoolFile, "commit", commit_or_die)
     with pytest.raises(KeyboardInterrupt, match="killed"):
         _run_group(cfg, out, group)
     monkeypatch.setattr(ING, "write_bytes_atomic", real)
+    monkeypatch.setattr(ING.SpoolFile, "commit", real_commit)
+    assert writes[-1].endswith(".json" if killed_at < 3 else ".parquet")  # killed after a sidecar / the file
+    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]  # no spool file left
     todo, done = ING.pending_units(units, cfg, str(out))
     assert len(done) in (0, 2), [u.unit_id for u in done]  # a file's units are done together
     (rest,) = ING.group_units(todo, None, cfg)
