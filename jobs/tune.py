@@ -6,10 +6,12 @@
         --storage out/sweeps --name sweep1 [--set num_samples=8 ...]
 
 For every (benchmark, encoder) pair one Tune experiment runs ``num_samples × grid`` trials of
-``jobs.finetune`` with knobs from ``space`` (``jobs.sweep``). Each trial is a Tune *function
-trainable* that builds the fine-tuning ``TorchTrainer`` inside it (``jobs.finetune.prepare`` +
-``make_trainer``) with ``TuneReportCallback``, so every rank-0 report (``step``, ``val_score``, ...)
-reaches the ASHA scheduler (metric ``val_score``, mode max, time attribute ``step``).
+``jobs.finetune`` with knobs from ``space`` (``jobs.sweep``). The sweep driver runs
+``jobs.finetune.prepare`` once per experiment and hands the datasets to every trial
+(``prepare_experiment``). Each trial is a Tune *function trainable* that builds the fine-tuning
+``TorchTrainer`` inside it (``jobs.finetune.make_trainer``) with ``TuneReportCallback``, so every
+rank-0 report (``step``, ``val_score``, ...) reaches the ASHA scheduler (metric ``val_score``, mode
+max, time attribute ``step``).
 
 Outputs under ``<storage>/<name>/``: per benchmark ``<benchmark>/results.md``, ``results.csv``,
 ``trials.png``; across benchmarks ``summary.md`` (rows: encoders, columns: benchmark metrics).
