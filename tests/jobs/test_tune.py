@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 
 from jobs import cli
 from jobs.sweep import (
+    FIELDS,
     Choice,
     EncoderResult,
     Grid,
@@ -92,6 +94,22 @@ def test_apply_params_sets_every_stage_and_nested_fields():
     assert base["stages"][0]["batch_size"] == 8 and base["optim"] == {"base_lr": 1.0}  # not mutated
 
 
+def test_search_knobs_never_touch_what_the_shared_datasets_are_built_from():
+    """``jobs.tune`` prepares an experiment's datasets once for all its trials (``prepare_experiment``):
+    no knob may set a field ``jobs.finetune.prepare`` builds them from."""
+    import yaml
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/finetune/spectralgpt_tiny.yaml")
+                          .read_text())
+    built_from = {"data", "seed", "model", "scaling", "encoder", "task", "benchmark", "classes"}
+
+    def inputs(cfg):
+        return ({k: cfg.get(k) for k in built_from}, [s["img_size"] for s in cfg["stages"]])
+
+    for knob in FIELDS:
+        assert inputs(apply_params(base, {knob: object()})) == inputs(base), knob
+
+
 def test_pairs_from_cli_strings_and_mappings():
     assert parse_pairs("a=/x, b=s3://bucket/y", "data") == {"a": "/x", "b": "s3://bucket/y"}
     assert parse_pairs({"a": "/x"}, "data") == {"a": "/x"}
@@ -132,6 +150,15 @@ def test_trial_resources_and_concurrency():
     assert max_concurrent({"CPU": 64.0, "GPU": 8.0, "trial_driver": 1.0}, gpu) == 4  # GPUs bound it
     assert max_concurrent({"CPU": 64.0, "GPU": 8.0, "trial_driver": 0.02}, gpu) == 2  # the driver slots
     assert max_concurrent({"CPU": 1.0}, {"CPU": 2.5}) == 1  # never 0: one trial queues for its workers
+
+
+def test_asha_note_warns_when_trials_per_slot_are_few():
+    from jobs.sweep import ASHA_TRIALS_PER_SLOT, asha_note
+
+    assert asha_note(ASHA_TRIALS_PER_SLOT * 2, 2) is None
+    assert asha_note(8, 2) == (
+        "ASHA with 8 trials, 2 at once: the first trials in flight meet empty rungs and run their full "
+        "budget, so early stopping saves little below 6 trials per slot (raise num_samples)")
 
 
 def _trial(tid, curve, test=None, seconds=10.0, params=None, error=None):
