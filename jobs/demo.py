@@ -154,20 +154,33 @@ def _pretrain_overrides(cfg: DemoConfig) -> list[str]:
 
 
 def check(cfg: DemoConfig) -> dict[Family, Any]:
-    """Every stage's config validated before any work (``ConfigError`` naming the field); the
-    pretraining configs by family."""
+    """Every stage's config validated before any work (``ConfigError`` naming the field): the
+    pretraining configs (returned, by family), the benchmark's options, the sweep preset with its
+    overrides and each family's fine-tuning config under it."""
     from jobs import pretrain as pt
-    from jobs.convert import ConvertConfig
+    from jobs.convert import ConvertConfig, validate_options
+    from jobs.finetune import FinetuneConfig
     from jobs.sweep import SweepConfig
+    from pipeline.convert import get
 
     demo = Demo(cfg)
     pcfgs = {f: cli.load_config(pt.PretrainConfig, REPO / PRETRAIN_CONFIG[f], _pretrain_overrides(cfg),
                                 _pretrain_fields(demo)) for f in cfg.families}
-    cli.load_config(ConvertConfig, REPO / CONVERT_CONFIG, cfg.convert_overrides,
-                    {"source": str(demo.archive), "output": str(demo.bench)})
-    if not (REPO / cfg.tune_config).is_file() and not Path(cfg.tune_config).is_file():
+    ccfg = cli.load_config(ConvertConfig, REPO / CONVERT_CONFIG, cfg.convert_overrides,
+                           {"source": str(demo.archive), "output": str(demo.bench)})
+    validate_options(get(ccfg.benchmark), ccfg.options)
+    tune_config = _repo_path(cfg.tune_config)
+    if not tune_config.is_file():
         raise cli.ConfigError(f"tune_config: file not found: {cfg.tune_config}")
-    cli.load_config(SweepConfig, _repo_path(cfg.tune_config), cfg.tune_overrides)
+    tcfg = cli.load_config(SweepConfig, tune_config, cfg.tune_overrides)
+    for f in cfg.families:
+        try:  # the trials' config: the family's preset with the sweep's ``finetune`` on top (as jobs.tune)
+            ft = cli.load_config(FinetuneConfig, REPO / FINETUNE_CONFIG[f], fields=tcfg.finetune)
+        except cli.ConfigError as e:
+            raise cli.ConfigError(f"tune_config {cfg.tune_config} with {FINETUNE_CONFIG[f]}: {e}") from None
+        if tcfg.scheduler.kind == "asha" and tcfg.scheduler.grace_period >= ft.total_steps:
+            raise cli.ConfigError(f"tune_config: scheduler.grace_period {tcfg.scheduler.grace_period} "
+                                  f"must be below the trials' {ft.total_steps} steps")
     return pcfgs
 
 
