@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -247,6 +248,9 @@ def run(cfg: DemoConfig) -> dict:
     demo.command("pipeline.synthetic", "--output", str(demo.archive), "--scenes", str(cfg.scenes),
                  "--s1-scenes", str(cfg.s1_scenes), "--size-px", str(cfg.size_px), "--seed", str(cfg.seed))
 
+    # the stage lines and tables are the demo's output: Ray Data's progress bars (redrawn by every task
+    # of every stage) stay off unless asked for; the local Ray's workers inherit the variable
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     demo.stage("ray start", "local Ray", cli.init_ray)
 
     icfg = cli.load_config(ingest.IngestJobConfig, REPO / INGEST_CONFIG,
