@@ -94,6 +94,7 @@ def test_rerun_reuses_every_stage(demo_run):
     # the exports are not written again; the ingest and the conversion find their shards done
     exports = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/export/*.safetensors")}
     assert exports == second["exports_before"]
+    assert second["stages"]["ingest"]["units_processed"] == 0
     assert second["stages"]["convert"]["shards_skipped"] == second["stages"]["convert"]["shards"]
     assert second["rows"] == first["rows"]
     assert second["seconds"] < sum(t["seconds"] for t in first["timings"]) / 2
