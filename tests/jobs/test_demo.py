@@ -44,7 +44,7 @@ def _table_rows(md: str) -> dict[str, list[str]]:
     """``results.md`` -> encoder -> its cells."""
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in md.splitlines() if line.startswith("| ")]
-    return {r[0]: r for r in rows[1:]}  # rows[0] is the header
+    return {r[0]: r for r in rows[2:]}  # the header, then the separator row
 
 
 @pytest.mark.slow
