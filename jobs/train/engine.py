@@ -41,10 +41,18 @@ def build_deepspeed_config(
         zero.update(overlap_comm=use_gpu, contiguous_gradients=True)
     if ds.zero_stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True)
+    if ds.bucket_elements is not None:
+        n = ds.bucket_elements
+        zero.update(reduce_bucket_size=n, allgather_bucket_size=n)
+        if ds.zero_stage == 3:
+            zero.update(sub_group_size=n, stage3_prefetch_bucket_size=n, stage3_max_live_parameters=n,
+                        stage3_max_reuse_distance=n)
+    offload = {"device": ds.offload_device, "pin_memory": use_gpu,
+               **({"nvme_path": ds.nvme_path} if ds.offload_device == "nvme" else {})}
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+        zero["offload_optimizer"] = dict(offload)
     if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+        zero["offload_param"] = dict(offload)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": ds.grad_accum,

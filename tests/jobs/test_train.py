@@ -109,6 +109,26 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
     assert cfg["gradient_clipping"] == 3.0 and cfg["bf16"]["enabled"] is True
 
 
+def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
+    """NVMe offload names its path in both sections; ``bucket_elements`` bounds every ZeRO buffer
+    (DeepSpeed's defaults gather up to 1e9 parameters at once); unset, DeepSpeed's defaults stay."""
+    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True, offload_device="nvme",
+                         nvme_path=str(tmp_path), bucket_elements=1000)
+    z = build_deepspeed_config(ds, OptimConfig(), micro_batch_size=1, world_size=2,
+                               use_gpu=False)["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        assert z[key] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "sub_group_size",
+                "stage3_prefetch_bucket_size", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        assert z[key] == 1000, key
+    z2 = build_deepspeed_config(DeepSpeedConfig(zero_stage=2, bucket_elements=7), OptimConfig(),
+                                micro_batch_size=1, world_size=2, use_gpu=False)["zero_optimization"]
+    assert z2["reduce_bucket_size"] == 7 and "sub_group_size" not in z2
+    z3 = build_deepspeed_config(DeepSpeedConfig(zero_stage=3), OptimConfig(), micro_batch_size=1,
+                                world_size=2, use_gpu=False)["zero_optimization"]
+    assert not {"reduce_bucket_size", "sub_group_size", "offload_optimizer"} & set(z3)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -117,6 +137,15 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
         ({"zero_stage": 4}, "zero_stage"),
         ({"zero_stage": 2, "zero_init": True}, "zero_init needs zero_stage 3"),
         ({"grad_accum": 0}, "grad_accum"),
+        ({"zero_stage": 0, "bucket_elements": 10}, "bucket_elements needs zero_stage >= 1"),
+        ({"zero_stage": 3, "bucket_elements": 0}, "bucket_elements"),
+        ({"zero_stage": 3, "offload_device": "nvme", "nvme_path": "/x"},
+         "offload_device nvme needs offload_optimizer or offload_params"),
+        ({"zero_stage": 3, "offload_optimizer": True, "offload_device": "nvme"},
+         "nvme_path is required with offload_device nvme"),
+        ({"zero_stage": 3, "offload_optimizer": True, "nvme_path": "/x"},
+         "nvme_path needs offload_device nvme"),
+        ({"zero_stage": 3, "offload_device": "disk"}, "offload_device"),
         ({"stage": 2}, "stage"),  # unknown key
     ],
 )
