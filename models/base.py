@@ -156,6 +156,13 @@ def _ema_pairs(t: torch.Tensor, s: torch.Tensor) -> list[tuple[torch.Tensor, tor
         )
     if tp is None:
         return [(t.data, s.data)]
+    for p, part in ((t, tp), (s, sp)):
+        if part.numel() == 0 and getattr(p, "ds_numel", 0) > 0:  # swapped out (NVMe parameter offload)
+            raise RuntimeError(
+                f"the ZeRO-3 partition of a parameter of shape {tuple(p.ds_shape)} is not in memory "
+                "(parameters offloaded to NVMe?): an EMA teacher needs its own and its student's partitions "
+                "in RAM"
+            )
     pairs = [(tp.data, sp.data)]
     if _gathered(t) and not _same_storage(t.data, tp.data):
         if not _gathered(s):

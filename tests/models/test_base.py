@@ -70,6 +70,9 @@ def test_ema_on_zero3_partitions_and_gathered_tensors():
     plain = nn.Parameter(torch.ones(6))
     with pytest.raises(ValueError, match="partitioned differently"):
         ema_([t], [plain], 0.5)
+    s.ds_tensor = torch.empty(0)  # swapped out to NVMe: an error, not a skipped update
+    with pytest.raises(RuntimeError, match=r"partition of a parameter of shape \(6,\) is not in memory"):
+        ema_([t], [s], 0.5)
 
 
 def test_split_fp32_is_exact_and_rounds_to_nearest():
