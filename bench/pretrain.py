@@ -395,16 +395,14 @@ def zero3_mode(args) -> list[dict]:
         "export=false", "log.tensorboard=false", "data.shuffle_buffer=0", "data.prefetch_batches=1",
         "max_failures=0",
     ]
+    if args.malloc == "mmap":
+        sets.append(f"deepspeed.host_mmap_threshold={2**20}")
     cfg = cli.load_config(PretrainConfig, preset_cfg, sets)
-    if args.malloc == "mmap":  # before Ray starts: its workers inherit the driver's environment
-        # a fixed threshold (the default one grows to 32 MiB) serves every block >= 1 MiB by mmap,
-        # returned to the OS when freed
-        os.environ.update(MALLOC_MMAP_THRESHOLD_=str(2**20), MALLOC_ARENA_MAX="2")
     cli.init_ray(num_cpus=args.cpus) if args.cpus else cli.init_ray()
     manifest = read_manifest(cfg.data.path, cfg.data.storage)
     t0 = time.perf_counter()
     figures = out / "figures.json"
-    loop_cls = _bench_loop_cls(str(figures), trim=args.malloc != "default")
+    loop_cls = _bench_loop_cls(str(figures), trim=args.malloc == "trim")
     fit(cfg, loop_cls, {"train": build_dataset(cfg, manifest)}, cli.config_json(cfg))
     wall = time.perf_counter() - t0
     if not figures.exists():
@@ -470,7 +468,8 @@ def main(argv=None):
                    help="nvme-all: elements per parameter swap buffer (>= the largest parameter)")
     z.add_argument("--param-buffers", type=int, default=5, help="nvme-all: parameter swap buffers")
     z.add_argument("--malloc", choices=["default", "trim", "mmap"], default="default",
-                   help="glibc heap: as is; malloc_trim after setup and every step; and mmap for >= 1 MiB")
+                   help="glibc heap: as is; malloc_trim after setup and every step; "
+                        "deepspeed.host_mmap_threshold 1 MiB")
     z.add_argument("--sub-group-size", type=int, default=20_000_000,
                    help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket, live parameters")
     a = p.parse_args(argv)

@@ -60,6 +60,11 @@ class DeepSpeedConfig(Strict):
     #: live and reused gathered parameters and the optimizer's sub-group. None: DeepSpeed's defaults,
     #: sized for GPUs (5e8-element buckets, 1e9 live parameters: a whole 1 B model gathered at once)
     bucket_elements: int | None = Field(default=None, ge=1)
+    #: bytes from which host allocations are served by mmap and so go back to the OS when freed
+    #: (glibc; ``jobs.train.engine.set_host_mmap_threshold``). glibc's own threshold grows with freed
+    #: blocks up to 32 MiB, so the transients of a partitioned build and of every step stay resident
+    #: (skysense_1b on CPU: 8 GiB per rank before its first forward instead of 4). None: glibc's.
+    host_mmap_threshold: int | None = Field(default=None, ge=0, le=2**25)
     override: dict[str, Any] | str | None = None
 
     @model_validator(mode="after")

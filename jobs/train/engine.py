@@ -84,6 +84,21 @@ def build_deepspeed_config(
     return cfg
 
 
+def set_host_mmap_threshold(nbytes: int) -> bool:
+    """Serve this process's host allocations of ``nbytes`` or more by ``mmap`` from now on, so a
+    freed tensor's memory goes back to the OS at once (glibc ``mallopt(M_MMAP_THRESHOLD)``, which
+    also stops glibc raising the threshold to the size of each freed block). False where the C
+    library is not glibc or refuses the value (above 32 MiB)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, int(nbytes)))
+
+
 def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:
     """Build a model under ``deepspeed.zero.Init`` (ZeRO-3: no rank ever holds it whole), then run
     its own ``init_weights(gather)``, which gathers one submodule at a time.

@@ -24,7 +24,7 @@ from jobs.train.data import (
     make_spectralgpt_preprocess_fn,
     pick_slots,
 )
-from jobs.train.engine import build_deepspeed_config, param_groups
+from jobs.train.engine import build_deepspeed_config, param_groups, set_host_mmap_threshold
 from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
@@ -129,6 +129,34 @@ def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
     assert not {"reduce_bucket_size", "sub_group_size", "offload_optimizer"} & set(z3)
 
 
+def test_set_host_mmap_threshold():
+    """Below glibc's grown threshold a freed tensor stays resident; after the call it goes back."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def freed_but_resident_mib() -> float:
+        blocks = [torch.ones(2**20) for _ in range(64)]  # 64 blocks of 4 MiB
+        pin = torch.ones(2**17)  # a live block above them on the heap: no trim from the top
+        before = rss_mib()
+        del blocks
+        freed = rss_mib() - (before - 256)
+        del pin
+        return freed
+
+    big = torch.ones(2**22)  # a freed 16 MiB mmap block raises glibc's threshold to 16 MiB
+    del big
+    assert freed_but_resident_mib() > 128  # from the heap: kept
+    assert set_host_mmap_threshold(2**20) is True
+    assert freed_but_resident_mib() < 32  # each block is its own mmap: returned
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -146,6 +174,7 @@ def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
         ({"zero_stage": 3, "offload_optimizer": True, "nvme_path": "/x"},
          "nvme_path needs offload_device nvme"),
         ({"zero_stage": 3, "offload_device": "disk"}, "offload_device"),
+        ({"host_mmap_threshold": 2**25 + 1}, "host_mmap_threshold"),
         ({"stage": 2}, "stage"),  # unknown key
     ],
 )
