@@ -3,7 +3,7 @@
     python -m bench.pretrain          # CPU: tiny presets through jobs.pretrain (Ray Train, 2 workers)
     python -m bench.pretrain --engine --device cuda --models skysense_1b:3:8 spectralgpt_huge:3:32
     python -m bench.pretrain --engine --device cpu --models spectralgpt_tiny:3:8   # same path on CPU
-    python -m bench.pretrain --zero3 --preset skysense_1b --steps 3 --offload nvme   # 1 B, 2 CPU workers
+    python -m bench.pretrain --zero3 --steps 3 --offload nvme --malloc mmap   # skysense_1b, 2 CPU workers
 
 Job mode runs ``jobs.pretrain.run`` on synthetic shards (contract v2) (streaming from Parquet, no
 cache) and prints the median samples/s and data-wait fraction over the logged windows after the
@@ -19,8 +19,13 @@ checkpointing on) for a few steps at a small input (``--img`` px, ``--slots`` da
 and reports per rank: the ZeRO-3 partitions of the trainable parameters, their gradients and the
 optimizer's fp32 master weights + Adam moments, wherever they live (RAM or the NVMe swap
 files), against ``16 B × trainable params / world size``; the frozen EMA teacher's partition
-(extra, 2 or 4 B per parameter); the peak RSS after the engine is built and at the end; and
-seconds per step (after the first, which allocates the optimizer states).
+(extra: its bf16 partition and, from the first EMA step, the low bits of its fp32 value, 2 + 2 B
+per parameter); the peak RSS after the engine is built, overall and per phase (build,
+``deepspeed.initialize``, forward, backward, optimizer, EMA of each step; printed as they end, so
+an OOM-killed run still tells what filled memory); and seconds per step. Buffers are host-sized
+(``deepspeed.bucket_elements``, ``--sub-group-size``); ``--offload nvme`` puts the optimizer
+states in swap files on local disk; ``--malloc mmap`` sets ``deepspeed.host_mmap_threshold``.
+No checkpoint is written (one of ``skysense_1b`` is ~20 GB).
 """
 
 from __future__ import annotations
