@@ -63,7 +63,8 @@ class DeepSpeedConfig(Strict):
     #: bytes from which host allocations are served by mmap and so go back to the OS when freed
     #: (glibc; ``jobs.train.engine.set_host_mmap_threshold``). glibc's own threshold grows with freed
     #: blocks up to 32 MiB, so the transients of a partitioned build and of every step stay resident
-    #: (skysense_1b on CPU: 8 GiB per rank before its first forward instead of 4). None: glibc's.
+    #: (skysense_1b on CPU: 8 GiB per rank before its first forward instead of 4). At most 32 MiB,
+    #: glibc's documented maximum. None: glibc's default.
     host_mmap_threshold: int | None = Field(default=None, ge=0, le=2**25)
     override: dict[str, Any] | str | None = None
 

@@ -88,7 +88,7 @@ def set_host_mmap_threshold(nbytes: int) -> bool:
     """Serve this process's host allocations of ``nbytes`` or more by ``mmap`` from now on, so a
     freed tensor's memory goes back to the OS at once (glibc ``mallopt(M_MMAP_THRESHOLD)``, which
     also stops glibc raising the threshold to the size of each freed block). False where the C
-    library is not glibc or refuses the value (above 32 MiB)."""
+    library is not glibc or refuses the value."""
     import ctypes
 
     try:
