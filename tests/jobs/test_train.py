@@ -24,7 +24,7 @@ from jobs.train.data import (
     make_spectralgpt_preprocess_fn,
     pick_slots,
 )
-from jobs.train.engine import build_deepspeed_config, param_groups
+from jobs.train.engine import build_deepspeed_config, param_groups, set_host_mmap_threshold
 from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
@@ -109,6 +109,54 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
     assert cfg["gradient_clipping"] == 3.0 and cfg["bf16"]["enabled"] is True
 
 
+def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
+    """NVMe offload names its path in both sections; ``bucket_elements`` bounds every ZeRO buffer
+    (DeepSpeed's defaults gather up to 1e9 parameters at once); unset, DeepSpeed's defaults stay."""
+    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True, offload_device="nvme",
+                         nvme_path=str(tmp_path), bucket_elements=1000)
+    z = build_deepspeed_config(ds, OptimConfig(), micro_batch_size=1, world_size=2,
+                               use_gpu=False)["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        assert z[key] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "sub_group_size",
+                "stage3_prefetch_bucket_size", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        assert z[key] == 1000, key
+    z2 = build_deepspeed_config(DeepSpeedConfig(zero_stage=2, bucket_elements=7), OptimConfig(),
+                                micro_batch_size=1, world_size=2, use_gpu=False)["zero_optimization"]
+    assert z2["reduce_bucket_size"] == 7 and "sub_group_size" not in z2
+    z3 = build_deepspeed_config(DeepSpeedConfig(zero_stage=3), OptimConfig(), micro_batch_size=1,
+                                world_size=2, use_gpu=False)["zero_optimization"]
+    assert not {"reduce_bucket_size", "sub_group_size", "offload_optimizer"} & set(z3)
+
+
+def test_set_host_mmap_threshold():
+    """Below glibc's grown threshold a freed tensor stays resident; after the call it goes back."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def freed_but_resident_mib() -> float:
+        blocks = [torch.ones(2**20) for _ in range(64)]  # 64 blocks of 4 MiB
+        pin = torch.ones(2**17)  # a live block above them on the heap: no trim from the top
+        before = rss_mib()
+        del blocks
+        freed = rss_mib() - (before - 256)
+        del pin
+        return freed
+
+    big = torch.ones(2**22)  # a freed 16 MiB mmap block raises glibc's threshold to 16 MiB
+    del big
+    assert freed_but_resident_mib() > 128  # from the heap: kept
+    assert set_host_mmap_threshold(2**20) is True
+    assert freed_but_resident_mib() < 32  # each block is its own mmap: returned
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -117,6 +165,16 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
         ({"zero_stage": 4}, "zero_stage"),
         ({"zero_stage": 2, "zero_init": True}, "zero_init needs zero_stage 3"),
         ({"grad_accum": 0}, "grad_accum"),
+        ({"zero_stage": 0, "bucket_elements": 10}, "bucket_elements needs zero_stage >= 1"),
+        ({"zero_stage": 3, "bucket_elements": 0}, "bucket_elements"),
+        ({"zero_stage": 3, "offload_device": "nvme", "nvme_path": "/x"},
+         "offload_device nvme needs offload_optimizer or offload_params"),
+        ({"zero_stage": 3, "offload_optimizer": True, "offload_device": "nvme"},
+         "nvme_path is required with offload_device nvme"),
+        ({"zero_stage": 3, "offload_optimizer": True, "nvme_path": "/x"},
+         "nvme_path needs offload_device nvme"),
+        ({"zero_stage": 3, "offload_device": "disk"}, "offload_device"),
+        ({"host_mmap_threshold": 2**25 + 1}, "host_mmap_threshold"),
         ({"stage": 2}, "stage"),  # unknown key
     ],
 )
