@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -348,64 +347,16 @@ def _check_run(out: dict, data: Path, task: str) -> dict:
     return metrics
 
 
-class Runs(NamedTuple):
-    """The module's end-to-end runs (``runs``)."""
-
-    outputs: dict[str, dict | BaseException]  #: run name -> ``run``'s output, or what it raised
-    official: Path  #: the official-layout SpectralGPT.pth the ``ft`` run starts from
-    sky_export: dict[str, torch.Tensor]  #: the tensors of our SkySense export the ``sky`` run starts from
-
-
-@pytest.fixture(scope="module")
-def runs(ray_session, toy, tmp_path_factory) -> Runs:
-    """Every end-to-end run of this module, two at a time: each a Ray task (0 CPUs) that calls ``run``,
-    so one run's start-up (datasets, worker group, DeepSpeed) overlaps the other's steps. Each run's
-    2 workers ask for 0.25 CPU (accounting only: a worker takes one thread either way), so two runs
-    leave a CPU to the other's Ray Data preparation."""
-    tmp = tmp_path_factory.mktemp("runs")
-    _official_checkpoint(tmp / "SpectralGPT.pth")
-    sky = _our_export("skysense_tiny", tmp / "skysense_tiny.safetensors")
-    small = ["head.channels=16", "scaling.cpus_per_worker=0.25"]
-    # one evaluation (+ the test pass) at the end keeps a probe short; the other runs select among two
-    cfgs = {task: _cfg(SGPT, toy(task), tmp, f"name={task}",
-                       "stages=[{img_size: 32, steps: 12, batch_size: 16}]",
-                       "eval.every_steps=12", "checkpoint.every_steps=12", *small)
-            for task in TASKS}
-    cfgs["ft"] = _cfg(SGPT, toy("segmentation"), tmp, "name=ft", "mode=finetune",
-                      f"encoder={tmp / 'SpectralGPT.pth'}", "optim.base_lr=0.016",
-                      "stages=[{img_size: 32, steps: 8, batch_size: 16}]", "eval.every_steps=4",
-                      "checkpoint.every_steps=4", *small)
-    cfgs["sky"] = _cfg(SKY, toy("change"), tmp, "name=sky", f"encoder={tmp / 'skysense_tiny.safetensors'}",
-                       "stages=[{img_size: 32, steps: 8, batch_size: 8}]", "eval.every_steps=4",
-                       "checkpoint.every_steps=4", *small)
-    task = ray_session.remote(num_cpus=0)(run)
-    pending, in_flight, outputs = list(cfgs.items()), {}, {}
-    while pending or in_flight:
-        while pending and len(in_flight) < 2:
-            name, cfg = pending.pop(0)
-            in_flight[task.remote(cfg)] = name
-        (ref,), _ = ray_session.wait(list(in_flight), num_returns=1)
-        name = in_flight.pop(ref)
-        try:
-            outputs[name] = ray_session.get(ref)
-        except Exception as e:  # reported by the test of that run
-            outputs[name] = e
-    return Runs(outputs, tmp / "SpectralGPT.pth", sky)
-
-
-def _output(runs: Runs, name: str) -> dict:
-    out = runs.outputs[name]
-    if isinstance(out, BaseException):
-        raise out
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
-def test_spectralgpt_linear_probe_every_task(runs, toy, task):
+def test_spectralgpt_linear_probe_every_task(ray_session, toy, tmp_path, task):
     """A random tiny SpectralGPT, linear probe, 2 workers, a few steps: the test metric of each task type
     equals the one computed by hand from the saved predictions; the separable toy is learnt."""
-    metrics = _check_run(_output(runs, task), toy(task), task)
+    data = toy(task)
+    # one evaluation (+ the test pass) at the end keeps the run short; the other runs select among two
+    out = run(_cfg(SGPT, data, tmp_path, f"name={task}", "stages=[{img_size: 32, steps: 12, batch_size: 16}]",
+                   "eval.every_steps=12", "checkpoint.every_steps=12", "head.channels=16"))
+    metrics = _check_run(out, data, task)
     assert metrics["mode"] == "linear_probe" and metrics["encoder"] == "random"
     floor = {"classification": 0.9, "multilabel": 0.9, "segmentation": 0.4, "change": 0.5}[task]
     assert metrics["test"][{"classification": "oa", "multilabel": "map_micro", "segmentation": "miou",
@@ -413,20 +364,30 @@ def test_spectralgpt_linear_probe_every_task(runs, toy, task):
 
 
 @pytest.mark.slow
-def test_finetune_from_an_official_spectralgpt_checkpoint(runs, toy):
+def test_finetune_from_an_official_spectralgpt_checkpoint(ray_session, toy, tmp_path):
     """mode finetune (layer decay, drop path) from an official-layout SpectralGPT.pth on segmentation."""
-    metrics = _check_run(_output(runs, "ft"), toy("segmentation"), "segmentation")
-    assert metrics["mode"] == "finetune" and metrics["encoder"] == str(runs.official)
+    _official_checkpoint(tmp_path / "SpectralGPT.pth")
+    data = toy("segmentation")
+    out = run(_cfg(SGPT, data, tmp_path, "name=ft", "mode=finetune",
+                   f"encoder={tmp_path / 'SpectralGPT.pth'}", "optim.base_lr=0.016",
+                   "stages=[{img_size: 32, steps: 8, batch_size: 16}]",
+                   "eval.every_steps=4", "checkpoint.every_steps=4", "head.channels=16"))
+    metrics = _check_run(out, data, "segmentation")
+    assert metrics["mode"] == "finetune" and metrics["encoder"].endswith("SpectralGPT.pth")
 
 
 @pytest.mark.slow
-def test_skysense_linear_probe_from_our_export_keeps_the_encoder(runs, toy):
+def test_skysense_linear_probe_from_our_export_keeps_the_encoder(ray_session, toy, tmp_path):
     """SkySense (S2 series, S1, days of year) on the change pair, from our own export: the best weights'
     encoder is exactly the export (the linear probe never moved it)."""
     from safetensors.torch import load_file
 
-    out = _output(runs, "sky")
-    _check_run(out, toy("change"), "change")
+    sd = _our_export("skysense_tiny", tmp_path / "skysense_tiny.safetensors")
+    data = toy("change")
+    out = run(_cfg(SKY, data, tmp_path, "name=sky", f"encoder={tmp_path / 'skysense_tiny.safetensors'}",
+                   "stages=[{img_size: 32, steps: 8, batch_size: 8}]", "eval.every_steps=4",
+                   "checkpoint.every_steps=4", "head.channels=16"))
+    _check_run(out, data, "change")
     best = load_file(str(Path(out["best_checkpoint"], "best.safetensors")))
-    for k, v in runs.sky_export.items():
+    for k, v in sd.items():
         torch.testing.assert_close(best[f"encoder.{k}"], v, rtol=0, atol=0)
