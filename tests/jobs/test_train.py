@@ -24,7 +24,7 @@ from jobs.train.data import (
     make_spectralgpt_preprocess_fn,
     pick_slots,
 )
-from jobs.train.engine import build_deepspeed_config, param_groups, set_host_mmap_threshold
+from jobs.train.engine import build_deepspeed_config, param_groups
 from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
@@ -130,31 +130,49 @@ def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
 
 
 def test_set_host_mmap_threshold():
-    """Below glibc's grown threshold a freed tensor stays resident; after the call it goes back."""
-    import os
+    """Below glibc's grown threshold a freed tensor stays resident; after the call it goes back.
+
+    In a fresh interpreter: in a long-lived process (the whole suite) the heap already holds free
+    chunks that serve the test's blocks without growing it, so the RSS difference means nothing."""
     import platform
+    import subprocess
+    import sys
+    from pathlib import Path
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
+    # argv[1] == "1": set the threshold first; each case in a fresh heap of its own
+    script = """
+import os
+import sys
+import torch
+from jobs.train.engine import set_host_mmap_threshold
 
-    def rss_mib() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    def freed_but_resident_mib() -> float:
-        blocks = [torch.ones(2**20) for _ in range(64)]  # 64 blocks of 4 MiB
-        pin = torch.ones(2**17)  # a live block above them on the heap: no trim from the top
-        before = rss_mib()
-        del blocks
-        freed = rss_mib() - (before - 256)
-        del pin
-        return freed
+ok = set_host_mmap_threshold(2**20) if sys.argv[1] == "1" else None
+big = torch.ones(2**22)  # a freed 16 MiB mmap block raises glibc's (default) threshold to 16 MiB
+del big
+blocks = [torch.ones(2**20) for _ in range(64)]  # 64 blocks of 4 MiB
+pin = torch.ones(2**17)  # a live block above them on the heap: no trim from the top
+before = rss_mib()
+del blocks
+print(ok, rss_mib() - (before - 256))
+"""
+    repo = Path(__file__).resolve().parents[2]
 
-    big = torch.ones(2**22)  # a freed 16 MiB mmap block raises glibc's threshold to 16 MiB
-    del big
-    assert freed_but_resident_mib() > 128  # from the heap: kept
-    assert set_host_mmap_threshold(2**20) is True
-    assert freed_but_resident_mib() < 32  # each block is its own mmap: returned
+    def freed_but_resident_mib(set_first: bool) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", script, "1" if set_first else "0"], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ok, mib = out.stdout.split()
+        return ok, float(mib)
+
+    assert freed_but_resident_mib(False)[1] > 128  # from the heap: kept
+    ok, mib = freed_but_resident_mib(True)
+    assert ok == "True" and mib < 32  # each block is its own mmap: returned
 
 
 @pytest.mark.parametrize(
