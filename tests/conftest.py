@@ -28,9 +28,10 @@ _VENV_BIN = str(Path(sys.executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _VENV_BIN:
     os.environ["PATH"] = os.pathsep.join(filter(None, [_VENV_BIN, os.environ.get("PATH")]))
 # Ray Train's controller collects reports and notices a finished or dead worker group when it polls the
-# workers, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default); the tests' runs are a few seconds of
-# work each, so a shorter poll takes that wait off every run (test-only: it costs the controller CPU).
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# workers, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default); the tests' runs are seconds of work
+# each, so a 1 s poll halves that wait on every run, and the kill drills (`debug.kill_worker_at_step`
+# waits 3 polls before it kills) lose 3 s each instead of 6.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
 
 
 @pytest.fixture(scope="session")
