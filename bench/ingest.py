@@ -40,7 +40,8 @@ over the decode limit, and the ``N`` costliest functions (own time, % of the gro
 
 ``--scaling N1 N2 ...`` instead ingests the archive of the first ``--scales`` once per CPU count (a fresh
 local Ray of N CPUs, ``concurrency=N``) and prints speed-up and parallel efficiency against the smallest
-N (goal >= 0.85 from 1 to 16 CPUs).
+N (goal >= 0.85 from 1 to 16 CPUs), worker CPU-s against the smallest N's, and each run's ratio to the decode
+limit.
 
 Peak worker memory is sampled with psutil every 0.1 s over the worker processes of this run's own Ray
 instance (descendants of this process, so other Ray instances on a shared machine do not count) and
@@ -507,10 +508,12 @@ def scaling(args) -> int:
     k = args.scales[0]
     sensors = args.sensors[0]
     info = only_sensors(archive(work, k, args), sensors, work)
-    mb = decoded_mb(cog_paths(info.root, sensors))
+    limit, limit_cpu, mb = decode_limit(cog_paths(info.root, sensors), args.decode_repeats)
     what = args.archive or f"x{k}: {args.scenes * k} S2 + {args.s1_scenes * k} S1 scenes of {args.size_px} px"
     print(f"bench/ingest scaling: archive {what}, sensors {sensors}, {mb:.0f} MB decoded; "
           f"CPUs {args.scaling}, {os.cpu_count()} on the machine; {stamp()}", flush=True)
+    print(f"decode limit (1 core, best of {args.decode_repeats}): {limit:.1f} MB/s wall, "
+          f"{limit_cpu:.1f} MB per CPU-second", flush=True)
     rows = []
     for n in args.scaling:
         cfg = load_config(IngestConfig, args.config, [f"concurrency={n}", *args.overrides])
@@ -518,7 +521,9 @@ def scaling(args) -> int:
         rows.append((n, s["wall"], s["worker_cpu_s"]))
         print(f"{n:3d} CPUs: {s['wall']:.1f} s wall, {mb / s['wall']:.1f} MB/s, "
               f"{s['tiles_written'] / s['wall']:.1f} tiles/s, worker CPU {s['worker_cpu_s']:.1f} s "
-              f"({s['units']} units, {s['tiles_written']} tiles written)", flush=True)
+              f"({s['units']} units, {s['tiles_written']} tiles written); ratio to the decode limit per core "
+              f"{mb / s['wall'] / n / limit:.2f} wall-clock, "
+              f"{mb / max(s['worker_cpu_s'], 1e-9) / limit_cpu:.2f} CPU-time", flush=True)
     n0, w0, c0 = rows[0]
     print()
     for n, w, c in rows:
