@@ -27,7 +27,9 @@ unit alone: nothing shared between units) with the default.
 ItemCollection written beside the outputs; ``all``: as it is), each against the decode limit of its own COGs
 (one decode measurement, summed per selection). ``--cloud F ...`` sets the cloud fractions cycled over the
 generated Sentinel-2 scenes (the archive's name says them); ``--generate-only`` writes the archives and stops
-(generation is not timing-sensitive, the figures are).
+(generation is not timing-sensitive, the figures are). ``--archive A B ...`` ingests several archives of the
+same tile made with other ``--seed``s (other dates, other scene ids) as one, their items in one collection,
+so each period holds more scenes and more of its slots are filled.
 
 ``--s1-warp N`` instead times the cross-zone Sentinel-1 warp of one N-px unit (VV + VH, to dB): the
 ingest's numpy warp (``pipeline.read.read_s1_scene``) against GDAL's ``WarpedVRT`` (bilinear) on the same
@@ -60,6 +62,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,18 +77,46 @@ from pipeline import synthetic  # noqa: E402
 from pipeline.config import IngestConfig  # noqa: E402
 
 
-def archive(workdir: Path, scale: int, args) -> synthetic.ArchiveInfo:
-    if args.archive:  # an existing archive as it is (the 1x of the run)
-        root = Path(args.archive)
-        return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
-                                     truth={}, classes="", seed=1)
-    # the name says what is in the archive (S1 count, cloud fractions), so archives of other arguments in the
-    # same workdir never stand in for each other
+@dataclass(frozen=True)
+class Archive:
+    """What one run ingests: the roots of one or more synthetic archives of the same tile (their COGs) and
+    one ItemCollection of their items."""
+
+    roots: tuple[str, ...]
+    items: str
+
+    @property
+    def name(self) -> str:
+        return "+".join(Path(r).name for r in self.roots)
+
+    def cogs(self, sensors: str = "all") -> list[str]:
+        return sorted(p for r in self.roots for p in cog_paths(r, sensors))
+
+
+def archive(workdir: Path, scale: int, args) -> Archive:
+    if args.archive:  # existing archives as they are (the 1x of the run); several: their items together
+        roots = tuple(str(Path(a).resolve()) for a in args.archive)
+        if len(roots) == 1:
+            return Archive(roots, str(Path(roots[0]) / "items.json"))
+        # archives of other seeds have other dates and scene ids, so their items combine into one tile's
+        # denser archive (more slots filled per period); ids must stay unique
+        features = [f for r in roots for f in json.loads((Path(r) / "items.json").read_text())["features"]]
+        ids = [f["id"] for f in features]
+        if len(set(ids)) != len(ids):
+            raise SystemExit(f"--archive: the archives share item ids (same seed?): {sorted(roots)}")
+        merged = Archive(roots, "")
+        items = workdir / f"items_{merged.name}.json"
+        items.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        return Archive(roots, str(items))
+    # the name says what is in the archive (S1 count, cloud fractions, seed), so archives of other arguments
+    # in the same workdir never stand in for each other
     cloud = "" if args.cloud is None else "_cloud" + "-".join(f"{c:g}" for c in args.cloud)
-    root = workdir / f"archive_s{args.scenes * scale}_s1x{args.s1_scenes * scale}_{args.size_px}px{cloud}"
+    seed = "" if args.seed == 1 else f"_seed{args.seed}"
+    name = f"archive_s{args.scenes * scale}_s1x{args.s1_scenes * scale}_{args.size_px}px{cloud}{seed}"
+    root = workdir / name
     done = root / ".complete"
-    kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=1, size_px=args.size_px,
-              epsg=32633)
+    kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=args.seed,
+              size_px=args.size_px, epsg=32633)
     if args.cloud is not None:
         kw["cloud_fractions"] = tuple(args.cloud)
     if not done.exists():
@@ -94,11 +125,10 @@ def archive(workdir: Path, scale: int, args) -> synthetic.ArchiveInfo:
         synthetic.make_archive(root, workers=args.gen_workers, **kw)
         done.write_text(json.dumps(kw))
         print(f"  wrote {root} in {time.perf_counter() - t:.0f} s", flush=True)
-    return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
-                                 truth={}, classes="", seed=1)
+    return Archive((str(root),), str(root / "items.json"))
 
 
-def only_sensors(info: synthetic.ArchiveInfo, sensors: str, workdir: Path) -> synthetic.ArchiveInfo:
+def only_sensors(info: Archive, sensors: str, workdir: Path) -> Archive:
     """``info`` with an ItemCollection of only the ``sensors`` items ("s2" or "s1"; "all": as it is), written
     under ``workdir`` (asset hrefs are absolute, so the items need not sit in the archive)."""
     if sensors == "all":
@@ -108,10 +138,9 @@ def only_sensors(info: synthetic.ArchiveInfo, sensors: str, workdir: Path) -> sy
     doc["features"] = [f for f in doc["features"] if f.get("collection", "").startswith(prefix)]
     if not doc["features"]:
         raise SystemExit(f"--sensors {sensors}: no such items in {info.items}")
-    items = workdir / f"items_{Path(info.root).name}_{sensors}.json"
+    items = workdir / f"items_{info.name}_{sensors}.json"
     items.write_text(json.dumps(doc))
-    return synthetic.ArchiveInfo(root=info.root, items=str(items), scenes=(), tiles=(), truth={}, classes="",
-                                 seed=1)
+    return Archive(info.roots, str(items))
 
 
 #: STAC collection prefix of each ``--sensors`` choice (and the archive folder of its COGs)
@@ -314,7 +343,7 @@ def profile(cfg: IngestConfig, args) -> int:
         fn(it)
     prof.disable()
     cpu = time.process_time() - c
-    paths = cog_paths(info.root)
+    paths = info.cogs()
     if args.groups is not None:  # the COGs of the profiled groups' scenes: those of their units' items
         hrefs = {a.href for u in units for s in (*u.s2, *u.s1) for a in s.assets.values()}
         paths = [p for p in paths if p in hrefs or f"file://{p}" in hrefs]
@@ -420,7 +449,9 @@ def main(argv=None) -> int:
     ap.add_argument("--s1-warp", type=int, metavar="N", help="time the cross-zone S1 warp of one N-px unit")
     ap.add_argument("--profile", type=int, metavar="N",
                     help="cProfile the unit groups in-process (CPU time); print the N costliest functions")
-    ap.add_argument("--archive", help="an existing archive (pipeline.synthetic output) as the 1x, as it is")
+    ap.add_argument("--archive", nargs="+",
+                    help="existing archives (pipeline.synthetic output) as the 1x, as they are; several "
+                         "(other seeds, same tile): their items ingested together, a denser archive")
     ap.add_argument("--groups", type=int, help="--profile only the first N unit groups")
     ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
                     help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
@@ -429,6 +460,8 @@ def main(argv=None) -> int:
                          "limit of its own COGs; --scaling: the first)")
     ap.add_argument("--cloud", type=float, nargs="+", metavar="F",
                     help="cloud fractions cycled over generated S2 scenes (default: pipeline.synthetic's)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="archive seed (another seed: other dates and scene ids, so archives combine)")
     ap.add_argument("--decode-repeats", type=int, default=2, help="reads of each COG for the decode limit")
     ap.add_argument("--generate-only", action="store_true", help="write the archives of --scales, then stop")
     args = ap.parse_args(argv)
@@ -445,17 +478,18 @@ def main(argv=None) -> int:
         return profile(cfg, args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    what = " + ".join(args.archive or []) or f"{args.scenes} S2 + {args.s1_scenes} S1 of {args.size_px} px"
     print(f"bench/ingest: {args.cpus} CPUs, tile_px={cfg.tile_px}, unit={cfg.tile_px * cfg.unit_tiles} px, "
-          f"archive {args.archive or f'{args.scenes} S2 + {args.s1_scenes} S1 scenes of {args.size_px} px'} "
+          f"archive {what} "
           f"(x{args.scales}), sensors {args.sensors}; {stamp()}", flush=True)
     infos = {k: archive(work, k, args) for k in args.scales}
     if args.generate_only:
         return 0
     base = infos[args.scales[0]]
-    times = decode_times(cog_paths(base.root), args.decode_repeats)  # once; every selection sums its COGs
+    times = decode_times(base.cogs(), args.decode_repeats)  # once; every selection sums its COGs
     limits = {}
     for sensors in args.sensors:
-        paths = cog_paths(base.root, sensors)
+        paths = base.cogs(sensors)
         limits[sensors] = decode_limit(paths, times=times)
         limit, limit_cpu, mb = limits[sensors]
         print(f"decode limit, {sensors} (1 core, rasterio full reads of {len(paths)} COGs, {mb:.0f} MB, "
@@ -465,7 +499,7 @@ def main(argv=None) -> int:
     for k in args.scales:
         for sensors in args.sensors:
             info = only_sensors(infos[k], sensors, work)
-            mb_k = decoded_mb(cog_paths(info.root, sensors))
+            mb_k = decoded_mb(info.cogs(sensors))
             name = f"x{k} {sensors}"
             s = ingest(info, cfg, work / f"out_x{k}_{sensors}", args.cpus,
                        work / f"trace_x{k}_{sensors}" if args.trace else None)
@@ -508,8 +542,9 @@ def scaling(args) -> int:
     k = args.scales[0]
     sensors = args.sensors[0]
     info = only_sensors(archive(work, k, args), sensors, work)
-    limit, limit_cpu, mb = decode_limit(cog_paths(info.root, sensors), args.decode_repeats)
-    what = args.archive or f"x{k}: {args.scenes * k} S2 + {args.s1_scenes * k} S1 scenes of {args.size_px} px"
+    limit, limit_cpu, mb = decode_limit(info.cogs(sensors), args.decode_repeats)
+    what = (" + ".join(args.archive or [])
+            or f"x{k}: {args.scenes * k} S2 + {args.s1_scenes * k} S1 of {args.size_px} px")
     print(f"bench/ingest scaling: archive {what}, sensors {sensors}, {mb:.0f} MB decoded; "
           f"CPUs {args.scaling}, {os.cpu_count()} on the machine; {stamp()}", flush=True)
     print(f"decode limit (1 core, best of {args.decode_repeats}): {limit:.1f} MB/s wall, "
