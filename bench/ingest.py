@@ -561,7 +561,7 @@ def scaling(args) -> int:
               f"{mb / max(s['worker_cpu_s'], 1e-9) / limit_cpu:.2f} CPU-time", flush=True)
     n0, w0, c0 = rows[0]
     print()
-    for n, w, c in rows:
+    for n, w, c in rows[1:]:
         speedup = w0 / w
         print(f"{n0} -> {n} CPUs: speed-up {speedup:.2f}x, efficiency {speedup * n0 / n:.2f} (goal >= 0.85); "
               f"worker CPU-s {c / max(c0, 1e-9):.2f}x of {n0} CPUs' ({c0:.1f} -> {c:.1f})")
