@@ -1,6 +1,6 @@
 """Sweep figures: ASHA's efficiency against running every trial to its end, and the sweep overhead.
 
-    python -m bench.tune [--trials 12] [--steps 45] [--work DIR]
+    python -m bench.tune [--trials 24] [--steps 45] [--work DIR]
 
 (a) ASHA efficiency. On the synthetic benchmark (``pipeline.convert.synthetic``: archive truth ->
     converter -> contract-v3 shards, classes that share one mean spectrum), the same ``--trials``
@@ -85,7 +85,7 @@ def knobs(rows: list[dict[str, Any]]) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--steps", type=int, default=45, help="full budget per trial (global steps)")
     ap.add_argument("--grace", type=int, default=5, help="ASHA grace period (steps)")
     ap.add_argument("--reduction", type=float, default=4.0)
@@ -172,6 +172,22 @@ def main(argv: list[str] | None = None) -> int:
                       f"**the picked config's full-budget val OA is {gap:.2f} points below the best "
                       f"full-budget trial** (target ≤ 1)."]
             lines.append(f"per-trial steps (ASHA): {sorted(max(r['step'] for r in rs) for rs in a.values())}")
+            ranked = sorted(full.items(), key=lambda kv: -max(r["val_score"] for r in kv[1]))
+            own = max(r["val_score"] for r in pick)
+            rank = next((i + 1 for i, (k, _) in enumerate(ranked) if k == knobs(pick)), None)
+            lines += [f"the pick ranks {rank} of "
+                      f"{len(ranked)} by full-budget val OA; its own val OA in the ASHA run {100 * own:.2f} "
+                      f"(FIFO run of the same config {100 * pick_val:.2f})", "",
+                      "| config | ASHA steps | ASHA best val OA | full-budget val OA | full-budget test OA |",
+                      "| --- | --- | --- | --- | --- |"]
+            by_knobs, nan = {knobs(rs): rs for rs in a.values()}, float("nan")
+            for k, rs in ranked:
+                ars = by_knobs.get(k, [])
+                cfg = ", ".join(f"{n}={v:.3g}" if isinstance(v, float) else f"{n}={v}" for n, v in k)
+                lines.append(f"| {cfg} | {max((r['step'] for r in ars), default=0)} | "
+                             f"{100 * max((r['val_score'] for r in ars), default=nan):.2f} | "
+                             f"{100 * max(r['val_score'] for r in rs):.2f} | "
+                             f"{100 * next((r['test_oa'] for r in rs if 'test_oa' in r), nan):.2f} |")
     print("\n".join(lines))
     return 0
 
