@@ -330,9 +330,14 @@ def replays(a: dict[str, list[dict[str, Any]]], f: dict[str, list[dict[str, Any]
            f"start-up {startup_s:.0f} s and {step_s:.2f} s a step as measured in the ASHA run):", "",
            "| scheduler | trial-steps | ÷ full | (re)starts | start-up + step s | pick − best (val pts) |",
            "| --- | --- | --- | --- | --- | --- |"]
+    measured = [max(r["step"] for r in rs) for _, rs in sorted(a.items())]
     for name, fn in (("Ray ASHA (stops at once; what jobs.tune runs)", replay_ray_asha),
                      ("published ASHA (pauses, promotes)", replay_promotion_asha)):
         r = fn(curves, **kw)
+        if fn is replay_ray_asha:
+            agree = sum(x == y for x, y in zip(r.steps, measured, strict=False))
+            out.insert(1, f"Ray ASHA's replay gives {agree} of the {len(measured)} trials the steps the "
+                          f"measured ASHA run gave them (replay {r.steps}; measured {measured}).")
         n = sum(r.steps)
         gap = 100 * (best - max(curves[r.pick].values())) if r.pick is not None else float("nan")
         out.append(f"| {name} | {n} | {100 * n / full:.1f} % | {r.starts} | "
