@@ -297,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                       "| config | ASHA steps | ASHA best val OA | full-budget val OA | full-budget test OA |",
                       "| --- | --- | --- | --- | --- |"]
             by_knobs, nan = {knobs(rs): rs for rs in a.values()}, float("nan")
+            # the same config, seed and data should give the same curve in both runs
+            alike = sum(all(abs(r["val_score"] - x["val_score"]) < 1e-9 and abs(r["loss"] - x["loss"]) < 1e-6
+                            for r, x in zip(by_knobs.get(k, []), rs, strict=False)) for k, rs in full.items())
+            lines.insert(-3, f"configs whose ASHA-run reports (loss, val OA) equal their FIFO-run reports up "
+                             f"to the ASHA run's last step: {alike} of {len(full)}")
             for k, rs in ranked:
                 ars = by_knobs.get(k, [])
                 cfg = ", ".join(f"{n}={v:.3g}" if isinstance(v, float) else f"{n}={v}" for n, v in k)
