@@ -11,9 +11,13 @@
     ASHA's trial-steps ÷ FIFO's. Targets: within 1 point, ≤ 40 %. ASHA runs as a user's sweep
     would (``max_concurrent_trials: auto``, 2 at once on 2 CPUs); the FIFO reference runs
     ``--fifo-concurrency`` trials at once (its full-budget scores do not depend on the order, and its
-    trials' start-ups overlap). ASHA promotes a trial that reaches an empty rung, so the first
-    trial in flight always runs its full budget: the saving grows with trials per slot (8 trials
-    on 2 slots: 48.6 %).
+    trials' start-ups overlap). The two runs only compare if one config trains the same in both:
+    the report counts the configs whose reports agree. Then both schedulers are replayed over the
+    reference's full-budget curves (``replay_ray_asha``: Ray's ASHA, which decides at once and
+    lets a trial past an empty rung; ``replay_promotion_asha``: the published ASHA, which pauses
+    trials at rungs and promotes), in the search's order and in 200 shuffled orders, with each
+    replay's trial-steps, (re)starts and pick. ``--from-work`` recomputes the report from the
+    sweeps under ``--work``.
 (b) Sweep overhead. A 4-trial sweep (``configs/tune/tiny.yaml`` as is): its wall time ÷ the sum of
     its trials' training time (a trial's training time: from its first to its last report, plus one
     mean report interval, i.e. the Ray Train loop's time as the reports Tune receives clock it), and ÷ the sum
