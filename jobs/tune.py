@@ -171,9 +171,9 @@ def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
     the object store instead of one per trial in flight.
 
     The splits are materialised with ``preserve_order``: Ray Data otherwise keeps the blocks in the
-    order their tasks finish, so two launches of one sweep (or a sweep and its full-budget reference)
-    would hand their trials different training orders from the same seed, and the same config would
-    score differently in each (seen: 8.5 points of val OA on the synthetic benchmark)."""
+    order their tasks finish, which is one way two launches of one sweep hand a config's trials
+    different training orders from the same seed. It is not the only one: one config's reports still
+    differ between two launches (``bench.tune``, "Sweeps, third pass" in ``bench/RESULTS.md``)."""
     from ray.data import DataContext
 
     from jobs import finetune
