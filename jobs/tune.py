@@ -168,10 +168,22 @@ def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
     model and batch-size fields only, never what ``prepare`` reads or how it preprocesses (``data``,
     ``seed``, ``model``, ``scaling``, the stages' ``img_size``), so every trial would build these same
     datasets; building them once removes that from every trial's start-up and keeps one copy in
-    the object store instead of one per trial in flight."""
+    the object store instead of one per trial in flight.
+
+    The splits are materialised with ``preserve_order``: Ray Data otherwise keeps the blocks in the
+    order their tasks finish, which is one way two launches of one sweep hand a config's trials
+    different training orders from the same seed. It is not the only one: one config's reports still
+    differ between two launches (``bench.tune``, "Sweeps, third pass" in ``bench/RESULTS.md``)."""
+    from ray.data import DataContext
+
     from jobs import finetune
 
-    cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(p.base))
+    ctx = DataContext.get_current()
+    kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(p.base))
+    finally:
+        ctx.execution_options.preserve_order = kept
     return cli.deep_merge(p.base, {"task": cfg.task, "benchmark": cfg.benchmark,
                                    "classes": list(cfg.classes)}), datasets
 
