@@ -309,10 +309,15 @@ def _train_worker_nodes(address: str) -> list[str]:
                                              filters=alive)]
 
 
-def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 16, every: int = 4,
-                   kill_step: int = 7) -> dict:
-    """An elastic pretraining run on 2 one-worker nodes loses one node once step ``kill_step`` is logged
-    (checkpoints every ``every`` steps); the report (see the module doc)."""
+#: Ray Train's poll of its workers (default 2 s); a checkpoint counts once the controller has polled it
+HEALTH_CHECK_S = 0.5
+
+
+def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 40, every: int = 8,
+                   settle_s: float = 4 * HEALTH_CHECK_S) -> dict:
+    """An elastic pretraining run on 2 one-worker nodes (checkpoints every ``every`` steps) loses one node
+    at the first step logged ``settle_s`` after step ``every``, so its first checkpoint has reached Ray
+    Train's controller; the report (see the module doc)."""
     from jobs.cli import load_config
     from jobs.pretrain import PretrainConfig, run
     from pipeline.synthetic.samples import make_shards
@@ -321,11 +326,12 @@ def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 16, ev
     cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "spectralgpt_tiny.yaml", [
         f"data.path={shards}", f"storage={work / 'runs'}", "name=elastic",
         f"stages=[{{img_size: 16, steps: {steps}, batch_size: 8}}]", "scaling.num_workers=[1, 2]",
-        # one worker per node (2.5 // 1.5), 1 CPU left on each for Ray Data
-        "scaling.cpus_per_worker=1.5", f"checkpoint.every_steps={every}", "log.every_steps=1",
+        # one worker per node (3 // 2; Ray's node CPUs are whole), 1 CPU left on each for Ray Data
+        "scaling.cpus_per_worker=2", f"checkpoint.every_steps={every}", "log.every_steps=1",
         "log.plots=false", "log.tensorboard=false", "export=false", "max_failures=2",
     ], {})
-    cluster, nodes = _cluster(2, cpus=2.5)
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(HEALTH_CHECK_S)  # Ray Train hands it on
+    cluster, nodes = _cluster(2, cpus=3)
     report: dict = {"drill": "pretrain", "deadline_s": deadline_s, "steps": steps, "checkpoint_every": every,
                     "num_workers": list(cfg.scaling.num_workers), "global_batch": cfg.stages[0].batch_size}
     lines = StepLines(cluster.head_node.get_session_dir_path(), "pretrain")
@@ -342,14 +348,17 @@ def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 16, ev
         t0 = time.perf_counter()
         th = threading.Thread(target=job, daemon=True)
         th.start()
-        while th.is_alive() and lines.last_step < kill_step and time.perf_counter() - t0 < deadline_s:
+        while th.is_alive() and time.perf_counter() - t0 < deadline_s:
             time.sleep(0.2)
             lines.poll()
+            t_ckpt = min((t for t, st in lines.steps if st == every), default=None)
+            if t_ckpt is not None and time.perf_counter() - t_ckpt >= settle_s and lines.last_step > every:
+                break
         on = set(_train_worker_nodes(cluster.address))
         victims = [n for n in nodes if n.node_id in on]
         if not th.is_alive() or not victims:
-            report["error"] = (f"no kill: the run ended or had no worker on a worker node before step "
-                               f"{kill_step} (last step seen {lines.last_step})")
+            report["error"] = (f"no kill: the run ended or had no worker on a worker node {settle_s} s after "
+                               f"step {every} (last step seen {lines.last_step})")
             return report
         report["workers_before"] = len(on)
         report["killed_at_step"] = lines.last_step
@@ -381,7 +390,6 @@ def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 16, ev
             samples_by_step=[h["samples"] for h in hist],
             resumed_from_step=resumed,
             steps_redone=report["killed_at_step"] - resumed,
-            workers_after=len(set(_train_worker_nodes(cluster.address))),
             # the first step of the restarted group, seen in its log, after the kill
             recover_s=round(min(t for t, _ in after) - t_kill, 2) if after else None,
             kill_to_end_s=round(time.perf_counter() - t_kill, 2),
@@ -464,7 +472,7 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         analysis = ExperimentAnalysis(str(work / "sweeps" / "drill" / "toy" / "random"))
         rows = []
         for t in analysis.trials:
-            reports = _progress(Path(t.local_path or t.path))
+            reports = _progress(Path(t.path))
             steps_seen = [r["step"] for r in reports if "step" in r]
             ckpts = sorted((runs / t.trial_id).glob("checkpoint_*"))
             starts = json.loads((ckpts[-1] / STATE_FILE).read_text())["starts"] if ckpts else [0]
@@ -474,7 +482,8 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
             after = [r["timestamp"] - kill_wall for r in reports[rewinds[0]:]] if rewinds else []
             error = None
             if t.status == "ERROR":
-                error = (t.error_message or "error").strip().splitlines()[-1][:200]
+                err = t.get_error()
+                error = (str(err) if err else "error").strip().splitlines()[-1][:200]
             rows.append({
                 "trial_id": t.trial_id, "status": t.status, "error": error,
                 "last_step": steps_seen[-1] if steps_seen else 0, "completed": any(
