@@ -421,7 +421,8 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         f"finetune.stages=[{{img_size: 32, steps: {steps}, batch_size: 8}}]",
         "finetune.checkpoint.every_steps=4", "finetune.log.every_steps=2",
         "finetune.eval={every_steps: 2, batch_size: 16, save_predictions: false}",
-        "space={mode: linear_probe, lr: {loguniform: [0.04, 1.6]}}", f"num_samples={trials}",
+        "space={mode: linear_probe, batch_size: 8, weight_decay: 0.0, lr: {loguniform: [0.04, 1.6]}}",
+        f"num_samples={trials}",
         "scheduler={kind: fifo}", "driver_resources={trial_driver: 0.01, memory: 134217728}",
     ], {"data": f"toy={bench}", "storage": str(work / "sweeps"), "name": "drill"})
     cluster, nodes = _cluster(2, cpus=1, resources={"trial_driver": 100})
