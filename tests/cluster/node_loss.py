@@ -313,7 +313,7 @@ def _train_worker_nodes(address: str) -> list[str]:
 HEALTH_CHECK_S = 0.5
 
 
-def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 40, every: int = 8,
+def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 40, every: int = 8,
                    settle_s: float = 4 * HEALTH_CHECK_S) -> dict:
     """An elastic pretraining run on 2 one-worker nodes (checkpoints every ``every`` steps) loses one node
     at the first step logged ``settle_s`` after step ``every``, so its first checkpoint has reached Ray
@@ -329,6 +329,8 @@ def pretrain_drill(work: Path, *, deadline_s: float = 240.0, steps: int = 40, ev
         # one worker per node (3 // 2; Ray's node CPUs are whole), 1 CPU left on each for Ray Data
         "scaling.cpus_per_worker=2", f"checkpoint.every_steps={every}", "log.every_steps=1",
         "log.plots=false", "log.tensorboard=false", "export=false", "max_failures=2",
+        # streamed, not cached: a cache's blocks would die with the node's object store
+        "data.cache=false",
     ], {})
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(HEALTH_CHECK_S)  # Ray Train hands it on
     cluster, nodes = _cluster(2, cpus=3)
