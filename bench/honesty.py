@@ -1,15 +1,16 @@
 """The honesty figure: does pretraining beat a random encoder on the synthetic benchmark?
 
-    python -m bench.honesty [--family spectralgpt skysense] [--steps N] [--seeds 3] [--per-class 60]
-                            [--size-px 768] [--tiles 3] [--work DIR]
+    python -m bench.honesty [--family spectralgpt skysense] [--steps N] [--seeds 3] [--per-class 100]
+                            [--size-px 1152] [--tiles 3] [--threads 1] [--work DIR] [--set key=value ...]
 
 End to end on CPU, in one process (no Ray):
 
 1. a synthetic archive's land-cover truth (``pipeline.synthetic.make_archive``, no scenes needed);
 2. the synthetic benchmark converter (``pipeline.convert.synthetic``, task ``classification``, balanced
    classes) written by ``pipeline.convert.writer.write_benchmark`` into contract-v3 shards + manifest;
-3. per seed, pretraining of the tiny preset with the settings of ``configs/pretrain/<family>_tiny.yaml``
-   (model, mask ratio / teacher momentum, optimizer, warmup + cosine LR, flips and 90° rotations) on the
+3. per seed, pretraining of the tiny preset with the settings of
+   ``configs/pretrain/<family>_tiny_synthetic.yaml`` (model, mask ratio / teacher momentum, steps, batch,
+   optimizer, warmup + cosine LR, flips and 90° rotations; ``jobs.pretrain`` runs the same file) on the
    **train split** of those shards, normalised by the manifest's train statistics exactly as ``jobs.pretrain``
    does (``jobs.train.data`` preprocess functions), unlabelled; what differs from ``jobs.pretrain``: a plain
    fp32 AdamW loop in this process instead of Ray Train + DeepSpeed on 2 workers, one stage at the tile size;
@@ -19,9 +20,10 @@ End to end on CPU, in one process (no Ray):
    ``pooled`` output of the S2 time series + S1), pretrained vs a random encoder of the same seed, test OA
    with torchmetrics; prints the table and the mean difference.
 
-``jobs.finetune`` (linear_probe mode) is not used: it is written on another branch; the probe here is the
-same protocol (frozen encoder, BatchNorm-free linear head on pooled features, trained on train, model
-chosen on val, scored on test) in-process.
+The probe reads what ``jobs.finetune --mode linear_probe`` reads (``jobs.train.task``: SpectralGPT's token
+mean, SkySense's ``pooled``; standardised features as its parameter-free BatchNorm gives) and follows its
+protocol (frozen encoder, linear head trained on train, model chosen on val, scored on test), in-process:
+full-batch AdamW on precomputed features instead of a Ray Train run per encoder and seed.
 """
 
 from __future__ import annotations
@@ -110,11 +112,15 @@ def _augment(batch: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, to
     return out
 
 
-def train_config(family: str, steps: int, overrides: list[str]) -> TrainConfig:
-    """The tiny preset's config with one stage of ``steps`` at its largest stage's size and batch."""
-    raw = yaml.safe_load((CONFIGS / f"{family}_tiny.yaml").read_text())
-    last = raw["stages"][-1]
-    raw["stages"] = [{**last, "steps": steps}]
+def train_config(family: str, steps: int | None, overrides: list[str]) -> TrainConfig:
+    """``configs/pretrain/<family>_tiny_synthetic.yaml`` (the one stage ``jobs.pretrain`` runs with it too),
+    ``steps`` (None: the file's) replacing its length, then ``overrides`` (``key=value``, yaml values)."""
+    raw = yaml.safe_load((CONFIGS / f"{family}_tiny_synthetic.yaml").read_text())
+    if len(raw["stages"]) != 1:
+        raise ValueError(f"stages: the honesty pretraining runs one stage, {family}_tiny_synthetic.yaml has "
+                         f"{len(raw['stages'])}")
+    if steps is not None:
+        raw["stages"] = [{**raw["stages"][0], "steps": steps}]
     for o in overrides:
         key, value = o.split("=", 1)
         node = raw
@@ -243,9 +249,11 @@ class Row:
     seconds: float
 
 
-def run_family(family: str, splits: dict[str, Split], *, steps: int, seeds: int, overrides: list[str],
+def run_family(family: str, splits: dict[str, Split], *, steps: int | None, seeds: int, overrides: list[str],
                log=print) -> list[Row]:
+    """Pretrain (``train_config``) and probe ``seeds`` seeds (0, 1, ...): one ``Row`` per seed."""
     cfg = train_config(family, steps, overrides)
+    steps = cfg.stages[0].steps
     key = "spectralgpt" if family == "spectralgpt" else "skysense"
     pre_data = splits["train"].spectralgpt_all if family == "spectralgpt" else splits["train"].skysense
     k = int(max(s.y.max() for s in splits.values())) + 1
@@ -291,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.honesty", description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", nargs="+", default=["spectralgpt", "skysense"],
                     choices=["spectralgpt", "skysense"])
-    ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default: per family)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="pretraining steps (default: configs/pretrain/<family>_tiny_synthetic.yaml's)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--per-class", type=int, default=100, help="chips per class (balanced)")
     ap.add_argument("--tiles", type=int, default=3)
@@ -299,10 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides",
-                    help="config overrides key=value on the tiny pretraining preset, e.g. optim.base_lr=0.05")
+                    help="config overrides key=value on the pretraining preset, e.g. optim.base_lr=0.05")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    steps = {"spectralgpt": 400, "skysense": 300}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         t0 = time.time()
@@ -313,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({time.time() - t0:.0f} s)", flush=True)
         rows = []
         for fam in args.family:
-            rows += run_family(fam, splits, steps=args.steps or steps[fam], seeds=args.seeds,
+            rows += run_family(fam, splits, steps=args.steps, seeds=args.seeds,
                                overrides=args.overrides, log=lambda s: print(s, flush=True))
     print()
     print(table(rows))

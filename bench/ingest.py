@@ -66,6 +66,10 @@ from pipeline.config import IngestConfig  # noqa: E402
 
 
 def archive(workdir: Path, scale: int, args) -> synthetic.ArchiveInfo:
+    if args.archive:  # an existing archive as it is (the 1x of the run)
+        root = Path(args.archive)
+        return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
+                                     truth={}, classes="", seed=1)
     root = workdir / f"archive_s{args.scenes * scale}_{args.size_px}px"
     done = root / ".complete"
     kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=1, size_px=args.size_px,
@@ -244,23 +248,31 @@ def profile(cfg: IngestConfig, args) -> int:
     info = archive(work, args.scales[0], args)
     scenes, _ = load_scenes(info.items, cfg.storage)
     units, _ = plan_units(scenes, cfg)
-    groups = ING.group_units(units, cfg.group_units, cfg)
+    groups = ING.group_units(units, cfg.group_units, cfg)[: args.groups]
+    units = [u for g in groups for u in g]
     out = work / "profile_out"
     shutil.rmtree(out, ignore_errors=True)
     fn = ING.make_process_group_fn(cfg, str(out))
     items = [{"units": [u.to_json() for u in g]} for g in groups]
     prof = cProfile.Profile(time.process_time)
     c = time.process_time()
-    prof.enable()
+    if args.profile > 0:
+        prof.enable()
     for it in items:
         fn(it)
     prof.disable()
     cpu = time.process_time() - c
     paths = cog_paths(info.root)
+    if args.groups is not None:  # the COGs of the profiled groups' scenes: those of their units' items
+        hrefs = {a.href for u in units for s in (*u.s2, *u.s1) for a in s.assets.values()}
+        paths = [p for p in paths if p in hrefs or f"file://{p}" in hrefs]
     _, limit_cpu, mb = decode_limit(paths)
-    print(f"{len(groups)} unit groups, {len(units)} units in {cpu:.2f} CPU-s (under cProfile): "
+    under = " (under cProfile)" if args.profile > 0 else ""
+    print(f"{len(groups)} unit groups, {len(units)} units in {cpu:.2f} CPU-s{under}: "
           f"{mb / cpu:.1f} archive MB per CPU-second, decode limit {limit_cpu:.1f}: "
           f"ratio {mb / cpu / limit_cpu:.3f}")
+    if args.profile <= 0:
+        return 0
     prof.dump_stats(str(work / "ingest.prof"))
     stats = pstats.Stats(prof).stats
     top = sorted(stats.items(), key=lambda kv: -kv[1][2])[: args.profile]
@@ -356,6 +368,8 @@ def main(argv=None) -> int:
     ap.add_argument("--s1-warp", type=int, metavar="N", help="time the cross-zone S1 warp of one N-px unit")
     ap.add_argument("--profile", type=int, metavar="N",
                     help="cProfile the unit groups in-process (CPU time); print the N costliest functions")
+    ap.add_argument("--archive", help="an existing archive (pipeline.synthetic output) as the 1x, as it is")
+    ap.add_argument("--groups", type=int, help="--profile only the first N unit groups")
     ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
                     help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
     args = ap.parse_args(argv)
@@ -364,7 +378,7 @@ def main(argv=None) -> int:
     if args.scaling:
         return scaling(args)
     cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
-    if args.profile:
+    if args.profile is not None:
         return profile(cfg, args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@
     .venv-bench/bin/pip install -r requirements.txt -r requirements-bench.txt
     .venv-bench/bin/python bench/peer.py                        # 3 full-size scenes (10980 px), 2 CPUs
     .venv-bench/bin/python bench/peer.py --scenes 2 --size-px 4104   # a quick look
+    .venv-bench/bin/python bench/peer.py --variant group_units=12   # ours once more, split tile-quarters
 
 The scenes are synthetic Sentinel-2 L2A of one MGRS tile (:mod:`pipeline.synthetic`: 1024-px blocks at full
 size, DEFLATE + predictor 2, S2 only), on local disk and read once before timing so both sides find them in
@@ -95,7 +96,9 @@ def peer_load(items_path: str, cpus: int, chunk: int) -> dict:
     from odc.geo.geobox import GeoBox
     from pystac.extensions.projection import ProjectionExtension
 
-    items = list(pystac.ItemCollection.from_file(items_path))
+    # Sentinel-2 items only (an archive may hold Sentinel-1 too, which the peer does not load)
+    items = [it for it in pystac.ItemCollection.from_file(items_path)
+             if "sentinel-2" in (it.collection_id or "")]
     b02 = items[0].assets["blue"].extra_fields
     h, w = b02["proj:shape"]
     a = b02["proj:transform"]
@@ -123,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=2048, help="odc-stac dask chunk edge (px)")
     ap.add_argument("--config", default=str(REPO / "configs" / "ingest" / "default.yaml"))
     ap.add_argument("--set", dest="overrides", nargs="*", default=[])
+    ap.add_argument("--variant", dest="variants", action="append", default=None, metavar="KEY=VALUE[,...]",
+                    help="run ours once more per variant with these overrides on top of --set (repeatable), "
+                         "e.g. --variant group_units=12: the peer is loaded once")
     ap.add_argument("--workdir", default="/tmp/skyray_bench_peer")
     ap.add_argument("--gen-workers", type=int, default=1)
     ap.add_argument("--archive", help="an existing archive (pipeline.synthetic output) to use as it is")
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
     except ImportError:
         sys.exit("bench/peer.py needs odc-stac: run it with a venv built from requirements-bench.txt "
                  "(see the module docstring)")
-    cfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])
+    load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides])  # fail early
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     root = Path(args.archive) if args.archive else archive(work, args.scenes, args.size_px, args.gen_workers)
@@ -149,15 +155,18 @@ def main(argv=None) -> int:
 
     info = synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
                                  truth={}, classes="", seed=1)
-    s = run_ingest(info, cfg, work / "out", args.cpus)
-    print(f"ours (jobs.ingest.run, {Path(args.config).name}, {args.cpus} Ray CPUs): {s['wall']:.1f} s wall, "
-          f"{s['worker_cpu_s']:.1f} worker CPU-s; {s['tiles_written']}/{s['tiles_planned']} tiles, "
-          f"{s['bytes_written'] / 1e6:.0f} MB written", flush=True)
-    print()
-    print(f"peer / ours: {p['wall'] / s['wall']:.2f}x wall clock, "
-          f"{p['cpu_s'] / max(s['worker_cpu_s'], 1e-9):.2f}x CPU time (goal >= 3x)")
-    print(f"archive MB decoded per s per core: peer {mb / p['wall'] / args.cpus:.1f}, "
-          f"ours {mb / s['wall'] / args.cpus:.1f}")
+    for variant in ["", *(args.variants or [])]:
+        extra = [kv for kv in variant.split(",") if kv]
+        vcfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides, *extra])
+        s = run_ingest(info, vcfg, work / "out", args.cpus)
+        label = f"{Path(args.config).name}{' + ' + variant if variant else ''}"
+        print(f"ours (jobs.ingest.run, {label}, {args.cpus} Ray CPUs): {s['wall']:.1f} s wall, "
+              f"{s['worker_cpu_s']:.1f} worker CPU-s; {s['tiles_written']}/{s['tiles_planned']} tiles, "
+              f"{s['bytes_written'] / 1e6:.0f} MB written", flush=True)
+        print(f"  peer / ours: {p['wall'] / s['wall']:.2f}x wall clock, "
+              f"{p['cpu_s'] / max(s['worker_cpu_s'], 1e-9):.2f}x CPU time (goal >= 3x); "
+              f"archive MB decoded per s per core: peer {mb / p['wall'] / args.cpus:.1f}, "
+              f"ours {mb / s['wall'] / args.cpus:.1f}", flush=True)
     return 0
 
 

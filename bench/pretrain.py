@@ -3,7 +3,7 @@
     python -m bench.pretrain          # CPU: tiny presets through jobs.pretrain (Ray Train, 2 workers)
     python -m bench.pretrain --engine --device cuda --models skysense_1b:3:8 spectralgpt_huge:3:32
     python -m bench.pretrain --engine --device cpu --models spectralgpt_tiny:3:8   # same path on CPU
-    python -m bench.pretrain --zero3 --preset skysense_1b --steps 3 --offload nvme   # 1 B, 2 CPU workers
+    python -m bench.pretrain --zero3 --steps 3 --offload nvme --malloc mmap   # skysense_1b, 2 CPU workers
 
 Job mode runs ``jobs.pretrain.run`` on synthetic shards (contract v2) (streaming from Parquet, no
 cache) and prints the median samples/s and data-wait fraction over the logged windows after the
@@ -19,8 +19,13 @@ checkpointing on) for a few steps at a small input (``--img`` px, ``--slots`` da
 and reports per rank: the ZeRO-3 partitions of the trainable parameters, their gradients and the
 optimizer's fp32 master weights + Adam moments, wherever they live (RAM or the NVMe swap
 files), against ``16 B × trainable params / world size``; the frozen EMA teacher's partition
-(extra, 2 or 4 B per parameter); the peak RSS after the engine is built and at the end; and
-seconds per step (after the first, which allocates the optimizer states).
+(extra: its bf16 partition and, from the first EMA step, the low bits of its fp32 value, 2 + 2 B
+per parameter); the peak RSS after the engine is built, overall and per phase (build,
+``deepspeed.initialize``, forward, backward, optimizer, EMA of each step; printed as they end, so
+an OOM-killed run still tells what filled memory); and seconds per step. Buffers are host-sized
+(``deepspeed.bucket_elements``, ``--sub-group-size``); ``--offload nvme`` puts the optimizer
+states in swap files on local disk; ``--malloc mmap`` sets ``deepspeed.host_mmap_threshold``.
+No checkpoint is written (one of ``skysense_1b`` is ~20 GB).
 """
 
 from __future__ import annotations
@@ -208,10 +213,14 @@ def zero3_memory(engine, nvme_dir: str | None) -> dict:
         "optim_state_bytes": _bytes(states),
         "nvme_swap_bytes": swap,
         "frozen_param_bytes": partition_bytes(frozen),
-        "frozen_ema_fp32_bytes": _bytes(getattr(p, "_ema_fp32", None) for p in frozen),
+        "frozen_ema_bytes": _bytes(getattr(p, a, None) for p in frozen for a in EMA_ATTRS),
         "n_trainable": sum(p.ds_numel for p in trainable),
         "n_frozen": sum(p.ds_numel for p in frozen),
     }
+
+
+#: what ``models.base.ema_`` keeps next to a low-precision teacher parameter
+EMA_ATTRS = ("_ema_lo", "_ema_lo_full", "_ema_fp32", "_ema_fp32_full")
 
 
 def torch_is_tensor(v) -> bool:
@@ -231,16 +240,94 @@ def _rss_gib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
-def _bench_loop_cls():
-    """``PretrainLoop`` + per-rank memory and step times, gathered to rank 0's last report."""
+class PhaseRSS:
+    """Peak RSS of this process per phase of the run, sampled every ``every`` s by a thread and
+    printed at each phase change (the lines survive an OOM kill in the worker's log)."""
+
+    def __init__(self, rank: int, every: float = 0.5) -> None:
+        import threading
+
+        self.rank, self.every, self.phase, self.peaks = rank, every, "start", {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _sample(self) -> None:
+        with self.lock:
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), _rss_gib())
+
+    def _run(self) -> None:
+        while True:
+            self._sample()
+            time.sleep(self.every)
+
+    def enter(self, phase: str) -> None:
+        self._sample()
+        with self.lock:
+            old, self.phase = self.phase, phase
+        print(f"[rss] rank {self.rank} {old}: peak {self.peaks.get(old, 0.0):.2f} GiB; now {_rss_gib():.2f}"
+              f" GiB entering {phase}", flush=True)
+        self._sample()
+
+
+def _malloc_trim() -> None:
+    """Give the heap's free pages back to the OS (glibc keeps freed mid-heap chunks resident)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _bench_loop_cls(figures: str, trim: bool = False):
+    """``PretrainLoop`` + per-rank memory and step times, gathered by rank 0 into ``figures`` (a JSON
+    file) at the last step."""
     from jobs.pretrain import PretrainLoop
 
     class Zero3BenchLoop(PretrainLoop):
+        def build_module(self):
+            import ray.train
+
+            self.rss = PhaseRSS(ray.train.get_context().get_world_rank())
+            self.rss.enter("build")
+            return super().build_module()
+
+        def param_groups(self, module):
+            self.rss.enter("deepspeed.initialize")
+            return super().param_groups(module)
+
         def setup(self) -> None:
             t0 = time.perf_counter()
             super().setup()
+            self.rss.enter("setup done")
+            if trim:
+                _malloc_trim()
+                self.rss.enter("after malloc_trim")
             self.bench = {"setup_s": time.perf_counter() - t0, "peak_rss_setup_gib": _peak_rss_gib(),
                           "rss_setup_gib": _rss_gib(), "step_s": []}
+            engine, rss = self.engine, self.rss
+            backward, step = engine.backward, engine.step
+
+            def timed_backward(*a, **k):
+                rss.enter(f"step {self.step + 1} backward")
+                return backward(*a, **k)
+
+            def timed_step(*a, **k):
+                rss.enter(f"step {self.step + 1} optimizer")
+                return step(*a, **k)
+
+            engine.backward, engine.step = timed_backward, timed_step
+
+        def report_due(self, step: int) -> tuple[bool, bool]:
+            return super().report_due(step)[0], False  # no checkpoint: a 1 B one is ~20 GB to write
+
+        def forward(self, module, batch):
+            self.rss.enter(f"step {self.step + 1} forward")
+            return super().forward(module, batch)
+
+        def after_step(self, step: int) -> None:
+            self.rss.enter(f"step {step + 1} EMA")
+            super().after_step(step)
+            if trim:
+                _malloc_trim()
+            self.rss.enter(f"step {step + 1} done")
 
         def train_step(self, micro, si) -> None:
             self.t_step = time.perf_counter()
@@ -248,19 +335,21 @@ def _bench_loop_cls():
             if self.step < self.total:  # the last step's time is taken in log(), before the gather
                 self.bench["step_s"].append(time.perf_counter() - self.t_step)
 
-        def log(self, si, lr, loss, parts):
+        def log(self, si, lr, loss, parts, extra=None):
             import torch.distributed as dist
 
             if self.step == self.total:
                 self.bench["step_s"].append(time.perf_counter() - self.t_step)
-            metrics = super().log(si, lr, loss, parts)
+            metrics = super().log(si, lr, loss, parts, extra)
             if self.step == self.total:  # the last step: everything is allocated
                 nvme = (self.ds_config["zero_optimization"].get("offload_optimizer") or {}).get("nvme_path")
+                self.rss.enter("report")
                 mine = {**self.bench, **zero3_memory(self.engine, nvme), "rank": self.rank,
-                        "peak_rss_gib": _peak_rss_gib(), "rss_gib": _rss_gib()}
+                        "peak_rss_gib": _peak_rss_gib(), "rss_gib": _rss_gib(), "rss_phases": self.rss.peaks}
                 ranks = [None] * self.world
                 dist.all_gather_object(ranks, mine)
-                metrics["bench"] = ranks
+                if self.rank == 0:
+                    Path(figures).write_text(json.dumps(ranks))
             return metrics
 
     return Zero3BenchLoop
@@ -280,23 +369,15 @@ def zero3_mode(args) -> list[dict]:
     workers, batch = args.workers, args.workers * args.micro_batch
     # DeepSpeed's defaults size its buffers for GPUs with room: a 5e8-element reduce bucket, and up to
     # 1e9 gathered parameters kept live or kept for reuse (the whole model, student and teacher, under
-    # activation checkpointing). On host RAM they are bounded like the optimizer's sub-groups.
-    bound = args.sub_group_size
-    override: dict = {"zero_optimization": {
-        "stage3_gather_16bit_weights_on_model_save": False, "sub_group_size": bound,
-        "reduce_bucket_size": bound, "stage3_prefetch_bucket_size": bound,
-        "stage3_max_live_parameters": bound, "stage3_max_reuse_distance": 0,
-    }}
+    # activation checkpointing); deepspeed.bucket_elements bounds them all.
+    override: dict = {"zero_optimization": {"stage3_gather_16bit_weights_on_model_save": False}}
     nvme = None
     if args.offload in ("nvme", "nvme-all"):
         nvme = str(out / "nvme")
         os.makedirs(nvme, exist_ok=True)
-        override["zero_optimization"]["offload_optimizer"] = {"device": "nvme", "nvme_path": nvme,
-                                                              "pin_memory": False}
     if args.offload == "nvme-all":  # the bf16 parameter partitions too (student and teacher)
         override["zero_optimization"]["offload_param"] = {
-            "device": "nvme", "nvme_path": nvme, "pin_memory": False, "buffer_count": 5,
-            "buffer_size": args.param_buffer, "max_in_cpu": 0}
+            "buffer_count": args.param_buffers, "buffer_size": args.param_buffer, "max_in_cpu": 0}
         override["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     preset_cfg = REPO / "configs" / "pretrain" / f"{args.preset}.yaml"
     model_over = {"img_size": args.img, "pixel_samples": args.pixel_samples, "proj_dim": args.proj_dim,
@@ -312,20 +393,26 @@ def zero3_mode(args) -> list[dict]:
         f"deepspeed.precision={args.precision}",
         f"deepspeed.offload_optimizer={str(args.offload != 'none').lower()}",
         f"deepspeed.offload_params={str(args.offload == 'nvme-all').lower()}",
+        *(["deepspeed.offload_device=nvme", f"deepspeed.nvme_path={nvme}"] if nvme else []),
+        f"deepspeed.bucket_elements={args.sub_group_size}",
         f"deepspeed.override={json.dumps(override)}",
         "log.every_steps=1", "checkpoint.every_steps=100000", "checkpoint.keep=1", "log.plots=false",
         "export=false", "log.tensorboard=false", "data.shuffle_buffer=0", "data.prefetch_batches=1",
         "max_failures=0",
     ]
+    if args.malloc == "mmap":
+        sets.append(f"deepspeed.host_mmap_threshold={2**20}")
     cfg = cli.load_config(PretrainConfig, preset_cfg, sets)
     cli.init_ray(num_cpus=args.cpus) if args.cpus else cli.init_ray()
     manifest = read_manifest(cfg.data.path, cfg.data.storage)
     t0 = time.perf_counter()
-    result = fit(cfg, _bench_loop_cls(), {"train": build_dataset(cfg, manifest)}, cli.config_json(cfg))
+    figures = out / "figures.json"
+    loop_cls = _bench_loop_cls(str(figures), trim=args.malloc == "trim")
+    fit(cfg, loop_cls, {"train": build_dataset(cfg, manifest)}, cli.config_json(cfg))
     wall = time.perf_counter() - t0
-    ranks = (result.metrics or {}).get("bench")
-    if not ranks:
-        raise RuntimeError(f"the run reported no bench figures: {result.metrics}")
+    if not figures.exists():
+        raise RuntimeError(f"the run wrote no figures to {figures}")
+    ranks = json.loads(figures.read_text())
     rows = []
     for r in ranks:
         states = r["param_bytes"] + r["grad_bytes"] + r["master_bytes"] + r["optim_state_bytes"]
@@ -340,13 +427,13 @@ def zero3_mode(args) -> list[dict]:
             "master_gib": r["master_bytes"] / 2**30, "optim_state_gib": r["optim_state_bytes"] / 2**30,
             "nvme_swap_gib": on_disk / 2**30, "nvme_param_swap_gib": r["nvme_param_swap_bytes"] / 2**30,
             "param_in_ram_gib": r["param_in_ram_bytes"] / 2**30,
-            "teacher_ema_fp32_gib": r["frozen_ema_fp32_bytes"] / 2**30,
+            "teacher_ema_gib": r["frozen_ema_bytes"] / 2**30,
             "states_gib": (states + on_disk) / 2**30,
             "estimate_16B_gib": estimate / 2**30,
             "states_vs_estimate": (states + on_disk) / estimate,
             "teacher_gib": r["frozen_param_bytes"] / 2**30,
             "peak_rss_setup_gib": r["peak_rss_setup_gib"], "peak_rss_gib": r["peak_rss_gib"],
-            "setup_s": r["setup_s"],
+            "setup_s": r["setup_s"], "malloc": args.malloc, "rss_phases": r["rss_phases"],
             "step_s": r["step_s"],
             "step_s_after_first": statistics.median(r["step_s"][1:]) if len(r["step_s"]) > 1 else None,
             "wall_s": wall,
@@ -384,6 +471,10 @@ def main(argv=None):
                    help="optimizer states to NVMe (nvme), and the parameters too (nvme-all)")
     z.add_argument("--param-buffer", type=int, default=30_000_000,
                    help="nvme-all: elements per parameter swap buffer (>= the largest parameter)")
+    z.add_argument("--param-buffers", type=int, default=5, help="nvme-all: parameter swap buffers")
+    z.add_argument("--malloc", choices=["default", "trim", "mmap"], default="default",
+                   help="glibc heap: as is; malloc_trim after setup and every step; "
+                        "deepspeed.host_mmap_threshold 1 MiB")
     z.add_argument("--sub-group-size", type=int, default=20_000_000,
                    help="ZeRO-3 optimizer sub-group, reduce/prefetch bucket, live parameters")
     a = p.parse_args(argv)

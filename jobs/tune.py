@@ -6,10 +6,12 @@
         --storage out/sweeps --name sweep1 [--set num_samples=8 ...]
 
 For every (benchmark, encoder) pair one Tune experiment runs ``num_samples × grid`` trials of
-``jobs.finetune`` with knobs from ``space`` (``jobs.sweep``). Each trial is a Tune *function
-trainable* that builds the fine-tuning ``TorchTrainer`` inside it (``jobs.finetune.prepare`` +
-``make_trainer``) with ``TuneReportCallback``, so every rank-0 report (``step``, ``val_score``, ...)
-reaches the ASHA scheduler (metric ``val_score``, mode max, time attribute ``step``).
+``jobs.finetune`` with knobs from ``space`` (``jobs.sweep``). The sweep driver runs
+``jobs.finetune.prepare`` once per experiment and hands the datasets to every trial
+(``prepare_experiment``). Each trial is a Tune *function trainable* that builds the fine-tuning
+``TorchTrainer`` inside it (``jobs.finetune.make_trainer``) with ``TuneReportCallback``, so every
+rank-0 report (``step``, ``val_score``, ...) reaches the ASHA scheduler (metric ``val_score``, mode
+max, time attribute ``step``).
 
 Outputs under ``<storage>/<name>/``: per benchmark ``<benchmark>/results.md``, ``results.csv``,
 ``trials.png``; across benchmarks ``summary.md`` (rows: encoders, columns: benchmark metrics).
@@ -56,6 +58,7 @@ from jobs.sweep import (
     SweepConfig,
     TrialRecord,
     apply_params,
+    asha_note,
     corner_values,
     grid_size,
     max_concurrent,
@@ -157,6 +160,22 @@ def check_prepared(plans: list[Plan]) -> None:
             raise cli.ConfigError(f"data.{p.benchmark} with encoders.{p.encoder}: {e}") from None
 
 
+def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(base, datasets)`` of one experiment, built once by the sweep driver and shared by all its
+    trials: ``base`` is ``p.base`` with the benchmark facts ``jobs.finetune.prepare`` resolves
+    (``task``, ``benchmark``, ``classes``), ``datasets`` its ``train``/``val``/``test`` Ray Datasets
+    (materialised when ``data.cache``). The search-space knobs (``jobs.sweep.FIELDS``) set optimizer,
+    model and batch-size fields only, never what ``prepare`` reads or how it preprocesses (``data``,
+    ``seed``, ``model``, ``scaling``, the stages' ``img_size``), so every trial would build these same
+    datasets; building them once removes that from every trial's start-up and keeps one copy in
+    the object store instead of one per trial in flight."""
+    from jobs import finetune
+
+    cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(p.base))
+    return cli.deep_merge(p.base, {"task": cfg.task, "benchmark": cfg.benchmark,
+                                   "classes": list(cfg.classes)}), datasets
+
+
 def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
     """Validate the fine-tuning config at every corner value of every knob."""
     from pydantic import ValidationError
@@ -187,9 +206,12 @@ def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> None:
-    """One trial: the fine-tuning run of ``base`` with ``params``, named by the trial id, so a
-    restarted trial resumes its own Ray Train run from the last checkpoint."""
+def _trial(params: dict[str, Any], *, base: dict[str, Any], datasets: Mapping[str, Any],
+           registry: str) -> None:
+    """One trial: the fine-tuning run of ``base`` (a prepared config: ``task``, ``benchmark`` and
+    ``classes`` resolved) with ``params``, named by the trial id, so a restarted trial resumes its
+    own Ray Train run from the last checkpoint. ``datasets``: the experiment's, prepared once by
+    the sweep driver (``prepare_experiment``)."""
     from jobs import finetune
     from jobs.train.loop import NonFiniteLossError, fit
     from pipeline import storage as st
@@ -200,7 +222,6 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], registry: str) -> No
     if st.exists(done_uri, cfg.data.storage):  # finished before a driver crash: report, do not rerun
         tune.report(json.loads(st.read_bytes(done_uri, cfg.data.storage)))
         return
-    cfg, datasets = finetune.prepare(cfg)
     run_config = finetune.default_run_config(
         cfg, callbacks=[ReportToTune(done_uri, cfg.data.storage), RecordPlacementGroup(registry, trial_id)])
     trainer = finetune.make_trainer(cfg, datasets, run_config=run_config)
@@ -378,7 +399,8 @@ def _write_outputs(cfg: SweepConfig, results: list[EncoderResult]) -> dict[str, 
 
 
 def _tuner(cfg: SweepConfig, p: Plan, conc: int, per_trial: Mapping[str, float], registry: str):
-    """``(Tuner, resumed)`` of one experiment: restored when its directory holds one, else new."""
+    """``(Tuner, resumed)`` of one experiment: restored when its directory holds one, else new. The
+    experiment's datasets are prepared here, once (``prepare_experiment``)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from jobs.finetune import FinetuneConfig
@@ -386,8 +408,10 @@ def _tuner(cfg: SweepConfig, p: Plan, conc: int, per_trial: Mapping[str, float],
 
     fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
     exp_path = f"{bench_path}/{p.encoder}"
+    base, datasets = prepare_experiment(p)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=p.base, registry=registry), dict(cfg.driver_resources))
+        tune.with_parameters(_trial, base=base, datasets=datasets, registry=registry),
+        dict(cfg.driver_resources))
     if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         log.info("resuming %s/%s from %s", p.benchmark, p.encoder, exp_path)
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -423,6 +447,9 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     cli.init_ray()
     cluster = ray.cluster_resources()
     sizing = [concurrency(cfg, FinetuneConfig.model_validate(p.base), cluster) for p in plans]
+    if cfg.scheduler.kind == "asha" and (note := asha_note(cfg.num_samples * grid_size(cfg.space),
+                                                           max(conc for conc, _ in sizing))):
+        log.warning(note)
     check_prepared(plans)
 
     registry_name = f"skyray-tune-pgs-{cfg.name}"

@@ -54,6 +54,7 @@ from pipeline.read import GSD, S2Out, SceneReadError, UnitGrid, block_cache, rea
 from pipeline.sensors import S1, S2, SCL_CLOUD, SCL_NODATA
 from pipeline.stac import Reject
 from pipeline.storage import (
+    SpoolFile,
     TransientIOError,
     exists,
     join,
@@ -195,10 +196,13 @@ def _choose(cands: list[list[S2Slot]], t: int, bad: set[int]) -> list[list[S2Slo
     return [sorted(sorted(k for k in c if k.scene not in bad)[:t], key=_date_order) for c in cands]
 
 
-def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out, rejects: list):
+def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out, sums: np.ndarray,
+             rejects: list):
     """Pass 2: read the bands of every chosen scene once, over the square spanning the tiles that chose
     it, and copy each tile's part into its date-ordered slot of ``out`` (``s10m (tiles, T, 4, H, W)``,
-    ``s20m (tiles, T, 8, H/2, W/2)``).
+    ``s20m (tiles, T, 8, H/2, W/2)``); ``sums (tiles, T, 3, 12) int64`` receives each filled slot's band
+    sums (:func:`pipeline.shards.s2_slot_sums`), taken right after its copy while the slot is in cache.
+    Each chosen slot is written whole; the others are left as they are (the caller zeroes those it keeps).
 
     A scene whose bands turn out unreadable is rejected and the choice is made again without it (its
     slots go to the next candidates). Returns ``(chosen keys per tile, decoded bytes)``.
@@ -233,10 +237,10 @@ def _s2_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, cands, out: S2Out
                 px, py = offsets[i][0] - x0, offsets[i][1] - y0  # even: tiles are an even number of px
                 out.s10m[i, j] = buf.s10m[:, py : py + h, px : px + h]
                 out.s20m[i, j] = buf.s20m[:, py // 2 : py // 2 + h2, px // 2 : px // 2 + h2]
+                sums[i, j] = S.s2_slot_sums(out.s10m[i, j], out.s20m[i, j])
         if not failed:
             return chosen, nbytes
-        for a in out:  # slots move to other scenes: start the copy again
-            a.fill(0)
+        sums.fill(0)  # slots move to other scenes: start again (each chosen slot is then copied whole)
 
 
 def _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg: IngestConfig, rejects: list) -> list[int]:
@@ -274,7 +278,7 @@ def _s1_fill(unit, grid: UnitGrid, offsets, cfg: IngestConfig, out: np.ndarray, 
              need: Sequence[int]):
     """S1 in one pass, in date order: warp each scene onto the unit grid and keep, for each tile in
     ``need`` (those S2 keeps), the ``T`` slots with the least nodata (then earliest) in
-    ``out (tiles, T, 2, H, W)``.
+    ``out (tiles, T, 2, H, W)`` (each kept slot written whole, the others left as they are).
 
     A tile is read only until it is :func:`_saturated` (no later scene could change its slots), and a
     scene only over the cells of a fixed lattice (2 x 2 tiles) that hold such tiles; once every needed
@@ -354,18 +358,23 @@ def unit_rows(unit, cfg: IngestConfig):
     rejects: list[Reject] = []
     bytes_read = 0
 
-    s2_out = S2Out(np.zeros((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
-                   np.zeros((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
-    s1_out = np.full((nt, t, len(S1.bands), h, h), np.nan, np.float16)
+    # every chosen slot is copied whole, so only the empty slots of kept tiles are zeroed (below), not all
+    s2_out = S2Out(np.empty((nt, t, len(S.S2_10M_BANDS), h, h), np.uint16),
+                   np.empty((nt, t, len(S.S2_20M_BANDS), h // 2, h // 2), np.uint16))
+    s1_out = np.empty((nt, t, len(S1.bands), h, h), np.float16)  # kept tiles' empty slots: NaN (below)
+    slot_sums = np.zeros((nt, t, 3, len(S2.bands)), np.int64)
 
     with rasterio_env(cfg.storage):
         # S2 pass 1: the SCL alone decides every tile's candidate slots (cloud, nodata)
         cands, failed_on_cloud, nb = _s2_candidates(unit, grid, offsets, cfg, rejects)
         bytes_read += nb
         # S2 pass 2: bands of the chosen scenes only, each read once over the tiles that chose it
-        s2_keys, nb = _s2_fill(unit, grid, offsets, cfg, cands, s2_out, rejects)
+        s2_keys, nb = _s2_fill(unit, grid, offsets, cfg, cands, s2_out, slot_sums, rejects)
         bytes_read += nb
         keep = _kept_tiles(unit, tiles, s2_keys, failed_on_cloud, cfg, rejects)
+        for i in keep:  # slots fill from 0 in date order: the rest are empty, all 0 (nodata)
+            for a in s2_out:
+                a[i, len(s2_keys[i]) :] = 0
         # S1 only for the tiles kept, and only until no later scene could change their slots
         s1_top, nb = _s1_fill(unit, grid, offsets, cfg, s1_out, rejects, keep)
         bytes_read += nb
@@ -386,6 +395,7 @@ def unit_rows(unit, cfg: IngestConfig):
             if slots != list(range(t)):  # put the kept S1 slots in date order (in place, one tile)
                 s1_out[i] = s1_out[i][slots]
                 s1_top.keys[i] = [s1_top.keys[i][j] for j in slots]
+            s1_out[i, sum(k is not None for k in s1_top.keys[i]) :] = np.nan  # the empty slots: nodata
             for mod, keys in (("s2", s2_keys[i]), ("s1", s1_top.keys[i])):
                 for j, k in enumerate(keys):
                     if k is None:
@@ -413,7 +423,8 @@ def unit_rows(unit, cfg: IngestConfig):
             gsd=np.full(rows, GSD), lon=lon, lat=lat, s2_10m=s2_rows.s10m, s2_20m=s2_rows.s20m, s1=s1_rows,
             sources=sources, **meta,
         )
-        s2_sums = S.s2_band_sums(s2_rows.s10m, s2_rows.s20m, meta["s2_valid"])
+        # slots fill from 0 in date order, so the kept tiles' filled slots are those their keys name
+        s2_sums = S.sums_dict(sum(slot_sums[i, : len(s2_keys[i])].sum(axis=0) for i in keep))
         s1_sums = S.s1_band_sums(s1_rows, meta["s1_valid"])
     sidecar = {
         "schema_version": S.SCHEMA_VERSION,
@@ -592,7 +603,8 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
     ``shards/<first unit id>.parquet``. A unit is done only once its file is (:func:`unit_done`), so the
     done units of a group are always its first files: a retried or resumed group starts at a cut and writes
     the same files, byte for byte, as an uninterrupted one (cuts depend only on the units and their rows).
-    Memory: one file's encoded bytes plus one unit.
+    Memory: one unit's rows; the open file streams to local disk (:class:`~pipeline.storage.SpoolFile`:
+    beside its destination, or a temp file for object storage, ~``shard_mb`` + one unit).
     """
     from pipeline.plan import WorkUnit
 
@@ -600,15 +612,17 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
     out_rows: list[dict] = []
     # (sidecar, seconds, decoded - window bytes) of the units in the open file
     part: list[tuple[dict, float, int]] = []
-    state: dict = {"buf": None, "writer": None, "rows": 0}
+    # the open file streams into a local spool file (no in-memory buffer regrown and copied as it fills)
+    state: dict = {"spool": None, "sink": None, "writer": None, "rows": 0}
 
     def flush():
-        shard, data = None, None
+        shard = None
         if state["writer"] is not None:
             state["writer"].close()
-            data = state["buf"].getvalue().to_pybytes()
+            state["sink"].close()
+            nbytes, digest = state["spool"].digest()
             path = shard_relpath(part[0][0]["unit_id"])
-            shard = {"path": path, "rows": state["rows"], "bytes": len(data), "sha256": S.sha256(data)}
+            shard = {"path": path, "rows": state["rows"], "bytes": nbytes, "sha256": digest}
         # the sidecars first, the file last: a unit is done once its sidecar and the file it names both
         # exist (:func:`unit_done`), so a kill anywhere in between leaves every unit of this file to do
         # again from the same cut, never some of them done and the rest written into a second file
@@ -619,36 +633,43 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
             r["bytes_read"] += extra  # windows served by the cache -> the blocks it decoded for them
             out_rows.append(r)
         if shard is not None:
-            write_bytes_atomic(join(out_uri, shard["path"]), data, cfg.storage)
-        del data
+            state["spool"].commit()
         part.clear()
-        state.update(buf=None, writer=None, rows=0)
+        state.update(spool=None, sink=None, writer=None, rows=0)
 
-    for js in units_json:
-        unit = WorkUnit.from_json(js)
-        side_uri = sidecar_uri(out_uri, unit.unit_id)
-        done = json.loads(read_bytes(side_uri, cfg.storage)) if exists(side_uri, cfg.storage) else None
-        if done is not None and unit_done(done, out_uri, cfg):
-            out_rows.append(_summary_row(done, skipped=True, seconds=0.0))
-            continue
-        t0 = time.perf_counter()
-        before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
-        table, side = _with_retries(lambda unit=unit: unit_rows(unit, cfg), cfg, backoff_s,
-                                    f"unit {unit.unit_id}")
-        extra = _decoded_extra(cache, before) if cache else 0
-        if table is not None:
-            if state["writer"] is None:
-                state["buf"] = pa.BufferOutputStream()  # tell() is what is encoded so far
-                state["writer"] = S.parquet_writer(state["buf"], table.schema)
-            per_row = max(1, table.nbytes // table.num_rows)
-            state["writer"].write_table(table, row_group_size=max(1, ROW_GROUP_BYTES // per_row))
-            state["rows"] += table.num_rows
-            del table
-        part.append((side, time.perf_counter() - t0, extra))
-        if state["buf"] is not None and state["buf"].tell() >= target:
+    try:
+        for js in units_json:
+            unit = WorkUnit.from_json(js)
+            side_uri = sidecar_uri(out_uri, unit.unit_id)
+            done = json.loads(read_bytes(side_uri, cfg.storage)) if exists(side_uri, cfg.storage) else None
+            if done is not None and unit_done(done, out_uri, cfg):
+                out_rows.append(_summary_row(done, skipped=True, seconds=0.0))
+                continue
+            t0 = time.perf_counter()
+            before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
+            table, side = _with_retries(lambda unit=unit: unit_rows(unit, cfg), cfg, backoff_s,
+                                        f"unit {unit.unit_id}")
+            extra = _decoded_extra(cache, before) if cache else 0
+            if table is not None:
+                if state["writer"] is None:
+                    state["spool"] = SpoolFile(join(out_uri, shard_relpath(unit.unit_id)), cfg.storage)
+                    state["sink"] = pa.OSFile(state["spool"].path, "wb")  # tell() is what is encoded so far
+                    state["writer"] = S.parquet_writer(state["sink"], table.schema)
+                per_row = max(1, table.nbytes // table.num_rows)
+                state["writer"].write_table(table, row_group_size=max(1, ROW_GROUP_BYTES // per_row))
+                state["rows"] += table.num_rows
+                del table
+            part.append((side, time.perf_counter() - t0, extra))
+            if state["sink"] is not None and state["sink"].tell() >= target:
+                flush()
+        if part:
             flush()
-    if part:
-        flush()
+    finally:  # a unit that failed for good leaves no spool file behind (its task is retried from a cut)
+        if state["spool"] is not None:
+            with contextlib.suppress(Exception):  # the file is dropped whatever state its writer is in
+                state["writer"].close()
+            state["sink"].close()
+            state["spool"].discard()
     return out_rows
 
 

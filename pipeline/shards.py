@@ -562,28 +562,34 @@ def s2_band_sums(s2_10m: np.ndarray, s2_20m: np.ndarray, valid: np.ndarray) -> d
     valid (non-zero) pixels of valid slots at native resolution (a 60 m pixel counts 9 times: its 3 x 3
     replicas on the 20 m grid, which leaves mean and std those of the area).
 
-    ``s2_10m (N, T, 4, H, W)``, ``s2_20m (N, T, 8, H', W')`` uint16, ``valid (N, T) bool``. Zero pixels add
-    nothing to the sums, so only the counts need the mask.
+    ``s2_10m (N, T, 4, H, W)``, ``s2_20m (N, T, 8, H', W')`` uint16, ``valid (N, T) bool``. Only the valid
+    slots are read (:func:`s2_slot_sums` each), so empty slots cost nothing.
     """
-    out = empty_sums(len(S2_BANDS), integer=True)
-    for group, index in ((s2_10m, CUBE_INDEX_10M), (s2_20m, CUBE_INDEX_20M)):
-        sums = _group_sums(group, valid)
-        for k in out:
-            for b, ci in enumerate(index):
-                out[k][ci] = sums[k][b]
+    total = np.zeros((3, len(S2_BANDS)), np.int64)
+    for i, j in zip(*np.nonzero(np.asarray(valid, bool)), strict=True):
+        total += s2_slot_sums(s2_10m[i, j], s2_20m[i, j])
+    return sums_dict(total)
+
+
+def s2_slot_sums(s10m: np.ndarray, s20m: np.ndarray) -> np.ndarray:
+    """``(3, 12) int64``: count of non-zero (valid) pixels, sum and sum of squares per band of one slot,
+    rows in that order, bands in the canonical order :data:`S2_BANDS`.
+
+    ``s10m (4, H, W)``, ``s20m (8, H', W')`` uint16. Zero pixels add nothing to the sums, so only the counts
+    look for them; a square is below 2**32 and a slot's sum of squares below 2**63.
+    """
+    out = np.empty((3, len(S2_BANDS)), np.int64)
+    for x, index in ((s10m, list(CUBE_INDEX_10M)), (s20m, list(CUBE_INDEX_20M))):
+        x = x.reshape(len(index), -1)  # (C, H * W), a view of a contiguous slot
+        out[0, index] = np.count_nonzero(x, axis=1)
+        out[1, index] = x.sum(axis=1, dtype=np.uint64)
+        out[2, index] = np.square(x, dtype=np.uint32).sum(axis=1, dtype=np.uint64)
     return out
 
 
-def _group_sums(s2: np.ndarray, valid: np.ndarray) -> dict[str, list[int]]:
-    nb = s2.shape[2]
-    count, total, sq = [0] * nb, [0] * nb, [0] * nb
-    valid = np.asarray(valid, bool)
-    for b in range(nb):  # reduce per (sample, slot), then keep the valid slots: no copy of the tensor
-        v = s2[:, :, b]  # (N, T, H, W) uint16 view
-        count[b] = int(np.count_nonzero(v, axis=(2, 3))[valid].sum())
-        total[b] = int(v.sum(axis=(2, 3), dtype=np.uint64)[valid].sum())
-        sq[b] = int(np.square(v, dtype=np.uint32).sum(axis=(2, 3), dtype=np.uint64)[valid].sum())  # < 2**32
-    return {"count": count, "sum": total, "sumsq": sq}
+def sums_dict(a: np.ndarray) -> dict[str, list[int]]:
+    """``(3, bands)`` integer count/sum/sumsq rows (:func:`s2_slot_sums`) -> the manifest's sums dict."""
+    return {k: [int(v) for v in a[r]] for r, k in enumerate(("count", "sum", "sumsq"))}
 
 
 def s1_band_sums(s1: np.ndarray, valid: np.ndarray) -> dict[str, list]:

@@ -5,7 +5,8 @@ Three clients read and write the same URIs and must agree on endpoint, region, s
 * fsspec / s3fs (shards, manifests, item JSON): :func:`storage_options`, :func:`filesystem`;
 * GDAL through rasterio (COG range reads via ``/vsis3/``): :func:`gdal_options`, :func:`rasterio_env`,
   :func:`gdal_path`;
-* the job itself: :func:`check_uri` (allowed schemes only, no ``..`` escapes), :func:`write_bytes_atomic`;
+* the job itself: :func:`check_uri` (allowed schemes only, no ``..`` escapes), :func:`write_bytes_atomic`,
+  :class:`SpoolFile` (a large object streamed to a local file, then published whole);
   writers of whole trees (the synthetic archive): :func:`output_root`, :func:`staged`, :func:`upload_tree`.
 
 Unset fields fall back to the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_REGION``/
@@ -23,6 +24,7 @@ fails after that is raised as :class:`TransientIOError` by the readers so Ray Da
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -260,6 +262,52 @@ def write_bytes_atomic(uri: str, data: bytes, storage: StorageConfig) -> int:
     else:
         fs.pipe_file(path, data)
     return len(data)
+
+
+class SpoolFile:
+    """A local file at :attr:`path` that becomes the object ``uri`` whole or not at all.
+
+    Writers stream into :attr:`path` (e.g. a Parquet writer), so a large object is never held in memory
+    nor copied while its buffer grows; then :meth:`commit` publishes it (local: fsync and ``os.replace``
+    from a temp name in the destination directory, which :func:`~pipeline.ingest.remove_partial_files`
+    clears after a kill; S3: one upload of the finished file, visible only once complete) or
+    :meth:`discard` drops it.
+    """
+
+    def __init__(self, uri: str, storage: StorageConfig):
+        self.uri, self.storage = uri, storage
+        self.fs, self.dest = filesystem(uri, storage)
+        if scheme_of(uri) == "file":
+            d = os.path.dirname(self.dest)
+            os.makedirs(d, exist_ok=True)
+            self.path = os.path.join(d, f".{os.path.basename(self.dest)}.{uuid.uuid4().hex}.tmp")
+        else:
+            fd, self.path = tempfile.mkstemp(prefix="skyray-spool-", suffix=".tmp")
+            os.close(fd)
+
+    def digest(self) -> tuple[int, str]:
+        """``(size in bytes, sha256 hex)`` of the file as written so far."""
+        h, n = hashlib.sha256(), 0
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+                n += len(chunk)
+        return n, h.hexdigest()
+
+    def commit(self) -> None:
+        try:
+            if scheme_of(self.uri) == "file":
+                with open(self.path, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(self.path, self.dest)
+            else:
+                self.fs.put_file(self.path, self.dest)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def list_names(uri: str, storage: StorageConfig, suffix: str = "") -> list[str]:

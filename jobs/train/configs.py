@@ -47,12 +47,25 @@ class DeepSpeedConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
+    #: where the offloads go: host RAM, or swap files under ``nvme_path`` (a local disk)
+    offload_device: Literal["cpu", "nvme"] = "cpu"
+    nvme_path: str | None = None
     #: "auto": bf16 on GPUs, fp32 on CPU.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     grad_accum: int = Field(default=1, ge=1)
     #: build the model inside ``deepspeed.zero.Init`` (ZeRO-3): parameters never exist whole on one rank.
     zero_init: bool = False
     activation_checkpointing: bool = False
+    #: elements per ZeRO buffer: reduce (and all-gather) bucket, and under ZeRO-3 the prefetch bucket,
+    #: live and reused gathered parameters and the optimizer's sub-group. None: DeepSpeed's defaults,
+    #: sized for GPUs (5e8-element buckets, 1e9 live parameters: a whole 1 B model gathered at once)
+    bucket_elements: int | None = Field(default=None, ge=1)
+    #: bytes from which host allocations are served by mmap and so go back to the OS when freed
+    #: (glibc; ``jobs.train.engine.set_host_mmap_threshold``). glibc's own threshold grows with freed
+    #: blocks up to 32 MiB, so the transients of a partitioned build and of every step stay resident
+    #: (skysense_1b on CPU: 8 GiB per rank before its first forward instead of 4). At most 32 MiB,
+    #: glibc's documented maximum. None: glibc's default.
+    host_mmap_threshold: int | None = Field(default=None, ge=0, le=2**25)
     override: dict[str, Any] | str | None = None
 
     @model_validator(mode="after")
@@ -63,6 +76,15 @@ class DeepSpeedConfig(Strict):
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if self.zero_init and self.zero_stage != 3:
             raise ValueError("zero_init needs zero_stage 3")
+        if self.bucket_elements is not None and self.zero_stage == 0:
+            raise ValueError("bucket_elements needs zero_stage >= 1")
+        if self.offload_device == "nvme":
+            if not (self.offload_optimizer or self.offload_params):
+                raise ValueError("offload_device nvme needs offload_optimizer or offload_params")
+            if not self.nvme_path:
+                raise ValueError("nvme_path is required with offload_device nvme")
+        elif self.nvme_path is not None:
+            raise ValueError("nvme_path needs offload_device nvme")
         return self
 
 

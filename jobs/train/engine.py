@@ -41,10 +41,18 @@ def build_deepspeed_config(
         zero.update(overlap_comm=use_gpu, contiguous_gradients=True)
     if ds.zero_stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True)
+    if ds.bucket_elements is not None:
+        n = ds.bucket_elements
+        zero.update(reduce_bucket_size=n, allgather_bucket_size=n)
+        if ds.zero_stage == 3:
+            zero.update(sub_group_size=n, stage3_prefetch_bucket_size=n, stage3_max_live_parameters=n,
+                        stage3_max_reuse_distance=n)
+    offload = {"device": ds.offload_device, "pin_memory": use_gpu,
+               **({"nvme_path": ds.nvme_path} if ds.offload_device == "nvme" else {})}
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+        zero["offload_optimizer"] = dict(offload)
     if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+        zero["offload_param"] = dict(offload)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": ds.grad_accum,
@@ -74,6 +82,21 @@ def build_deepspeed_config(
             over = json.loads(Path(over).read_text())
         cfg = deep_merge(cfg, over)
     return cfg
+
+
+def set_host_mmap_threshold(nbytes: int) -> bool:
+    """Serve this process's host allocations of ``nbytes`` or more by ``mmap`` from now on, so a
+    freed tensor's memory goes back to the OS at once (glibc ``mallopt(M_MMAP_THRESHOLD)``, which
+    also stops glibc raising the threshold to the size of each freed block). False where the C
+    library is not glibc or refuses the value."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, int(nbytes)))
 
 
 def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[str, Any]) -> torch.nn.Module:

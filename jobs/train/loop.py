@@ -53,6 +53,7 @@ from jobs.train.engine import (
     build_partitioned,
     param_groups,
     read_state,
+    set_host_mmap_threshold,
     use_bf16,
     write_state,
 )
@@ -196,6 +197,8 @@ class TrainLoop:
         else:
             torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
 
+        if cfg.deepspeed.host_mmap_threshold is not None:
+            set_host_mmap_threshold(cfg.deepspeed.host_mmap_threshold)
         # the same init on every rank, then per-rank randomness (masks, views)
         torch.manual_seed(cfg.seed)
         self.ds_config = build_deepspeed_config(

@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -280,7 +282,7 @@ def test_kill_mid_run_then_resume_equals_uninterrupted(ray_session, reference, a
 # ------------------------------------------------------------------- s3:// -> s3://, no credentials
 
 
-def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, reference, tmp_path):
+def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, reference, tmp_path, request):
     import s3fs
 
     opts = {"client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}}
@@ -290,6 +292,11 @@ def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, r
     # its own local Ray (no RAY_ADDRESS), so the workers inherit the AWS_* variables of this environment
     env = _env()
     env.pop("RAY_ADDRESS", None)
+    # its own Ray temp root (short: Ray's socket paths must stay under 108 bytes), so the log scan
+    # below reads this job's Ray logs only, not those of another suite running on the same host
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    env["RAY_TMPDIR"] = str(ray_tmp)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-4000:]
@@ -309,8 +316,8 @@ def test_s3_to_s3_subprocess_without_leaking_credentials(s3_server, s3_bucket, r
     for p in local.rglob("*"):
         if p.is_file():
             assert SECRET.encode() not in p.read_bytes(), p
-    ray_logs = [p for p in Path("/tmp/ray").glob("session_*/logs/*") if p.is_file()
-                and p.stat().st_mtime > time.time() - 600]
+    ray_logs = [p for p in ray_tmp.glob("**/session_*/logs/*") if p.is_file()]
+    assert ray_logs, f"no Ray logs under {ray_tmp}"
     for p in ray_logs:
         assert SECRET.encode() not in p.read_bytes(), p
 

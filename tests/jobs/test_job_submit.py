@@ -3,7 +3,8 @@
 A Ray head of its own (own ports and temp dir, the dashboard's job server) is started with
 `ray start --head` and `RAY_AUTH_MODE=token`, as Ray 2.60 sets heads up; the jobs are submitted with the
 real CLI, the repository as working dir and `cluster/runtime_env.yaml`, exactly as the README says for a
-KubeRay or launcher cluster. Adding a job to the pipeline is one `Stage(...)` line in `STAGES`.
+KubeRay or launcher cluster: ingest -> pretrain (tiny) -> export -> convert (the synthetic benchmark) ->
+tune (2 trials). Adding a job to the pipeline is one `Stage(...)` line in `STAGES`.
 """
 
 from __future__ import annotations
@@ -149,6 +150,34 @@ def _pretrain_check(work: Path) -> None:
     assert (run / "export" / "spectralgpt_tiny.safetensors").is_file()
 
 
+def _export_check(work: Path) -> None:
+    info = json.loads((work / "export" / "spectralgpt_tiny.json").read_text())
+    assert info["step"] == 4 and info["model"] == "spectralgpt_tiny"
+    assert (work / "export" / "spectralgpt_tiny.safetensors").is_file()
+
+
+def _convert_check(work: Path) -> None:
+    manifest = json.loads((work / "bench" / "manifest.json").read_text())
+    assert manifest["benchmark"]["name"] == "synthetic"
+    splits = manifest["benchmark"]["splits"]
+    assert all(splits.get(s) for s in ("train", "val", "test")), splits
+
+
+def _tune_check(work: Path) -> None:
+    import csv
+
+    sweep = work / "sweeps" / "s"
+    (row,) = csv.DictReader((sweep / "synthetic" / "results.csv").open())
+    assert row["encoder"] == "ours" and row["trials"] == "2" and row["errored"] == "0"
+    assert row["test_oa"] != ""  # the best trial ran to its end and was tested
+    assert (sweep / "synthetic" / "trials.png").is_file()
+    assert f"| ours | {100 * float(row['test_oa']):.2f} |" in (sweep / "summary.md").read_text()
+
+
+#: the demo's sweep preset at its smallest: 2 trials of 4 steps at once, an ASHA rung at step 2
+TUNE = ["num_samples=2", "finetune.stages=[{img_size: 32, steps: 4, batch_size: 8}]",
+        "finetune.eval.every_steps=2", "finetune.checkpoint.every_steps=4", "scheduler.grace_period=2"]
+
 STAGES = [
     Stage("ingest", lambda w: ["jobs.ingest", "--items", str(w / "archive" / "items.json"), "--output",
                                str(w / "ingest"), "--config", "configs/ingest/tiny.yaml"], _ingest_check),
@@ -157,10 +186,20 @@ STAGES = [
                                  "--set", "stages=[{img_size: 16, steps: 4, batch_size: 8}]",
                                  "scaling.num_workers=1", "checkpoint.every_steps=2", "log.plots=false"],
           _pretrain_check),
+    Stage("export", lambda w: ["jobs.export", "--checkpoint", str(w / "runs" / "tiny"), "--output",
+                               str(w / "export")], _export_check),
+    Stage("convert", lambda w: ["jobs.convert", "--config", "configs/convert/synthetic.yaml", "--source",
+                                str(w / "archive"), "--output", str(w / "bench"),
+                                "--set", "options.per_class=8"], _convert_check),
+    Stage("tune", lambda w: ["jobs.tune", "--config", "configs/tune/demo.yaml", "--data",
+                             f"synthetic={w / 'bench'}", "--encoder",
+                             f"ours={w / 'export' / 'spectralgpt_tiny.safetensors'}", "--storage",
+                             str(w / "sweeps"), "--name", "s", "--set", *TUNE], _tune_check),
 ]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_pipeline_under_ray_job_submit(ray_head, tmp_path):
     synthetic.make_archive(tmp_path / "archive", scenes=2, s1_scenes=1, seed=3, size_px=516)
     for stage in STAGES:

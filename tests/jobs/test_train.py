@@ -180,6 +180,72 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
     assert cfg["gradient_clipping"] == 3.0 and cfg["bf16"]["enabled"] is True
 
 
+def test_deepspeed_config_nvme_and_host_sized_buckets(tmp_path):
+    """NVMe offload names its path in both sections; ``bucket_elements`` bounds every ZeRO buffer
+    (DeepSpeed's defaults gather up to 1e9 parameters at once); unset, DeepSpeed's defaults stay."""
+    ds = DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_params=True, offload_device="nvme",
+                         nvme_path=str(tmp_path), bucket_elements=1000)
+    z = build_deepspeed_config(ds, OptimConfig(), micro_batch_size=1, world_size=2,
+                               use_gpu=False)["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        assert z[key] == {"device": "nvme", "nvme_path": str(tmp_path), "pin_memory": False}
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "sub_group_size",
+                "stage3_prefetch_bucket_size", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        assert z[key] == 1000, key
+    z2 = build_deepspeed_config(DeepSpeedConfig(zero_stage=2, bucket_elements=7), OptimConfig(),
+                                micro_batch_size=1, world_size=2, use_gpu=False)["zero_optimization"]
+    assert z2["reduce_bucket_size"] == 7 and "sub_group_size" not in z2
+    z3 = build_deepspeed_config(DeepSpeedConfig(zero_stage=3), OptimConfig(), micro_batch_size=1,
+                                world_size=2, use_gpu=False)["zero_optimization"]
+    assert not {"reduce_bucket_size", "sub_group_size", "offload_optimizer"} & set(z3)
+
+
+def test_set_host_mmap_threshold():
+    """Below glibc's grown threshold a freed tensor stays resident; after the call it goes back.
+
+    In a fresh interpreter: in a long-lived process (the whole suite) the heap already holds free
+    chunks that serve the test's blocks without growing it, so the RSS difference means nothing."""
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    # argv[1] == "1": set the threshold first; each case in a fresh heap of its own
+    script = """
+import os
+import sys
+import torch
+from jobs.train.engine import set_host_mmap_threshold
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+ok = set_host_mmap_threshold(2**20) if sys.argv[1] == "1" else None
+big = torch.ones(2**22)  # a freed 16 MiB mmap block raises glibc's (default) threshold to 16 MiB
+del big
+blocks = [torch.ones(2**20) for _ in range(64)]  # 64 blocks of 4 MiB
+pin = torch.ones(2**17)  # a live block above them on the heap: no trim from the top
+before = rss_mib()
+del blocks
+print(ok, rss_mib() - (before - 256))
+"""
+    repo = Path(__file__).resolve().parents[2]
+
+    def freed_but_resident_mib(set_first: bool) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", script, "1" if set_first else "0"], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ok, mib = out.stdout.split()
+        return ok, float(mib)
+
+    assert freed_but_resident_mib(False)[1] > 128  # from the heap: kept
+    ok, mib = freed_but_resident_mib(True)
+    assert ok == "True" and mib < 32  # each block is its own mmap: returned
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -188,6 +254,16 @@ def test_deepspeed_config_gpu_offload_and_override(tmp_path):
         ({"zero_stage": 4}, "zero_stage"),
         ({"zero_stage": 2, "zero_init": True}, "zero_init needs zero_stage 3"),
         ({"grad_accum": 0}, "grad_accum"),
+        ({"zero_stage": 0, "bucket_elements": 10}, "bucket_elements needs zero_stage >= 1"),
+        ({"zero_stage": 3, "bucket_elements": 0}, "bucket_elements"),
+        ({"zero_stage": 3, "offload_device": "nvme", "nvme_path": "/x"},
+         "offload_device nvme needs offload_optimizer or offload_params"),
+        ({"zero_stage": 3, "offload_optimizer": True, "offload_device": "nvme"},
+         "nvme_path is required with offload_device nvme"),
+        ({"zero_stage": 3, "offload_optimizer": True, "nvme_path": "/x"},
+         "nvme_path needs offload_device nvme"),
+        ({"zero_stage": 3, "offload_device": "disk"}, "offload_device"),
+        ({"host_mmap_threshold": 2**25 + 1}, "host_mmap_threshold"),
         ({"stage": 2}, "stage"),  # unknown key
     ],
 )

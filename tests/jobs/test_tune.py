@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from jobs import cli
 from jobs.sweep import (
+    FIELDS,
     Choice,
     EncoderResult,
     Grid,
@@ -92,6 +96,22 @@ def test_apply_params_sets_every_stage_and_nested_fields():
     assert base["stages"][0]["batch_size"] == 8 and base["optim"] == {"base_lr": 1.0}  # not mutated
 
 
+def test_search_knobs_never_touch_what_the_shared_datasets_are_built_from():
+    """``jobs.tune`` prepares an experiment's datasets once for all its trials (``prepare_experiment``):
+    no knob may set a field ``jobs.finetune.prepare`` builds them from."""
+    import yaml
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/finetune/spectralgpt_tiny.yaml")
+                          .read_text())
+    built_from = {"data", "seed", "model", "scaling", "encoder", "task", "benchmark", "classes"}
+
+    def inputs(cfg):
+        return ({k: cfg.get(k) for k in built_from}, [s["img_size"] for s in cfg["stages"]])
+
+    for knob in FIELDS:
+        assert inputs(apply_params(base, {knob: object()})) == inputs(base), knob
+
+
 def test_pairs_from_cli_strings_and_mappings():
     assert parse_pairs("a=/x, b=s3://bucket/y", "data") == {"a": "/x", "b": "s3://bucket/y"}
     assert parse_pairs({"a": "/x"}, "data") == {"a": "/x"}
@@ -132,6 +152,15 @@ def test_trial_resources_and_concurrency():
     assert max_concurrent({"CPU": 64.0, "GPU": 8.0, "trial_driver": 1.0}, gpu) == 4  # GPUs bound it
     assert max_concurrent({"CPU": 64.0, "GPU": 8.0, "trial_driver": 0.02}, gpu) == 2  # the driver slots
     assert max_concurrent({"CPU": 1.0}, {"CPU": 2.5}) == 1  # never 0: one trial queues for its workers
+
+
+def test_asha_note_warns_when_trials_per_slot_are_few():
+    from jobs.sweep import ASHA_TRIALS_PER_SLOT, asha_note
+
+    assert asha_note(ASHA_TRIALS_PER_SLOT * 2, 2) is None
+    assert asha_note(8, 2) == (
+        "ASHA with 8 trials, 2 at once: the first trials in flight meet empty rungs and run their full "
+        "budget, so early stopping saves little below 6 trials per slot (raise num_samples)")
 
 
 def _trial(tid, curve, test=None, seconds=10.0, params=None, error=None):
@@ -305,46 +334,39 @@ def _check_outputs(root, bench="toy", encoder="random", trials=4, steps=20):
     return exp
 
 
-@pytest.mark.slow
-def test_asha_sweep_of_4_trials_on_2_cpus_writes_tables_and_plot(ray_session, tmp_path, toy_classification):
-    from jobs.tune import run
+class ResumedSweep(NamedTuple):
+    """The sweep the job tests share (``resumed_sweep``)."""
 
-    cfg = _cfg(tmp_path, toy_classification)
-    out = run(cfg)
-    assert out["experiments"] == [{"benchmark": "toy", "encoder": "random", "trials": 4, "resumed": False,
-                                   "trial_steps": out["experiments"][0]["trial_steps"],
-                                   "best": out["experiments"][0]["best"]}]
-    exp = _check_outputs(tmp_path / "sweeps" / "s")
-    # every report carried the metric on the global step, every eval interval
-    for rs in exp.values():
-        assert [r["step"] for r in rs] == list(range(5, 5 * len(rs) + 1, 5))
-        assert all(0.0 <= r["val_score"] <= 1.0 for r in rs)
+    root: Path  #: ``<storage>/<name>``
+    runs: Path  #: the trials' Ray Train runs
+    finished: dict[str, dict[Path, int]]  #: trials finished before the kill -> their files' mtimes
+    out: dict  #: ``run``'s summary of the relaunch
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)  # two launches of a 4-trial sweep
-def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classification):
-    """Kill the sweep driver once a trial has finished, relaunch the same command: the sweep
-    continues, every trial is accounted for, and the finished ones are not trained again."""
-    import json
+@pytest.fixture(scope="module")
+def resumed_sweep(ray_session, tmp_path_factory, toy_classification):
+    """One 4-trial ASHA sweep (``FAST``) on 2 CPUs for the sweep tests: its driver (``python -m
+    jobs.tune``) killed once a trial has finished, then the same sweep relaunched (``run`` of the
+    same config, the CLI's code path) and run to its end."""
     import os
     import subprocess
     import sys
     import time
 
-    from jobs.tune import DONE_FILE
+    from jobs.tune import DONE_FILE, run
 
-    storage = tmp_path / "sweeps"
+    tmp = tmp_path_factory.mktemp("resume")
+    storage = tmp / "sweeps"
     cmd = [sys.executable, "-m", "jobs.tune", "--config", TINY, "--data", f"toy={toy_classification}",
            "--encoder", "random", "--storage", str(storage), "--name", "r", "--set", *FAST]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     runs = storage / "r" / "toy" / "random" / "runs"
-    log = tmp_path / "first.log"
+    log = tmp / "first.log"
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
         deadline = time.time() + 900
         while not list(runs.glob(f"*/{DONE_FILE}")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
         proc.kill()
         proc.wait()
     assert proc.returncode == -9, log.read_text()[-3000:]
@@ -353,13 +375,61 @@ def test_resume_after_killing_the_driver(ray_session, tmp_path, toy_classificati
                 for p in runs.glob(f"*/{DONE_FILE}")}
     assert finished
     assert not (storage / "r" / "summary.md").exists()
+    out = run(cli.load_config(SweepConfig, TINY, FAST, {"data": f"toy={toy_classification}",
+                                                        "storage": str(storage), "name": "r"}))
+    return ResumedSweep(storage / "r", runs, finished, out)
 
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    out = json.loads(second.stdout[second.stdout.index("{\n"):])
+
+@pytest.mark.slow
+def test_asha_sweep_of_4_trials_on_2_cpus_writes_tables_and_plot(resumed_sweep):
+    """The tables and the plot of the 4-trial sweep agree with Tune's own records of every trial."""
+    exp = _check_outputs(resumed_sweep.root)
+    # every report carried the metric on the global step, every eval interval (a trial restarted
+    # by the resume reports the steps after its last checkpoint again)
+    for rs in exp.values():
+        steps = sorted({r["step"] for r in rs})
+        assert steps == list(range(5, 5 * len(steps) + 1, 5))
+        assert all(0.0 <= r["val_score"] <= 1.0 for r in rs)
+
+
+@pytest.mark.slow
+def test_resume_after_killing_the_driver(resumed_sweep):
+    """Kill the sweep driver once a trial has finished, relaunch the same sweep: it continues, every
+    trial is accounted for, and the finished ones are not trained again."""
+    out = resumed_sweep.out
     assert out["experiments"][0]["resumed"] is True and out["experiments"][0]["trials"] == 4
-    exp = _check_outputs(storage / "r")
-    assert set(finished) <= set(exp)
-    for trial_id, files in finished.items():  # not retrained: its Train run is untouched
-        now = {q: q.stat().st_mtime_ns for q in (runs / trial_id).rglob("*") if q.is_file()}
+    exp = _tune_trials(resumed_sweep.root / "toy" / "random")
+    assert set(resumed_sweep.finished) <= set(exp)
+    for trial_id, files in resumed_sweep.finished.items():  # not retrained: its Train run is untouched
+        now = {q: q.stat().st_mtime_ns for q in (resumed_sweep.runs / trial_id).rglob("*") if q.is_file()}
         assert now == files, trial_id
+
+
+@pytest.mark.slow
+def test_a_trial_with_a_nan_score_is_recorded_with_its_reason(ray_session, tmp_path, toy_classification):
+    """Trials whose loss turns NaN (``debug.nan_loss_at_step``) report ``val_score`` NaN, end without a
+    Tune retry, and the sweep still finishes: the tables list them as errors with the reason, and no
+    best config is claimed."""
+    import json
+
+    from jobs.tune import DONE_FILE, FAILED, run
+
+    out = run(_cfg(tmp_path, toy_classification, "num_samples=2", "finetune.debug.nan_loss_at_step=2",
+                   name="nan"))
+    assert out["experiments"] == [{"benchmark": "toy", "encoder": "random", "trials": 2, "resumed": False,
+                                   "trial_steps": 4, "best": None}]
+    root = tmp_path / "sweeps" / "nan"
+    exp = _tune_trials(root / "toy" / "random")
+    assert len(exp) == 2
+    reason = "non-finite loss at step 2"
+    for trial_id, rs in exp.items():
+        assert all(r["step"] == 2 and r["val_score"] != r["val_score"] for r in rs)  # NaN, step 2 only
+        assert rs[-1][FAILED].startswith(reason)
+        done = json.loads((root / "toy" / "random" / "runs" / trial_id / DONE_FILE).read_text())
+        assert done[FAILED] == rs[-1][FAILED]
+    row = next(csv.DictReader(io.StringIO((root / "toy" / "results.csv").read_text())))
+    assert (row["trials"], row["completed"], row["errored"], row["best_trial"]) == ("2", "0", "2", "")
+    md = (root / "toy" / "results.md").read_text()
+    for trial_id in exp:
+        assert re.search(rf"\| {trial_id} \|.*\| -inf \| 2 \| [^|]+ \| error: {reason} ", md), md
+    assert "| random | – |" in (root / "summary.md").read_text()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.base import Encoder, Pretrainer, cosine_momentum, ema_, has_storage
+from models.base import Encoder, Pretrainer, cosine_momentum, ema_, has_storage, join_fp32, split_fp32
 
 
 def test_protocols_reject_a_module_without_the_methods():
@@ -70,13 +70,41 @@ def test_ema_on_zero3_partitions_and_gathered_tensors():
     plain = nn.Parameter(torch.ones(6))
     with pytest.raises(ValueError, match="partitioned differently"):
         ema_([t], [plain], 0.5)
+    s.ds_tensor = torch.empty(0)  # swapped out to NVMe: an error, not a skipped update
+    with pytest.raises(RuntimeError, match=r"partition of a parameter of shape \(6,\) is not in memory"):
+        ema_([t], [s], 0.5)
+
+
+def test_split_fp32_is_exact_and_rounds_to_nearest():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(4096, generator=g) * 10.0 ** torch.randint(-40, 30, (4096,), generator=g),
+                   torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 3.4e38, -3.4e38])])
+    hi, lo = split_fp32(x)
+    assert hi.dtype == torch.bfloat16 and lo.dtype == torch.int16 and hi.shape == lo.shape == x.shape
+    assert torch.equal(join_fp32(hi, lo).view(torch.int32), x.view(torch.int32))  # bit for bit
+    # hi is a nearest bf16: it differs from torch's round-to-nearest-even only at exact ties
+    ties = (x.view(torch.int32) & 0xFFFF) == 0x8000
+    assert torch.equal(hi[~ties], x[~ties].bfloat16())
+    assert ((hi.float() - x).abs() <= (x.bfloat16().float() - x).abs() * 1.0001 + 1e-45).all()
+    tie = torch.tensor([1.0 + 2.0**-8])  # halfway between bf16 1.0 and 1.0078125: away from zero
+    assert split_fp32(tie)[0].item() == 1.0078125 and split_fp32(-tie)[0].item() == -1.0078125
 
 
 def test_ema_bf16_accumulates_in_fp32():
+    """A bf16 teacher moves exactly as an fp32 one would (its fp32 value is the bf16 tensor plus the
+    low bits kept in ``_ema_lo``), where bf16 alone would lose most updates."""
     t = nn.Parameter(torch.zeros(4, dtype=torch.bfloat16), requires_grad=False)
     s = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    ref = torch.zeros(4)
     for _ in range(10):
         ema_([t], [s], 0.999)
-    want = 1 - 0.999**10
-    torch.testing.assert_close(t._ema_fp32, torch.full((4,), want), rtol=1e-6, atol=1e-7)
-    assert t.dtype == torch.bfloat16 and t.float().sub(want).abs().max() < 1e-4
+        ref.mul_(0.999).add_(s.data.float(), alpha=1 - 0.999)
+    assert t._ema_lo.dtype == torch.int16 and not hasattr(t, "_ema_fp32")
+    assert torch.equal(join_fp32(t.data, t._ema_lo), ref)
+    assert t.dtype == torch.bfloat16 and t.float().sub(ref).abs().max() < 1e-4
+    ema_([t], [s], 0.0)  # a copy drops the low bits
+    assert not hasattr(t, "_ema_lo") and torch.equal(t.data, s.data)
+    f16 = nn.Parameter(torch.zeros(4, dtype=torch.float16), requires_grad=False)
+    for _ in range(10):
+        ema_([f16], [s.half()], 0.999)
+    torch.testing.assert_close(f16._ema_fp32, ref, rtol=1e-3, atol=1e-6)

@@ -556,6 +556,26 @@ def test_compacted_shards_are_idempotent_and_resume_byte_exact(tmp_path, scenes,
     assert all(r["skipped"] for r in again) and _files(out) == ref
 
 
+def test_a_unit_failing_in_an_open_file_leaves_no_spool_file(tmp_path, scenes, monkeypatch):
+    """The open file streams to a temp file beside its destination: a unit that fails while it holds rows
+    of earlier units drops it (the done file stays), so nothing but whole files is ever under shards/."""
+    units = _block_units(scenes)
+    cfg = CFG.model_copy(update={"shard_mb": 30 / 1024})
+    (group,) = ING.group_units(units, None, cfg)
+    real, seen = ING.unit_rows, []
+
+    def dies_on_the_fourth(unit, c):
+        seen.append(unit.unit_id)
+        if len(seen) == 4:  # the second file is open with the third unit's rows
+            raise RuntimeError("unit failed")
+        return real(unit, c)
+
+    monkeypatch.setattr(ING, "unit_rows", dies_on_the_fourth)
+    with pytest.raises(RuntimeError, match="unit failed"):
+        _run_group(cfg, tmp_path, group)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [f"{group[0].unit_id}.parquet"]
+
+
 @pytest.mark.parametrize("killed_at", [1, 2, 3])
 def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monkeypatch, killed_at):
     """The first compacted file holds two units: three writes (two sidecars, the file). A kill after any of
@@ -563,7 +583,7 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
     into a second file (duplicate rows); the resumed output equals an uninterrupted run byte for byte."""
     units, cfg, group, ref = _compacted_reference(scenes, tmp_path / "ref")
 
-    real, writes = ING.write_bytes_atomic, []
+    real, real_commit, writes = ING.write_bytes_atomic, ING.SpoolFile.commit, []
 
     def dies_after_n_writes(uri, data, storage):
         if len(writes) == killed_at:
@@ -571,11 +591,21 @@ def test_a_kill_between_a_files_writes_resumes_byte_exact(tmp_path, scenes, monk
         writes.append(uri)
         return real(uri, data, storage)
 
+    def commit_or_die(spool):  # the file itself: published from its spool file
+        if len(writes) == killed_at:
+            raise KeyboardInterrupt("killed")
+        writes.append(spool.uri)
+        return real_commit(spool)
+
     out = tmp_path / "run"
     monkeypatch.setattr(ING, "write_bytes_atomic", dies_after_n_writes)
+    monkeypatch.setattr(ING.SpoolFile, "commit", commit_or_die)
     with pytest.raises(KeyboardInterrupt, match="killed"):
         _run_group(cfg, out, group)
     monkeypatch.setattr(ING, "write_bytes_atomic", real)
+    monkeypatch.setattr(ING.SpoolFile, "commit", real_commit)
+    assert writes[-1].endswith(".json" if killed_at < 3 else ".parquet")  # killed after a sidecar / the file
+    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]  # no spool file left
     todo, done = ING.pending_units(units, cfg, str(out))
     assert len(done) in (0, 2), [u.unit_id for u in done]  # a file's units are done together
     (rest,) = ING.group_units(todo, None, cfg)

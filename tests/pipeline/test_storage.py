@@ -12,6 +12,7 @@ from bench._s3proxy import FlakyProxy
 from pipeline.config import StorageConfig
 from pipeline.storage import (
     BadURIError,
+    SpoolFile,
     check_uri,
     exists,
     filesystem,
@@ -137,6 +138,31 @@ def test_atomic_local_write(tmp_path):
     assert os.listdir(tmp_path / "d") == ["x.bin"]  # no temp file left behind
     assert list_names(str(tmp_path / "d"), ST, ".bin") == ["x.bin"]
     assert list_names(str(tmp_path / "none"), ST) == []
+
+
+def _spool(uri: str, data: bytes) -> SpoolFile:
+    sp = SpoolFile(uri, ST)
+    with open(sp.path, "wb") as f:
+        f.write(data)
+    return sp
+
+
+def test_spool_file_appears_whole_on_commit_and_never_on_discard(tmp_path, s3_server, s3_bucket):
+    import hashlib
+
+    for root in (str(tmp_path / "d"), f"s3://{s3_bucket}/spool"):
+        uri = f"{root}/x.bin"
+        sp = _spool(uri, b"0123456789")
+        assert not exists(uri, ST)  # nothing visible while the file is written
+        if root.startswith("/"):  # local: a temp name beside the destination (cleared after a kill)
+            assert os.path.dirname(sp.path) == root and os.path.basename(sp.path).startswith(".x.bin.")
+        assert sp.digest() == (10, hashlib.sha256(b"0123456789").hexdigest())
+        sp.commit()
+        assert read_bytes(uri, ST) == b"0123456789" and not os.path.exists(sp.path)
+        dropped = _spool(f"{root}/y.bin", b"never")
+        dropped.discard()
+        assert not os.path.exists(dropped.path) and not exists(f"{root}/y.bin", ST)
+        assert list_names(root, ST, ".bin") == ["x.bin"]
 
 
 def test_s3_round_trip(s3_server, s3_bucket):
