@@ -313,7 +313,7 @@ def _train_worker_nodes(address: str) -> list[str]:
 HEALTH_CHECK_S = 0.5
 
 
-def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 40, every: int = 8,
+def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 24, every: int = 8,
                    settle_s: float = 4 * HEALTH_CHECK_S) -> dict:
     """An elastic pretraining run on 2 one-worker nodes (checkpoints every ``every`` steps) loses one node
     at the first step logged ``settle_s`` after step ``every``, so its first checkpoint has reached Ray
@@ -382,7 +382,10 @@ def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 40, ev
         out = result["out"]
         hist = out["history"]
         resumed = out["starts"][-1]
-        after = [(t, s) for t, s in lines.steps if t >= t_kill and s > resumed]
+        # the restarted group's start line, then its first step (the old group's surviving rank may
+        # still log a step or two after the kill: those are not the recovery)
+        restart = min((t for t, st in lines.starts if t >= t_kill and st == resumed), default=None)
+        after = [(t, s) for t, s in lines.steps if restart is not None and t >= restart and s > resumed]
         report.update(
             drilled_s=round(time.perf_counter() - t0, 2),
             starts=out["starts"],
@@ -392,7 +395,8 @@ def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 40, ev
             samples_by_step=[h["samples"] for h in hist],
             resumed_from_step=resumed,
             steps_redone=report["killed_at_step"] - resumed,
-            # the first step of the restarted group, seen in its log, after the kill
+            # from the kill to the restarted group's start line and to its first step, in its logs
+            restart_s=round(restart - t_kill, 2) if restart is not None else None,
             recover_s=round(min(t for t, _ in after) - t_kill, 2) if after else None,
             kill_to_end_s=round(time.perf_counter() - t_kill, 2),
         )
@@ -423,6 +427,9 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         f"finetune.stages=[{{img_size: 32, steps: {steps}, batch_size: 8}}]",
         "finetune.checkpoint.every_steps=4", "finetune.log.every_steps=2",
         "finetune.eval={every_steps: 2, batch_size: 16, save_predictions: false}",
+        # streamed, not cached: the shared datasets' cached blocks would die with the node's object
+        # store, and rebuilding them needs CPUs that the trials' reservations hold
+        "finetune.data.cache=false",
         "space={mode: linear_probe, batch_size: 8, weight_decay: 0.0, lr: {loguniform: [0.04, 1.6]}}",
         f"num_samples={trials}",
         "scheduler={kind: fifo}", "driver_resources={trial_driver: 0.01, memory: 134217728}",

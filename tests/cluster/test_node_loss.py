@@ -89,7 +89,8 @@ def test_worker_node_killed_mid_pretraining(tmp_path):
     assert r["final_step"] == steps and r["steps_logged"] == list(range(1, steps + 1))
     assert r["world_by_step"] == [2] * resumed + [1] * (steps - resumed)
     assert r["samples_by_step"] == [batch] * steps
-    assert r["recover_s"] is not None and 0 < r["recover_s"] < r["kill_to_end_s"]
+    assert r["restart_s"] is not None and r["recover_s"] is not None
+    assert 0 < r["restart_s"] <= r["recover_s"] < r["kill_to_end_s"]
 
 
 @pytest.mark.slow
