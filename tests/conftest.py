@@ -7,6 +7,7 @@ process (the driver, Ray workers) talks to it exactly as it would to a real endp
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,18 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 # Ray workers must import our packages.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+# The virtualenv's executables first, for this process and everything it starts (Ray workers, job-submit
+# jobs, CLI subprocesses), as in an activated venv: torch builds DeepSpeed's CPU ops with the `ninja` on
+# PATH, and a system ninja of another version than the venv's own (a DeepSpeed dependency) reads the
+# other's build log as foreign and rebuilds the op (~30-45 s on 2 cores) each time the two alternate.
+_VENV_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _VENV_BIN:
+    os.environ["PATH"] = os.pathsep.join(filter(None, [_VENV_BIN, os.environ.get("PATH")]))
+# Ray Train's controller collects reports and notices a finished or dead worker group when it polls the
+# workers, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default); the tests' runs are seconds of work
+# each, so a 1 s poll halves that wait on every run, and the kill drills (`debug.kill_worker_at_step`
+# waits 3 polls before it kills) lose 3 s each instead of 6.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ reusing every stage, and its config errors before any work."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import time
@@ -56,10 +57,16 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
     # every stage's output, under the one run folder
     assert (out / "archive" / "items.json").is_file() and list((out / "archive" / "truth").glob("*.tif"))
     assert (out / "ingest" / "manifest.json").is_file() and first["stages"]["ingest"]["rows"] > 0
-    for model in ("spectralgpt_tiny", "skysense_tiny"):
+    # the real flow on the ingested shards: each family pretrains (finite losses) and its export loads
+    from models.registry import create
+
+    for family, model in (("spectralgpt", "spectralgpt_tiny"), ("skysense", "skysense_tiny")):
         (run,) = out.glob(f"runs/pretrain-{model}-*")
         assert list(run.glob("checkpoint_*/skyray_state.json"))
         assert {p.name for p in (run / "export").iterdir()} == {f"{model}.safetensors", f"{model}.json"}
+        hist = first["stages"][f"pretrain-{family}"]["history"]
+        assert [h["step"] for h in hist] == [1, 2] and all(math.isfinite(h["loss"]) for h in hist), hist
+        create(model, weights=str(run / "export" / f"{model}.safetensors"), img_size=32)
     assert first["stages"]["convert"]["written"] > 0
     assert (out / "bench" / "synthetic" / "manifest.json").is_file()
     for family in ("spectralgpt", "skysense"):

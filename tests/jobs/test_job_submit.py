@@ -3,8 +3,10 @@
 A Ray head of its own (own ports and temp dir, the dashboard's job server) is started with
 `ray start --head` and `RAY_AUTH_MODE=token`, as Ray 2.60 sets heads up; the jobs are submitted with the
 real CLI, the repository as working dir and `cluster/runtime_env.yaml`, exactly as the README says for a
-KubeRay or launcher cluster: ingest -> pretrain (tiny) -> export -> convert (the synthetic benchmark) ->
-tune (2 trials). Adding a job to the pipeline is one `Stage(...)` line in `STAGES`.
+KubeRay or launcher cluster: ingest -> pretrain (tiny) -> export, and convert (the synthetic benchmark),
+then tune (2 trials) of the export on the benchmark. Adding a job to the pipeline is one `Stage(...)` line in
+`STAGES`; a stage is submitted as soon as the stages it reads from have succeeded, so independent jobs run
+side by side on the head, as on a shared cluster.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class Stage(NamedTuple):
     name: str
     job: Callable[[Path], list[str]]  # work dir -> `python -m` arguments
     check: Callable[[Path], None]  # work dir -> asserts on what the job wrote
+    after: tuple[str, ...] = ()  # the stages whose outputs the job reads
 
 
 def _ingest_check(work: Path) -> None:
@@ -185,28 +188,52 @@ STAGES = [
                                  "--data", str(w / "ingest"), "--storage", str(w / "runs"), "--name", "tiny",
                                  "--set", "stages=[{img_size: 16, steps: 4, batch_size: 8}]",
                                  "scaling.num_workers=1", "checkpoint.every_steps=2", "log.plots=false"],
-          _pretrain_check),
+          _pretrain_check, after=("ingest",)),
     Stage("export", lambda w: ["jobs.export", "--checkpoint", str(w / "runs" / "tiny"), "--output",
-                               str(w / "export")], _export_check),
+                               str(w / "export")], _export_check, after=("pretrain",)),
     Stage("convert", lambda w: ["jobs.convert", "--config", "configs/convert/synthetic.yaml", "--source",
                                 str(w / "archive"), "--output", str(w / "bench"),
                                 "--set", "options.per_class=8"], _convert_check),
     Stage("tune", lambda w: ["jobs.tune", "--config", "configs/tune/demo.yaml", "--data",
                              f"synthetic={w / 'bench'}", "--encoder",
                              f"ours={w / 'export' / 'spectralgpt_tiny.safetensors'}", "--storage",
-                             str(w / "sweeps"), "--name", "s", "--set", *TUNE], _tune_check),
+                             str(w / "sweeps"), "--name", "s", "--set", *TUNE], _tune_check,
+          after=("export", "convert")),
 ]
+
+
+def run_pipeline(head: Head, work: Path) -> list[str]:
+    """Submit every stage of ``STAGES`` once the stages it reads from have succeeded (each job's own
+    `ray job submit`, from a thread of its own); check each one as it ends. The stages in the order they
+    ended."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    ended: list[str] = []
+    pending, running = list(STAGES), {}
+    with ThreadPoolExecutor(len(STAGES)) as pool:
+        while pending or running:
+            for stage in [s for s in pending if set(s.after) <= set(ended)]:
+                pending.remove(stage)
+                running[pool.submit(submit, head, stage.job(work), stage.name)] = stage
+            assert running, f"stages wait on stages that never run: {[s.name for s in pending]}"
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                stage, done = running.pop(fut), fut.result()
+                assert done.returncode == 0, f"{stage.name}:\n{done.output[-4000:]}"
+                assert done.status == "SUCCEEDED", f"{stage.name}: {done.status}\n{done.logs[-4000:]}"
+                stage.check(work)
+                ended.append(stage.name)
+    return ended
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_pipeline_under_ray_job_submit(ray_head, tmp_path):
     synthetic.make_archive(tmp_path / "archive", scenes=2, s1_scenes=1, seed=3, size_px=516)
-    for stage in STAGES:
-        done = submit(ray_head, stage.job(tmp_path), stage.name)
-        assert done.returncode == 0, f"{stage.name}:\n{done.output[-4000:]}"
-        assert done.status == "SUCCEEDED", f"{stage.name}: {done.status}\n{done.logs[-4000:]}"
-        stage.check(tmp_path)
+    ended = run_pipeline(ray_head, tmp_path)
+    assert sorted(ended) == sorted(s.name for s in STAGES)
+    for stage in STAGES:  # each after the stages it reads from
+        assert all(ended.index(a) < ended.index(stage.name) for a in stage.after), ended
 
 
 @pytest.mark.slow
