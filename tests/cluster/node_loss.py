@@ -28,8 +28,9 @@ step count and the same global batch (gradient accumulation 2 instead of 1). The
 reached at the kill, the step resumed from, the steps redone and the time from the kill to the first
 step of the restarted group, read from the workers' own step lines in the cluster's logs.
 
-Tune (``--drill tune``, :func:`tune_drill`): a FIFO sweep of 3 linear-probe trials (1 worker each, 2 at
-once on 2 one-CPU nodes; the trial drivers on the head, by its ``trial_driver`` resource as in
+Tune (``--drill tune``, :func:`tune_drill`): a FIFO sweep of 3 linear-probe trials (1 worker each, 2
+at once on 2 two-CPU nodes, so each node keeps a whole CPU for Ray Data's one-CPU tasks beside a trial's
+0.5-CPU worker; the trial drivers on the head, by its ``trial_driver`` resource as in
 ``cluster/``) loses the node of a running trial's worker once a trial has checkpointed. The sweep
 finishes with every trial accounted for: each one TERMINATED (its full budget, ``test_*`` reported) or
 ERROR with its reason, and the results table written. Per trial the report gives Ray Train's restarts
@@ -250,17 +251,14 @@ def _cluster(workers: int, *, cpus: float = 1, resources: dict | None = None):
     return cluster, nodes
 
 
-def _end(cluster, clean: bool) -> None:
-    """Shut this cluster's nodes down (only its own); a run stuck past its deadline keeps the driver
-    connected, which ``Cluster.shutdown`` refuses: its nodes' processes are ended instead."""
-    import ray
-
-    if clean:
-        ray.shutdown()
-        cluster.shutdown()
-    else:
-        for node in [*cluster.worker_nodes, cluster.head_node]:
-            node.kill_all_processes(check_alive=False, allow_graceful=False)
+def _end(cluster) -> None:
+    """End this cluster's nodes (only its own) without a graceful shutdown: the cluster is the drill's
+    own, and a graceful one can wait on the driver (a stuck run, or Tune's threads, keep it connected;
+    ``Cluster.shutdown`` then refuses or hangs). ``main`` ends the process right after, with
+    ``os._exit``, before the driver's Ray client notices its GCS is gone (it aborts the process after
+    60 s of that)."""
+    for node in [*cluster.worker_nodes, cluster.head_node]:
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
 
 
 def _capacity(cluster) -> str:
@@ -345,7 +343,6 @@ def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 24, ev
         except BaseException as e:  # noqa: BLE001 - reported, the drill decides
             result["error"] = repr(e)
 
-    clean = False
     try:
         t0 = time.perf_counter()
         th = threading.Thread(target=job, daemon=True)
@@ -400,10 +397,9 @@ def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 24, ev
             recover_s=round(min(t for t, _ in after) - t_kill, 2) if after else None,
             kill_to_end_s=round(time.perf_counter() - t_kill, 2),
         )
-        clean = True
         return report
     finally:
-        _end(cluster, clean)
+        _end(cluster)
 
 
 def _progress(trial_dir: Path) -> list[dict]:
@@ -413,7 +409,7 @@ def _progress(trial_dir: Path) -> list[dict]:
 
 
 def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps: int = 12) -> dict:
-    """A 3-trial sweep on 2 one-CPU nodes loses one node mid-trial; the report (see the module doc)."""
+    """A 3-trial sweep on 2 two-CPU nodes loses one node mid-trial; the report (see the module doc)."""
     from ray.tune import ExperimentAnalysis
 
     from jobs.cli import load_config
@@ -427,14 +423,14 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         f"finetune.stages=[{{img_size: 32, steps: {steps}, batch_size: 8}}]",
         "finetune.checkpoint.every_steps=4", "finetune.log.every_steps=2",
         "finetune.eval={every_steps: 2, batch_size: 16, save_predictions: false}",
-        # streamed, not cached: the shared datasets' cached blocks would die with the node's object
-        # store, and rebuilding them needs CPUs that the trials' reservations hold
+        # streamed, not cached: the shared datasets' cached blocks would die with the node's object store
         "finetune.data.cache=false",
         "space={mode: linear_probe, batch_size: 8, weight_decay: 0.0, lr: {loguniform: [0.04, 1.6]}}",
         f"num_samples={trials}",
-        "scheduler={kind: fifo}", "driver_resources={trial_driver: 0.01, memory: 134217728}",
+        "scheduler={kind: fifo}", "max_concurrent_trials=2",
+        "driver_resources={trial_driver: 0.01, memory: 134217728}",
     ], {"data": f"toy={bench}", "storage": str(work / "sweeps"), "name": "drill"})
-    cluster, nodes = _cluster(2, cpus=1, resources={"trial_driver": 100})
+    cluster, nodes = _cluster(2, cpus=2, resources={"trial_driver": 100})
     report: dict = {"drill": "tune", "deadline_s": deadline_s, "trials": trials, "steps": steps}
     runs = work / "sweeps" / "drill" / "toy" / "random" / "runs"
     result: dict = {}
@@ -445,7 +441,6 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         except BaseException as e:  # noqa: BLE001 - reported, the drill decides
             result["error"] = repr(e)
 
-    clean = False
     try:
         t0 = time.perf_counter()
         th = threading.Thread(target=job, daemon=True)
@@ -507,10 +502,9 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         report["restarted"] = [r["trial_id"] for r in rows if len(r["train_starts"]) > 1 or r["num_failures"]]
         report["steps_redone"] = sum(r["steps_redone"] for r in rows)
         report["workers_left"] = len(nodes)
-        clean = True
         return report
     finally:
-        _end(cluster, clean)
+        _end(cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,12 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         report = drill(a.work, workers=a.workers, kill=a.kill, size_px=a.size_px, **deadline)
     a.report.write_text(json.dumps(report, indent=1, sort_keys=True))
     print(json.dumps(report, indent=1, sort_keys=True), flush=True)
-    if "error" in report:
-        # The run that lost its capacity still waits inside Ray; end the process (and with it this
-        # cluster's nodes, which it started) instead of waiting for it.
-        sys.stdout.flush()
-        os._exit(DEADLINE_EXIT)
-    return 0
+    sys.stderr.flush()
+    # The cluster's nodes are gone (or, for the ingest drill, shut down), and a run that lost its
+    # capacity still waits inside Ray: end the process now instead of in Ray's exit handlers.
+    os._exit(DEADLINE_EXIT if "error" in report else 0)
 
 
 if __name__ == "__main__":

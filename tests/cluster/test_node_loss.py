@@ -97,7 +97,7 @@ def test_worker_node_killed_mid_pretraining(tmp_path):
 
 @pytest.mark.slow
 def test_node_killed_mid_sweep_accounts_for_every_trial(tmp_path):
-    rc, r, out = run_drill(tmp_path, "--drill", "tune", "--deadline", "300")
+    rc, r, out = run_drill(tmp_path, "--drill", "tune", "--deadline", "540", timeout=720)
     assert rc == 0, out[-4000:]
     print(json.dumps(r, indent=1, sort_keys=True))  # the figures (bench/results/cluster.md)
     rows = r["trial_rows"]
