@@ -54,6 +54,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -408,13 +409,18 @@ def _progress(trial_dir: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
 
 
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """A Ray Train run's checkpoint directories, oldest first (not ``checkpoint_manager_snapshot.json``)."""
+    return sorted(q for q in run_dir.glob("checkpoint_*") if q.is_dir())
+
+
 def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps: int = 12) -> dict:
     """A 3-trial sweep on 2 two-CPU nodes loses one node mid-trial; the report (see the module doc)."""
     from ray.tune import ExperimentAnalysis
 
     from jobs.cli import load_config
     from jobs.train.engine import STATE_FILE
-    from jobs.tune import SweepConfig, run
+    from jobs.tune import DONE_FILE, SweepConfig, run
     from tests.jobs.conftest import make_benchmark
 
     bench = work / "toy"
@@ -430,6 +436,7 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         "scheduler={kind: fifo}", "max_concurrent_trials=2",
         "driver_resources={trial_driver: 0.01, memory: 134217728}",
     ], {"data": f"toy={bench}", "storage": str(work / "sweeps"), "name": "drill"})
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(HEALTH_CHECK_S)  # Ray Train hands it on
     cluster, nodes = _cluster(2, cpus=2, resources={"trial_driver": 100})
     report: dict = {"drill": "tune", "deadline_s": deadline_s, "trials": trials, "steps": steps}
     runs = work / "sweeps" / "drill" / "toy" / "random" / "runs"
@@ -446,11 +453,14 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         th = threading.Thread(target=job, daemon=True)
         th.start()
         victims: list = []
-        # kill once a trial has checkpointed, on a node running a trial's worker
+        # kill once every trial in flight has checkpointed (and Ray Train's controller has polled it),
+        # on a node running a trial's worker: whichever trial loses its worker resumes, not restarts
         while th.is_alive() and not victims and time.perf_counter() - t0 < deadline_s:
             time.sleep(0.3)
-            if not list(runs.glob("*/checkpoint_*")):
+            flying = [d for d in runs.glob("*") if d.is_dir() and not (d / DONE_FILE).exists()]
+            if not flying or not all(_checkpoints(d) for d in flying):
                 continue
+            time.sleep(4 * HEALTH_CHECK_S)
             on = set(_train_worker_nodes(cluster.address))
             victims = [n for n in nodes if n.node_id in on][-1:]
         if not victims:
@@ -479,7 +489,7 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
         for t in analysis.trials:
             reports = _progress(Path(t.path))
             steps_seen = [r["step"] for r in reports if "step" in r]
-            ckpts = sorted((runs / t.trial_id).glob("checkpoint_*"))
+            ckpts = _checkpoints(runs / t.trial_id)
             starts = json.loads((ckpts[-1] / STATE_FILE).read_text())["starts"] if ckpts else [0]
             # a restart rewinds the reported steps to where its checkpoint was
             rewinds = [i for i in range(1, len(steps_seen)) if steps_seen[i] <= steps_seen[i - 1]]
@@ -520,12 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     deadline = {} if a.deadline is None else {"deadline_s": a.deadline}
-    if a.drill == "pretrain":
-        report = pretrain_drill(a.work, **deadline)
-    elif a.drill == "tune":
-        report = tune_drill(a.work, **deadline)
-    else:
-        report = drill(a.work, workers=a.workers, kill=a.kill, size_px=a.size_px, **deadline)
+    try:
+        if a.drill == "pretrain":
+            report = pretrain_drill(a.work, **deadline)
+        elif a.drill == "tune":
+            report = tune_drill(a.work, **deadline)
+        else:
+            report = drill(a.work, workers=a.workers, kill=a.kill, size_px=a.size_px, **deadline)
+    except Exception:  # noqa: BLE001 - a bug of the drill itself: reported like any failure
+        report = {"drill": a.drill, "error": f"the drill failed: {traceback.format_exc()[-3000:]}"}
     a.report.write_text(json.dumps(report, indent=1, sort_keys=True))
     print(json.dumps(report, indent=1, sort_keys=True), flush=True)
     sys.stderr.flush()
