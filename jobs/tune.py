@@ -200,6 +200,9 @@ def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
             raise cli.ConfigError(f"{where}: the fine-tuning config is invalid: {msg}") from None
 
     ft = validate({}, "finetune")
+    if ft.scaling.elastic:  # Tune's concurrency and each trial's bundle count a fixed number of workers
+        raise cli.ConfigError(f"finetune.scaling.num_workers must be a fixed int under Tune, not "
+                              f"{list(ft.scaling.num_workers)}")
     if ft.scaling.num_workers < 1:  # Train's local mode (0 workers) reports nothing to Tune
         raise cli.ConfigError("finetune.scaling.num_workers must be >= 1 under Tune")
     if cfg.scheduler.kind == "asha" and cfg.scheduler.grace_period >= ft.total_steps:

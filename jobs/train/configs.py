@@ -10,9 +10,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from jobs.train.schedules import micro_batch
+from jobs.train.schedules import accumulation, micro_batch
 from pipeline.config import StorageConfig, Strict
 
 __all__ = [
@@ -89,10 +89,51 @@ class DeepSpeedConfig(Strict):
 
 
 class ScalingSection(Strict):
-    num_workers: int = Field(default=2, ge=1)
+    """How many Ray Train workers, on what. ``num_workers`` is a fixed count or an elastic
+    ``[min, max]`` pair (Ray Train V2's ``ScalingConfig(num_workers=(min, max))``): the group starts
+    with as many workers as the cluster holds (up to ``max``), restarts from the latest checkpoint
+    with the workers left when a node dies (not below ``min``), and grows back when capacity returns.
+    The global batch (``stages.batch_size``) is the same at every size: a smaller world accumulates
+    more micro batches (``schedules.accumulation``)."""
+
+    num_workers: int | tuple[int, int] = 2
     use_gpu: bool = False
     #: CPUs reserved per worker; keep it below the node's share so Ray Data keeps some.
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    #: elastic only: how often a healthy group checks whether more workers fit (Ray's default: 60 s)
+    resize_interval_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        if isinstance(v, list):  # yaml and --set give a [min, max] list
+            v = tuple(v)
+        if isinstance(v, bool) or not (isinstance(v, int) or (
+                isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                             for x in v))):
+            raise ValueError(f"scaling.num_workers must be an int or a [min, max] pair of ints, not {v!r}")
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or lo > hi:
+            raise ValueError(f"scaling.num_workers {list(v) if isinstance(v, tuple) else v} needs "
+                             "1 <= min <= max")
+        return v
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def worlds(self) -> range:
+        """Every world size the group may run at."""
+        return range(self.min_workers, self.max_workers + 1)
 
 
 class AugmentConfig(Strict):
@@ -172,11 +213,17 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        sc, accum = self.scaling, self.deepspeed.grad_accum
         for i, s in enumerate(self.stages):
             try:
-                micro_batch(s.batch_size, self.scaling.num_workers, self.deepspeed.grad_accum)
+                micro_batch(s.batch_size, sc.max_workers, accum)
             except ValueError as e:
                 raise ValueError(f"stages.{i}.batch_size: {e}") from None
+        for w in sc.worlds:  # an elastic group keeps the global batch at every size it may run at
+            try:
+                accumulation([s.batch_size for s in self.stages], w, sc.max_workers, accum)
+            except ValueError as e:
+                raise ValueError(f"scaling.num_workers [{sc.min_workers}, {sc.max_workers}]: {e}") from None
         if self.debug.kill_worker_at_step is not None and not self.debug.kill_marker:
             raise ValueError("debug.kill_marker is required with debug.kill_worker_at_step")
         if self.name is not None and (not self.name or "/" in self.name or ".." in self.name):

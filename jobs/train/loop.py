@@ -4,7 +4,7 @@ Shaped like Ray's benchmark ``TrainLoopRunner`` (``release/train_tests/benchmark
 
     run()          setup() -> restore() -> train_epoch() until the last step -> finish()
     train_epoch()  one pass over this worker's dataset shard at the current stage (ends early at a
-                   stage switch or the last step); every ``grad_accum`` micro batches -> train_step()
+                   stage switch or the last step); every ``accum.grad_accum`` micro batches -> train_step()
     train_step()   LR from the schedule, forward/backward/step per micro batch, ``after_step``, one
                    all-reduce (mean loss + non-finite flag), history, then log() and save() or a report
     log()          the window's metrics, the rank-0 step line and TensorBoard scalars
@@ -17,9 +17,14 @@ A job supplies its parts by subclassing: ``build_module()`` (the ``nn.Module`` t
 (DeepSpeed, schedules, resume, logging, fault handling) is shared.
 
 Faults: a dead worker raises in Ray Train, which restarts the group from the latest checkpoint
-(``max_failures``). A non-finite loss is deterministic and would recur after every restart, so it
-is not raised in the workers: all ranks leave the loop, rank 0 writes ``non_finite.json`` (step,
-message) into the run directory, and ``fit`` raises ``NonFiniteLossError`` from it in the driver.
+(``max_failures``). An elastic group (``scaling.num_workers: [min, max]``) restarts with the workers the
+cluster still holds: the micro batch and gradient accumulation come from the *current* world
+(``schedules.accumulation``), so every optimizer step still sees ``stages.batch_size`` samples, and a
+ZeRO 1-3 checkpoint saved by another world is resharded through DeepSpeed's universal checkpoint
+(``ds_to_universal``) before it loads (DeepSpeed refuses partitioned optimizer states of another world).
+A non-finite loss is deterministic and would recur after every restart, so it is not raised in the
+workers: all ranks leave the loop, rank 0 writes ``non_finite.json`` (step, message) into the run
+directory, and ``fit`` raises ``NonFiniteLossError`` from it in the driver.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from jobs.train.data import assemble_s2, make_augment_fn, pyarrow_fs
 from jobs.train.engine import (
     CONFIG_FILE,
     DS_TAG,
+    STATE_FILE,
     build_deepspeed_config,
     build_partitioned,
     param_groups,
@@ -53,12 +59,14 @@ from jobs.train.engine import (
 )
 from jobs.train.family import Family, family_of
 from jobs.train.report import TensorBoard, count_flops, format_step_line, peak_flops, peak_memory_gb
-from jobs.train.schedules import lr_at, micro_batch, stage_at
+from jobs.train.schedules import Accumulation, accumulation, lr_at, stage_at
 from pipeline.storage import join
 
 Batch = dict[str, torch.Tensor]
 #: written into the run directory by rank 0 when the loss is non-finite; ``fit`` raises from it
 NON_FINITE_FILE = "non_finite.json"
+#: DeepSpeed tag of a checkpoint resharded for another world (``ds_to_universal`` output)
+UNIVERSAL_TAG = f"{DS_TAG}_universal"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -172,6 +180,16 @@ class TrainLoop:
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.accum: Accumulation = accumulation([s.batch_size for s in cfg.stages], self.world,
+                                                cfg.scaling.max_workers, cfg.deepspeed.grad_accum)
+        self.checkpoint = ray.train.get_checkpoint()
+        self.saved_world = None
+        if self.checkpoint is not None:  # its state file only: the engine is not built yet
+            with self.checkpoint.filesystem.open_input_stream(join(self.checkpoint.path, STATE_FILE)) as f:
+                self.saved_world = json.loads(f.read()).get("world")
+        # ZeRO 1-3 partition the optimizer states by world: another world's need resharding
+        self.reshard = (cfg.deepspeed.zero_stage >= 1 and self.saved_world is not None
+                        and self.saved_world != self.world)
         gpu = cfg.scaling.use_gpu
         self.device = ray.train.torch.get_device() if gpu else torch.device("cpu")
         if gpu:
@@ -184,9 +202,11 @@ class TrainLoop:
         # the same init on every rank, then per-rank randomness (masks, views)
         torch.manual_seed(cfg.seed)
         self.ds_config = build_deepspeed_config(
-            cfg.deepspeed, cfg.optim, world_size=self.world, use_gpu=gpu,
-            micro_batch_size=micro_batch(cfg.stages[0].batch_size, self.world, cfg.deepspeed.grad_accum),
+            cfg.deepspeed.model_copy(update={"grad_accum": self.accum.grad_accum}), cfg.optim,
+            world_size=self.world, use_gpu=gpu, micro_batch_size=self.accum.micro_batches[0],
         )
+        if self.reshard:
+            self.ds_config["checkpoint"] = {"load_universal": True}
         if cfg.deepspeed.zero_init:
             module = build_partitioned(self.build_module, self.ds_config)
         else:
@@ -207,19 +227,28 @@ class TrainLoop:
         self._reset_window()
 
     def restore(self) -> None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
+        ckpt = self.checkpoint
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                self.engine.load_checkpoint(d, tag=DS_TAG, load_lr_scheduler_states=False)
+                if self.reshard:
+                    t0 = time.perf_counter()
+                    tmp = reshard_checkpoint(d)
+                    self.engine.load_checkpoint(tmp, tag=UNIVERSAL_TAG, load_lr_scheduler_states=False)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if self.rank == 0:
+                        print(f"[{self.tag}] resharded the world-{self.saved_world} checkpoint for "
+                              f"{self.world} worker(s) in {time.perf_counter() - t0:.1f} s", flush=True)
+                else:
+                    self.engine.load_checkpoint(d, tag=DS_TAG, load_lr_scheduler_states=False)
                 state = read_state(d)
                 self.restore_state(state, d)
             self.step, self.history, self.starts = state["step"], state["history"], state.get("starts", [])
         self.starts.append(self.step)
         self.epoch = self.step  # distinct shuffle seeds for every (re)start and epoch
         if self.rank == 0:
-            print(f"[{self.tag}] worker group start at step {self.step} (starts so far: {self.starts})",
+            a = self.accum
+            print(f"[{self.tag}] worker group start at step {self.step} (starts so far: {self.starts}) with "
+                  f"{self.world} worker(s) x {a.grad_accum} micro batch(es) of {list(a.micro_batches)}",
                   flush=True)
 
     def train_epoch(self) -> None:
@@ -229,7 +258,7 @@ class TrainLoop:
         self.epoch += 1
         t_wait = time.perf_counter()
         it = iter(self.shard.iter_torch_batches(
-            batch_size=micro_batch(stage.batch_size, self.world, cfg.deepspeed.grad_accum),
+            batch_size=self.accum.micro_batches[si],
             drop_last=True,
             prefetch_batches=cfg.data.prefetch_batches,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
@@ -242,7 +271,7 @@ class TrainLoop:
             if batch is None:
                 return
             self.pending.append(batch)
-            if len(self.pending) == cfg.deepspeed.grad_accum:
+            if len(self.pending) == self.accum.grad_accum:
                 micro, self.pending = self.pending, []
                 self.train_step(micro, si)
             t_wait = time.perf_counter()
@@ -267,7 +296,7 @@ class TrainLoop:
                    total_steps=self.total, min_lr_ratio=o.min_lr_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        loss_sum, parts = 0.0, {}
+        loss_sum, parts, samples = 0.0, {}, 0
         for batch in micro:
             batch = self.last_batch = self.prepare_batch(batch)
             n = len(next(iter(batch.values())))
@@ -286,6 +315,7 @@ class TrainLoop:
                 if k.startswith("loss_"):
                     parts[k] = parts.get(k, 0.0) + float(v.detach()) / len(micro)
             self.win_samples += n * self.world
+            samples += n * self.world
         self.after_step(self.step)
         self.step += 1
         step = self.step
@@ -305,7 +335,8 @@ class TrainLoop:
             self.stopped = True
             return
         mean_loss = float(red[0]) / self.world
-        self.history.append({"step": step, "loss": mean_loss, "lr": lr, "stage": si, **parts})
+        self.history.append({"step": step, "loss": mean_loss, "lr": lr, "stage": si, "world": self.world,
+                             "samples": samples, **parts})
         self._maybe_kill(step)
 
         do_log, do_ckpt = self.report_due(step)
@@ -353,6 +384,7 @@ class TrainLoop:
         self.engine.save_checkpoint(tmp, tag=DS_TAG, client_state={"step": self.step})
         if self.rank == 0:
             write_state(tmp, {"step": self.step, "history": self.history, "starts": self.starts,
+                              "world": self.world,
                               "config": self.cfg.model_dump(mode="json"), **self.state()})
             self.checkpoint_files(tmp)
             Path(tmp, CONFIG_FILE).write_text(self.config_json)
@@ -391,6 +423,27 @@ class TrainLoop:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def reshard_checkpoint(ckpt_dir: str) -> str:
+    """A local directory holding ``ckpt_dir``'s DeepSpeed checkpoint (tag ``DS_TAG``) as a universal
+    checkpoint (tag ``UNIVERSAL_TAG``), which DeepSpeed loads into any world size
+    (``checkpoint.load_universal``). Every rank converts its own copy: ranks of a cluster share no
+    local disk. ``inject_missing_state``: our engines carry no Megatron-style universal info."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = tempfile.mkdtemp(prefix="universal-")
+    args = argparse.Namespace(input_folder=os.path.join(ckpt_dir, DS_TAG),
+                              output_folder=os.path.join(out, UNIVERSAL_TAG), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # one line per parameter
+        ds_to_universal(args)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
@@ -420,15 +473,17 @@ def make_trainer(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.use_gpu:
         resources["GPU"] = 1
+    elastic = {"elastic_resize_monitor_interval_s": sc.resize_interval_s} if sc.elastic else {}
     extra = {} if dataset_config is None else {"dataset_config": dataset_config}
     return TorchTrainer(
         loop_cls.entry,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "config_json": config_json},
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+                                     resources_per_worker=resources, **elastic),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=run_config or default_run_config(cfg),
         datasets=dict(datasets),

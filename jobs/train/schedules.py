@@ -1,4 +1,5 @@
-"""Pure schedules of a training run: LR warmup + cosine, progressive stages, micro batches.
+"""Pure schedules of a training run: LR warmup + cosine, progressive stages, micro batches and the
+gradient accumulation that keeps the global batch when an elastic worker group shrinks.
 
     >>> lr_at(0, base_lr=1.5e-4, global_batch=512, warmup_steps=10, total_steps=100)
     3e-05
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class _Stage(Protocol):
@@ -61,3 +62,40 @@ def micro_batch(global_batch: int, num_workers: int, grad_accum: int) -> int:
             f"scaling.num_workers × deepspeed.grad_accum = {per}"
         )
     return global_batch // per
+
+
+class Accumulation(NamedTuple):
+    """How a world of ``world`` workers makes each stage's global batch:
+    ``micro_batches[i] × grad_accum × world == stages[i].batch_size``."""
+
+    world: int
+    grad_accum: int
+    #: per-worker samples of one forward, one entry per stage
+    micro_batches: tuple[int, ...]
+
+
+def accumulation(batch_sizes: Sequence[int], world: int, max_workers: int, grad_accum: int) -> Accumulation:
+    """The accumulation of a world of ``world`` workers that keeps every stage's global batch.
+
+    At the full world (``world == max_workers``) it is the configured ``grad_accum``. A smaller world
+    accumulates more micro batches so that no micro batch grows past the full world's (per-worker
+    memory stays what the full world needs): the smallest ``a ≥ ⌈grad_accum · max_workers / world⌉``
+    with ``world · a`` dividing every stage's batch size (one ``a`` for all stages: DeepSpeed fixes
+    the accumulation when the engine is built). ValueError naming the fields when there is none.
+
+    >>> accumulation([16, 16], world=1, max_workers=2, grad_accum=1)
+    Accumulation(world=1, grad_accum=2, micro_batches=(8, 8))
+    """
+    if not 1 <= world <= max_workers:
+        raise ValueError(f"world {world} is outside scaling.num_workers [1, {max_workers}]")
+    for b in batch_sizes:
+        micro_batch(b, max_workers, grad_accum)  # the full world's split must exist
+    lowest = -(-grad_accum * max_workers // world)
+    g = math.gcd(*batch_sizes)
+    for a in range(lowest, g // world + 1):
+        if g % (world * a) == 0:
+            return Accumulation(world, a, tuple(b // (world * a) for b in batch_sizes))
+    raise ValueError(
+        f"stages.batch_size {list(batch_sizes)} cannot be kept by {world} worker(s) of scaling.num_workers "
+        f"(max {max_workers}): no gradient accumulation >= {lowest} with {world} × accumulation dividing it"
+    )

@@ -1,5 +1,8 @@
-"""Node-loss drill for the ingest (CI): a worker node killed mid-run costs only its task; the output is
-byte-identical to an undisturbed run; a run that lost every node stops at its deadline instead of waiting.
+"""Node-loss drills (CI): a worker node killed mid-ingest costs only its task and the output is
+byte-identical to an undisturbed run; a run that lost every node stops at its deadline instead of waiting;
+an elastic pretraining run that loses one of its two workers' nodes resumes from its latest checkpoint
+with one worker, the same global batch and the same step count; a sweep that loses a node mid-trial
+accounts for every trial.
 
 The drill (`tests/cluster/node_loss.py`) runs in a process of its own: its `ray.cluster_utils.Cluster`
 must not meet this session's local Ray (`ray_session`), and its `RAY_TMPDIR` keeps it from every other Ray
@@ -71,3 +74,41 @@ def test_run_that_lost_every_node_stops_at_its_deadline(tmp_path):
     assert rc == DEADLINE_EXIT, out[-4000:]
     assert r["error"].startswith("deadline: the drilled run did not finish within 30 s"), r
     assert "0 worker node(s) alive, 0 CPU left" in r["error"], r
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_pretraining(tmp_path):
+    rc, r, out = run_drill(tmp_path, "--drill", "pretrain", "--deadline", "420")
+    assert rc == 0, out[-4000:]
+    print(json.dumps(r, indent=1, sort_keys=True))  # the figures (bench/results/cluster.md)
+    every, steps, batch = r["checkpoint_every"], r["steps"], r["global_batch"]
+    resumed = r["resumed_from_step"]
+    # the loss landed after a checkpoint; the group restarted once, from it (not from 0), with one worker
+    assert r["workers_before"] == 2
+    assert r["starts"] == [0, resumed] and resumed > 0 and resumed % every == 0
+    assert resumed <= r["killed_at_step"] and r["steps_redone"] == r["killed_at_step"] - resumed
+    # the same run as an undisturbed one: every step once, world 2 then world 1, the global batch kept
+    assert r["final_step"] == steps and r["steps_logged"] == list(range(1, steps + 1))
+    assert r["world_by_step"] == [2] * resumed + [1] * (steps - resumed)
+    assert r["samples_by_step"] == [batch] * steps
+    assert r["restart_s"] is not None and r["recover_s"] is not None
+    assert 0 < r["restart_s"] <= r["recover_s"] < r["kill_to_end_s"]
+
+
+@pytest.mark.slow
+def test_node_killed_mid_sweep_accounts_for_every_trial(tmp_path):
+    rc, r, out = run_drill(tmp_path, "--drill", "tune", "--deadline", "540", timeout=720)
+    assert rc == 0, out[-4000:]
+    print(json.dumps(r, indent=1, sort_keys=True))  # the figures (bench/results/cluster.md)
+    rows = r["trial_rows"]
+    assert len(rows) == r["trials"]
+    for t in rows:  # each trial ran its budget, or failed with its reason; none pending or lost
+        assert t["status"] in ("TERMINATED", "ERROR"), t
+        if t["status"] == "TERMINATED":
+            assert t["completed"] and t["last_step"] == r["steps"], t
+        else:
+            assert t["error"], t
+    # the trial whose worker died was retried (by Ray Train from its checkpoint, or by Tune)
+    assert r["restarted"], rows
+    md = Path(r["results_md"]).read_text()
+    assert all(f"| {t['trial_id']} |" in md for t in rows)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from jobs.train.configs import DeepSpeedConfig, OptimConfig, StageConfig
+from jobs.train.configs import DeepSpeedConfig, OptimConfig, ScalingSection, StageConfig, TrainConfig
 from jobs.train.data import (
     SHARD_S2_BANDS,
     SKYSENSE_S2_BANDS,
@@ -25,7 +25,7 @@ from jobs.train.data import (
     pick_slots,
 )
 from jobs.train.engine import build_deepspeed_config, param_groups
-from jobs.train.schedules import lr_at, micro_batch, stage_at, warmup_cosine
+from jobs.train.schedules import Accumulation, accumulation, lr_at, micro_batch, stage_at, warmup_cosine
 from pipeline import shards as S
 from tests.jobs.conftest import make_rows, rows_to_table, rows_to_table_v1
 
@@ -74,6 +74,77 @@ def test_micro_batch_error_names_fields():
     assert micro_batch(32, 2, 4) == 4
     with pytest.raises(ValueError, match=r"batch_size 30 .* scaling.num_workers × deepspeed.grad_accum = 8"):
         micro_batch(30, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "batches, world, max_workers, accum, expected",
+    [
+        ([16, 16], 2, 2, 1, Accumulation(2, 1, (8, 8))),  # the full world: the configured accumulation
+        ([16, 16], 1, 2, 1, Accumulation(1, 2, (8, 8))),  # half the world: twice the micro batches
+        ([16, 8], 1, 2, 2, Accumulation(1, 4, (4, 2))),  # per-stage micro batches, one accumulation
+        ([12], 2, 3, 1, Accumulation(2, 2, (3,))),  # 3 -> 2 workers: ceil(3/2) = 2, micro 4 -> 3
+        ([24], 3, 4, 1, Accumulation(3, 2, (4,))),  # 4 -> 3: micro 6 -> 4 (never larger)
+        ([8], 1, 8, 1, Accumulation(1, 8, (1,))),
+    ],
+)
+def test_accumulation_keeps_the_global_batch(batches, world, max_workers, accum, expected):
+    a = accumulation(batches, world, max_workers, accum)
+    assert a == expected
+    full = accumulation(batches, max_workers, max_workers, accum)
+    for i, b in enumerate(batches):
+        assert a.micro_batches[i] * a.grad_accum * world == b  # the same samples per optimizer step
+        assert a.micro_batches[i] <= full.micro_batches[i]  # per-worker memory never grows
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (([9], 2, 3, 1), r"stages.batch_size \[9\] cannot be kept by 2 worker\(s\) .* accumulation >= 2"),
+        (([16], 3, 2, 1), r"world 3 is outside scaling.num_workers \[1, 2\]"),
+        (([10], 1, 4, 1), r"batch_size 10 must be divisible by .* = 4"),
+    ],
+)
+def test_accumulation_errors_name_the_fields(args, match):
+    with pytest.raises(ValueError, match=match):
+        accumulation(*args)
+
+
+def test_scaling_num_workers_is_an_int_or_an_elastic_pair():
+    assert ScalingSection(num_workers=[1, 4]).num_workers == (1, 4)
+    sc = ScalingSection(num_workers=[2, 4])
+    assert (sc.elastic, sc.min_workers, sc.max_workers, list(sc.worlds)) == (True, 2, 4, [2, 3, 4])
+    sc = ScalingSection(num_workers=3)
+    assert (sc.elastic, sc.min_workers, sc.max_workers) == (False, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "scaling, batch, match",
+    [
+        ({"num_workers": [2, 1]}, 8, r"scaling.num_workers \[2, 1\] needs 1 <= min <= max"),
+        ({"num_workers": [0, 2]}, 8, r"scaling.num_workers \[0, 2\] needs 1 <= min <= max"),
+        ({"num_workers": 0}, 8, r"scaling.num_workers 0 needs 1 <= min <= max"),
+        ({"num_workers": [1, 2, 3]}, 8, r"scaling.num_workers must be an int or a \[min, max\] pair"),
+        ({"num_workers": "two"}, 8, r"scaling.num_workers must be an int or a \[min, max\] pair"),
+        ({"num_workers": [2, 3]}, 9, r"scaling.num_workers \[2, 3\]: stages.batch_size \[9\] cannot be kept"),
+        ({"num_workers": [1, 2]}, 9, r"stages.0.batch_size: .* divisible by scaling.num_workers"),
+    ],
+)
+def test_scaling_errors_name_the_field(scaling, batch, match):
+    with pytest.raises(ValidationError, match=match):
+        TrainConfig(stages=[{"img_size": 16, "steps": 2, "batch_size": batch}], scaling=scaling)
+
+
+def test_elastic_trainer_asks_ray_train_for_min_max_workers(tmp_path):
+    from jobs.train.loop import TrainLoop, make_trainer
+
+    cfg = TrainConfig(stages=[{"img_size": 16, "steps": 2, "batch_size": 8}], storage=str(tmp_path), name="r",
+                      scaling={"num_workers": [1, 2], "resize_interval_s": 5})
+    sc = make_trainer(cfg, TrainLoop, {}, "{}").scaling_config
+    assert (sc.elasticity_enabled, sc.min_workers, sc.max_workers) == (True, 1, 2)
+    assert sc.elastic_resize_monitor_interval_s == 5
+    fixed = make_trainer(cfg.model_copy(update={"scaling": ScalingSection(num_workers=2)}), TrainLoop, {},
+                         "{}").scaling_config
+    assert not fixed.elasticity_enabled and fixed.num_workers == 2
 
 
 # ------------------------------------------------------------------------------------ DeepSpeed

@@ -290,6 +290,7 @@ def _cfg(tmp_path, data, *overrides: str, name: str = "s") -> SweepConfig:
     (["finetune.scaling.cpus_per_worker=0"],
      r"finetune: the fine-tuning config is invalid: scaling\.cpus_per_worker"),
     (["finetune_config=configs/finetune/none.yaml"], "finetune_config: file not found"),
+    (["finetune.scaling.num_workers=[1, 2]"], r"finetune.scaling.num_workers must be a fixed int under Tune"),
 ])
 def test_config_errors_before_any_trial(tmp_path, toy_classification, overrides, match):
     from jobs.tune import plan
