@@ -4,6 +4,8 @@
     python bench/ingest.py --cpus 16 --size-px 4104  # a 16-core machine (scaling: --cpus 1, 2, 4, 8, 16)
     python bench/ingest.py --config configs/ingest/tiny.yaml --size-px 1026 --scenes 2   # quick look
     python bench/ingest.py --scaling 1 2 4 8 16 --scales 4 --size-px 4104   # CPU scaling, one run
+    python bench/ingest.py --archive <archive> --scales 1 --sensors s2 all   # S2 only, then S2 + S1, one run
+    python bench/ingest.py --scenes 8 --s1-scenes 4 --size-px 10980 --scales 1 --cloud 0.6 0.3 --generate-only
 
 What it measures, in one process and one run:
 
@@ -21,6 +23,14 @@ needed, and the same weighted by each block's compressed size (the TIFF tile byt
 more than once the ingest inflated what it needed (goal <= 1.1). Compare ``--set group_units=1`` (every
 unit alone: nothing shared between units) with the default.
 
+``--sensors s2 all`` ingests the same archive once per choice (``s2``: its Sentinel-2 items only, from an
+ItemCollection written beside the outputs; ``all``: as it is), each against the decode limit of its own COGs
+(one decode measurement, summed per selection). ``--cloud F ...`` sets the cloud fractions cycled over the
+generated Sentinel-2 scenes (the archive's name says them); ``--generate-only`` writes the archives and stops
+(generation is not timing-sensitive, the figures are). ``--archive A B ...`` ingests several archives of the
+same tile made with other ``--seed``s (other dates, other scene ids) as one, their items in one collection,
+so each period holds more scenes and more of its slots are filled.
+
 ``--s1-warp N`` instead times the cross-zone Sentinel-1 warp of one N-px unit (VV + VH, to dB): the
 ingest's numpy warp (``pipeline.read.read_s1_scene``) against GDAL's ``WarpedVRT`` (bilinear) on the same
 synthetic neighbouring-zone scene, best of 3 in CPU seconds, and their largest difference in dB.
@@ -32,7 +42,8 @@ over the decode limit, and the ``N`` costliest functions (own time, % of the gro
 
 ``--scaling N1 N2 ...`` instead ingests the archive of the first ``--scales`` once per CPU count (a fresh
 local Ray of N CPUs, ``concurrency=N``) and prints speed-up and parallel efficiency against the smallest
-N (goal >= 0.85 from 1 to 16 CPUs).
+N (goal >= 0.85 from 1 to 16 CPUs), worker CPU-s against the smallest N's, and each run's ratio to the decode
+limit.
 
 Peak worker memory is sampled with psutil every 0.1 s over the worker processes of this run's own Ray
 instance (descendants of this process, so other Ray instances on a shared machine do not count) and
@@ -51,6 +62,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,27 +77,85 @@ from pipeline import synthetic  # noqa: E402
 from pipeline.config import IngestConfig  # noqa: E402
 
 
-def archive(workdir: Path, scale: int, args) -> synthetic.ArchiveInfo:
-    if args.archive:  # an existing archive as it is (the 1x of the run)
-        root = Path(args.archive)
-        return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
-                                     truth={}, classes="", seed=1)
-    root = workdir / f"archive_s{args.scenes * scale}_{args.size_px}px"
+@dataclass(frozen=True)
+class Archive:
+    """What one run ingests: the roots of one or more synthetic archives of the same tile (their COGs) and
+    one ItemCollection of their items."""
+
+    roots: tuple[str, ...]
+    items: str
+
+    @property
+    def name(self) -> str:
+        return "+".join(Path(r).name for r in self.roots)
+
+    def cogs(self, sensors: str = "all") -> list[str]:
+        return sorted(p for r in self.roots for p in cog_paths(r, sensors))
+
+
+def archive(workdir: Path, scale: int, args) -> Archive:
+    if args.archive:  # existing archives as they are (the 1x of the run); several: their items together
+        roots = tuple(str(Path(a).resolve()) for a in args.archive)
+        if len(roots) == 1:
+            return Archive(roots, str(Path(roots[0]) / "items.json"))
+        # archives of other seeds have other dates and scene ids, so their items combine into one tile's
+        # denser archive (more slots filled per period); ids must stay unique
+        features = [f for r in roots for f in json.loads((Path(r) / "items.json").read_text())["features"]]
+        ids = [f["id"] for f in features]
+        if len(set(ids)) != len(ids):
+            raise SystemExit(f"--archive: the archives share item ids (same seed?): {sorted(roots)}")
+        merged = Archive(roots, "")
+        items = workdir / f"items_{merged.name}.json"
+        items.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        return Archive(roots, str(items))
+    # the name says what is in the archive (S1 count, cloud fractions, seed), so archives of other arguments
+    # in the same workdir never stand in for each other
+    cloud = "" if args.cloud is None else "_cloud" + "-".join(f"{c:g}" for c in args.cloud)
+    seed = "" if args.seed == 1 else f"_seed{args.seed}"
+    name = f"archive_s{args.scenes * scale}_s1x{args.s1_scenes * scale}_{args.size_px}px{cloud}{seed}"
+    root = workdir / name
     done = root / ".complete"
-    kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=1, size_px=args.size_px,
-              epsg=32633)
+    kw = dict(scenes=args.scenes * scale, s1_scenes=args.s1_scenes * scale, seed=args.seed,
+              size_px=args.size_px, epsg=32633)
+    if args.cloud is not None:
+        kw["cloud_fractions"] = tuple(args.cloud)
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         t = time.perf_counter()
         synthetic.make_archive(root, workers=args.gen_workers, **kw)
         done.write_text(json.dumps(kw))
         print(f"  wrote {root} in {time.perf_counter() - t:.0f} s", flush=True)
-    return synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
-                                 truth={}, classes="", seed=1)
+    return Archive((str(root),), str(root / "items.json"))
 
 
-def cog_paths(root: str) -> list[str]:
-    return sorted(p for p in glob.glob(f"{root}/sentinel-*/**/*.tif", recursive=True))
+def only_sensors(info: Archive, sensors: str, workdir: Path) -> Archive:
+    """``info`` with an ItemCollection of only the ``sensors`` items ("s2" or "s1"; "all": as it is), written
+    under ``workdir`` (asset hrefs are absolute, so the items need not sit in the archive)."""
+    if sensors == "all":
+        return info
+    doc = json.loads(Path(info.items).read_text())
+    prefix = SENSOR_PREFIX[sensors]
+    doc["features"] = [f for f in doc["features"] if f.get("collection", "").startswith(prefix)]
+    if not doc["features"]:
+        raise SystemExit(f"--sensors {sensors}: no such items in {info.items}")
+    items = workdir / f"items_{info.name}_{sensors}.json"
+    items.write_text(json.dumps(doc))
+    return Archive(info.roots, str(items))
+
+
+#: STAC collection prefix of each ``--sensors`` choice (and the archive folder of its COGs)
+SENSOR_PREFIX = {"s2": "sentinel-2", "s1": "sentinel-1"}
+
+
+def stamp() -> str:
+    """UTC time and load average, for the record (wall-clock ratios need a quiet machine)."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}"
+
+
+def cog_paths(root: str, sensors: str = "all") -> list[str]:
+    """The COGs of ``root`` (those of ``sensors``: "s2", "s1" or "all")."""
+    prefix = "sentinel-" if sensors == "all" else SENSOR_PREFIX[sensors]
+    return sorted(p for p in glob.glob(f"{root}/{prefix}*/**/*.tif", recursive=True))
 
 
 def decoded_mb(paths: list[str]) -> float:
@@ -96,20 +166,31 @@ def decoded_mb(paths: list[str]) -> float:
     return total / 1e6
 
 
-def decode_limit(paths: list[str], repeats: int = 2) -> tuple[float, float, float]:
-    """Best-of-``repeats`` full-resolution reads of every COG on this core (GDAL single-threaded):
-    (MB/s wall, MB per CPU-second, MB)."""
-    mb = decoded_mb(paths)
-    best, best_cpu = float("inf"), float("inf")
+def decode_times(paths: list[str], repeats: int = 2) -> dict[str, tuple[float, float]]:
+    """Per COG, the best of ``repeats`` full-resolution reads on this core (GDAL single-threaded):
+    path -> (wall s, CPU s). Passes go over every file in turn, so the page cache and GDAL's block cache
+    (64 MB, smaller than any full-size COG) see the same as one whole-archive pass."""
+    best: dict[str, tuple[float, float]] = {p: (float("inf"), float("inf")) for p in paths}
     with rasterio.Env(GDAL_NUM_THREADS="1", GDAL_CACHEMAX=64):
         for _ in range(repeats):
-            t, c = time.perf_counter(), time.process_time()
             for p in paths:
+                t, c = time.perf_counter(), time.process_time()
                 with rasterio.open(p) as ds:
                     ds.read()
-            best = min(best, time.perf_counter() - t)
-            best_cpu = min(best_cpu, time.process_time() - c)
-    return mb / best, mb / best_cpu, mb
+                w, u = best[p]
+                best[p] = (min(w, time.perf_counter() - t), min(u, time.process_time() - c))
+    return best
+
+
+def decode_limit(paths: list[str], repeats: int = 2,
+                 times: dict[str, tuple[float, float]] | None = None) -> tuple[float, float, float]:
+    """The decode limit of ``paths`` (see :func:`decode_times`; ``times`` reuses a measurement that covers
+    them): (MB/s wall, MB per CPU-second, MB)."""
+    mb = decoded_mb(paths)
+    times = times if times is not None else decode_times(paths, repeats)
+    wall = sum(times[p][0] for p in paths)
+    cpu = sum(times[p][1] for p in paths)
+    return mb / wall, mb / cpu, mb
 
 
 class WorkerMemory:
@@ -262,7 +343,7 @@ def profile(cfg: IngestConfig, args) -> int:
         fn(it)
     prof.disable()
     cpu = time.process_time() - c
-    paths = cog_paths(info.root)
+    paths = info.cogs()
     if args.groups is not None:  # the COGs of the profiled groups' scenes: those of their units' items
         hrefs = {a.href for u in units for s in (*u.s2, *u.s1) for a in s.assets.values()}
         paths = [p for p in paths if p in hrefs or f"file://{p}" in hrefs]
@@ -368,11 +449,26 @@ def main(argv=None) -> int:
     ap.add_argument("--s1-warp", type=int, metavar="N", help="time the cross-zone S1 warp of one N-px unit")
     ap.add_argument("--profile", type=int, metavar="N",
                     help="cProfile the unit groups in-process (CPU time); print the N costliest functions")
-    ap.add_argument("--archive", help="an existing archive (pipeline.synthetic output) as the 1x, as it is")
+    ap.add_argument("--archive", nargs="+",
+                    help="existing archives (pipeline.synthetic output) as the 1x, as they are; several "
+                         "(other seeds, same tile): their items ingested together, a denser archive")
     ap.add_argument("--groups", type=int, help="--profile only the first N unit groups")
     ap.add_argument("--scaling", type=int, nargs="+", metavar="N",
                     help="CPU counts to compare on one archive (first --scales); replaces the 1x/4x run")
+    ap.add_argument("--sensors", nargs="+", choices=("all", "s2", "s1"), default=["all"],
+                    help="ingest only these sensors' items (one ingest per choice, each against the decode "
+                         "limit of its own COGs; --scaling: the first)")
+    ap.add_argument("--cloud", type=float, nargs="+", metavar="F",
+                    help="cloud fractions cycled over generated S2 scenes (default: pipeline.synthetic's)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="archive seed (another seed: other dates and scene ids, so archives combine)")
+    ap.add_argument("--decode-repeats", type=int, default=2, help="reads of each COG for the decode limit")
+    ap.add_argument("--generate-only", action="store_true", help="write the archives of --scales, then stop")
     args = ap.parse_args(argv)
+    if args.cloud is not None and not all(0.0 <= c <= 1.0 for c in args.cloud):
+        ap.error(f"--cloud: fractions must lie in [0, 1], got {args.cloud}")
+    if args.decode_repeats < 1:
+        ap.error(f"--decode-repeats must be >= 1, got {args.decode_repeats}")
     if args.s1_warp:
         return s1_warp(args.s1_warp)
     if args.scaling:
@@ -382,46 +478,60 @@ def main(argv=None) -> int:
         return profile(cfg, args)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    what = " + ".join(args.archive or []) or f"{args.scenes} S2 + {args.s1_scenes} S1 of {args.size_px} px"
     print(f"bench/ingest: {args.cpus} CPUs, tile_px={cfg.tile_px}, unit={cfg.tile_px * cfg.unit_tiles} px, "
-          f"archive {args.scenes} S2 + {args.s1_scenes} S1 scenes of {args.size_px} px (x{args.scales})",
-          flush=True)
+          f"archive {what} "
+          f"(x{args.scales}), sensors {args.sensors}; {stamp()}", flush=True)
     infos = {k: archive(work, k, args) for k in args.scales}
+    if args.generate_only:
+        return 0
     base = infos[args.scales[0]]
-    paths = cog_paths(base.root)
-    limit, limit_cpu, mb = decode_limit(paths)
-    print(f"decode limit (1 core, rasterio full reads of {len(paths)} COGs, {mb:.0f} MB): "
-          f"{limit:.1f} MB/s wall, {limit_cpu:.1f} MB per CPU-second", flush=True)
+    times = decode_times(base.cogs(), args.decode_repeats)  # once; every selection sums its COGs
+    limits = {}
+    for sensors in args.sensors:
+        paths = base.cogs(sensors)
+        limits[sensors] = decode_limit(paths, times=times)
+        limit, limit_cpu, mb = limits[sensors]
+        print(f"decode limit, {sensors} (1 core, rasterio full reads of {len(paths)} COGs, {mb:.0f} MB, "
+              f"best of {args.decode_repeats}): {limit:.1f} MB/s wall, {limit_cpu:.1f} MB per CPU-second",
+              flush=True)
     rows = []
     for k in args.scales:
-        info = infos[k]
-        mb_k = decoded_mb(cog_paths(info.root))
-        s = ingest(info, cfg, work / f"out_x{k}", args.cpus, work / f"trace_x{k}" if args.trace else None)
-        per_core = mb_k / s["wall"] / args.cpus
-        per_cpu_s = mb_k / max(s["worker_cpu_s"], 1e-9)
-        rows.append((k, mb_k, s, per_core, per_cpu_s))
-        print(f"x{k}: {s['units']} units, {s['tiles_written']}/{s['tiles_planned']} tiles written in "
-              f"{s['wall']:.1f} s: {mb_k / s['wall']:.1f} MB/s = {per_core:.1f} MB/s/core, "
-              f"{s['tiles_written'] / s['wall']:.2f} tiles/s, {per_cpu_s:.1f} MB per worker CPU-second "
-              f"({s['task_seconds']:.1f} s inside unit tasks); "
-              f"decoded by the ingest {s['bytes_read'] / 1e6:.0f} MB (every SCL, bands of chosen scenes), "
-              f"written {s['bytes_written'] / 1e6:.0f} MB; "
-              f"peak worker RSS {s['peak_rss'] / 2**20:.0f} MiB (VmHWM {s['peak_hwm'] / 2**20:.0f} MiB, "
-              f"{s['workers_seen']} workers)", flush=True)
-        if "blocks" in s:
-            b = s["blocks"]
-            print(f"x{k} blocks: {b['blocks']} needed ({b['needed_mb']:.0f} MB decoded size, "
-                  f"{b['needed_compressed_mb']:.0f} MB compressed), {b['decodes']} decodes "
-                  f"({b['decoded_mb']:.0f} MB): decoded / needed {b['ratio']:.2f}, "
-                  f"compressed-weighted {b['ratio_compressed']:.2f} (goal <= 1.1)", flush=True)
+        for sensors in args.sensors:
+            info = only_sensors(infos[k], sensors, work)
+            mb_k = decoded_mb(info.cogs(sensors))
+            name = f"x{k} {sensors}"
+            s = ingest(info, cfg, work / f"out_x{k}_{sensors}", args.cpus,
+                       work / f"trace_x{k}_{sensors}" if args.trace else None)
+            per_core = mb_k / s["wall"] / args.cpus
+            per_cpu_s = mb_k / max(s["worker_cpu_s"], 1e-9)
+            rows.append((name, sensors, s, per_core, per_cpu_s))
+            print(f"{name}: {s['units']} units, {s['tiles_written']}/{s['tiles_planned']} tiles written in "
+                  f"{s['wall']:.1f} s: {mb_k / s['wall']:.1f} MB/s = {per_core:.1f} MB/s/core, "
+                  f"{s['tiles_written'] / s['wall']:.2f} tiles/s, {per_cpu_s:.1f} MB per worker CPU-second "
+                  f"({s['worker_cpu_s']:.1f} worker CPU-s, {s['task_seconds']:.1f} s inside unit tasks); "
+                  f"decoded by the ingest {s['bytes_read'] / 1e6:.0f} MB (every SCL, chosen scenes' bands), "
+                  f"written {s['bytes_written'] / 1e6:.0f} MB; "
+                  f"peak worker RSS {s['peak_rss'] / 2**20:.0f} MiB (VmHWM {s['peak_hwm'] / 2**20:.0f} MiB, "
+                  f"{s['workers_seen']} workers)", flush=True)
+            if "blocks" in s:
+                b = s["blocks"]
+                print(f"{name} blocks: {b['blocks']} needed ({b['needed_mb']:.0f} MB decoded size, "
+                      f"{b['needed_compressed_mb']:.0f} MB compressed), {b['decodes']} decodes "
+                      f"({b['decoded_mb']:.0f} MB): decoded / needed {b['ratio']:.2f}, "
+                      f"compressed-weighted {b['ratio_compressed']:.2f} (goal <= 1.1)", flush=True)
     print()
-    for k, _, _, pc, pcs in rows:
-        print(f"x{k} ratio ingest/decode per core: {pc / limit:.2f} wall-clock, "
+    for name, sensors, _, pc, pcs in rows:
+        limit, limit_cpu, _ = limits[sensors]
+        print(f"{name} ratio ingest/decode per core: {pc / limit:.2f} wall-clock, "
               f"{pcs / limit_cpu:.2f} CPU-time (goal >= 0.6)")
-    k0, _, s0, _, _ = rows[0]
-    if len(rows) > 1:
-        k1, _, s1, _, _ = rows[-1]
-        print(f"peak worker memory x{k1} / x{k0}: {s1['peak_hwm'] / max(s0['peak_hwm'], 1):.2f} "
+    if len(args.scales) > 1:
+        s0 = next(s for name, _, s, _, _ in rows if name.startswith(f"x{args.scales[0]} "))
+        s1 = next(s for name, _, s, _, _ in reversed(rows) if name.startswith(f"x{args.scales[-1]} "))
+        print(f"peak worker memory x{args.scales[-1]} / x{args.scales[0]}: "
+              f"{s1['peak_hwm'] / max(s0['peak_hwm'], 1):.2f} "
               f"({s0['peak_hwm'] / 2**20:.0f} -> {s1['peak_hwm'] / 2**20:.0f} MiB; flat = ~1.0)")
+    print(f"done: {stamp()}")
     return 0
 
 
@@ -430,24 +540,32 @@ def scaling(args) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     k = args.scales[0]
-    info = archive(work, k, args)
-    mb = decoded_mb(cog_paths(info.root))
-    print(f"bench/ingest scaling: archive x{k} ({args.scenes * k} S2 + {args.s1_scenes * k} S1 scenes of "
-          f"{args.size_px} px, {mb:.0f} MB decoded), CPUs {args.scaling}, {os.cpu_count()} on the machine",
-          flush=True)
+    sensors = args.sensors[0]
+    info = only_sensors(archive(work, k, args), sensors, work)
+    limit, limit_cpu, mb = decode_limit(info.cogs(sensors), args.decode_repeats)
+    what = (" + ".join(args.archive or [])
+            or f"x{k}: {args.scenes * k} S2 + {args.s1_scenes * k} S1 of {args.size_px} px")
+    print(f"bench/ingest scaling: archive {what}, sensors {sensors}, {mb:.0f} MB decoded; "
+          f"CPUs {args.scaling}, {os.cpu_count()} on the machine; {stamp()}", flush=True)
+    print(f"decode limit (1 core, best of {args.decode_repeats}): {limit:.1f} MB/s wall, "
+          f"{limit_cpu:.1f} MB per CPU-second", flush=True)
     rows = []
     for n in args.scaling:
         cfg = load_config(IngestConfig, args.config, [f"concurrency={n}", *args.overrides])
         s = ingest(info, cfg, work / f"out_scaling_{n}", n)
         rows.append((n, s["wall"], s["worker_cpu_s"]))
         print(f"{n:3d} CPUs: {s['wall']:.1f} s wall, {mb / s['wall']:.1f} MB/s, "
-              f"{s['tiles_written'] / s['wall']:.1f} tiles/s, worker CPU {s['worker_cpu_s']:.1f} s",
-              flush=True)
-    n0, w0, _ = rows[0]
+              f"{s['tiles_written'] / s['wall']:.1f} tiles/s, worker CPU {s['worker_cpu_s']:.1f} s "
+              f"({s['units']} units, {s['tiles_written']} tiles written); ratio to the decode limit per core "
+              f"{mb / s['wall'] / n / limit:.2f} wall-clock, "
+              f"{mb / max(s['worker_cpu_s'], 1e-9) / limit_cpu:.2f} CPU-time", flush=True)
+    n0, w0, c0 = rows[0]
     print()
-    for n, w, _ in rows:
+    for n, w, c in rows[1:]:
         speedup = w0 / w
-        print(f"{n0} -> {n} CPUs: speed-up {speedup:.2f}x, efficiency {speedup * n0 / n:.2f} (goal >= 0.85)")
+        print(f"{n0} -> {n} CPUs: speed-up {speedup:.2f}x, efficiency {speedup * n0 / n:.2f} (goal >= 0.85); "
+              f"worker CPU-s {c / max(c0, 1e-9):.2f}x of {n0} CPUs' ({c0:.1f} -> {c:.1f})")
+    print(f"done: {stamp()}")
     return 0
 
 

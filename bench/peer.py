@@ -18,8 +18,9 @@ the page cache. Then, in this process:
 2. **ours**: ``jobs.ingest.run`` of the same items under a local Ray with ``--cpus`` CPUs (default preset:
    tiles, slot choice, shards written), its worker pool warmed first as in ``bench/ingest.py``.
 
-It prints both wall times and CPU seconds (process CPU for the peer, Ray worker CPU for ours) and the ratio
-peer / ours (issue 10: goal >= 3x).
+Both run back to back in this one process, on the same archive and page cache. It prints both wall times and
+CPU seconds (process CPU for the peer, Ray worker CPU for ours), the ratio peer / ours (issue 10: goal >= 3x),
+the UTC time and load average at start and end, and with ``--json PATH`` writes the same figures to a file.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from bench.ingest import decoded_mb  # noqa: E402
+from bench.ingest import decoded_mb, stamp  # noqa: E402
 from bench.ingest import ingest as run_ingest  # noqa: E402
 from jobs.cli import load_config  # noqa: E402
 from pipeline import synthetic  # noqa: E402
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/skyray_bench_peer")
     ap.add_argument("--gen-workers", type=int, default=1)
     ap.add_argument("--archive", help="an existing archive (pipeline.synthetic output) to use as it is")
+    ap.add_argument("--json", help="also write both sides' figures to this file")
     args = ap.parse_args(argv)
     try:
         import odc.stac  # noqa: F401
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     mb = decoded_mb(paths)
     nbytes = warm(paths)
     print(f"bench/peer: {root}, {len(paths)} COGs, "
-          f"{nbytes / 1e6:.0f} MB on disk, {mb:.0f} MB decoded; {args.cpus} CPUs", flush=True)
+          f"{nbytes / 1e6:.0f} MB on disk, {mb:.0f} MB decoded; {args.cpus} CPUs; {stamp()}", flush=True)
 
     p = peer_load(str(root / "items.json"), args.cpus, args.chunk)
     print(f"peer (odc-stac load, 12 bands + SCL onto 10 m, bilinear, dask {args.cpus} threads, "
@@ -155,6 +157,7 @@ def main(argv=None) -> int:
 
     info = synthetic.ArchiveInfo(root=str(root), items=str(root / "items.json"), scenes=(), tiles=(),
                                  truth={}, classes="", seed=1)
+    results = []
     for variant in ["", *(args.variants or [])]:
         extra = [kv for kv in variant.split(",") if kv]
         vcfg = load_config(IngestConfig, args.config, [f"concurrency={args.cpus}", *args.overrides, *extra])
@@ -167,6 +170,14 @@ def main(argv=None) -> int:
               f"{p['cpu_s'] / max(s['worker_cpu_s'], 1e-9):.2f}x CPU time (goal >= 3x); "
               f"archive MB decoded per s per core: peer {mb / p['wall'] / args.cpus:.1f}, "
               f"ours {mb / s['wall'] / args.cpus:.1f}", flush=True)
+        results.append({"ours": label, "wall": s["wall"], "cpu_s": s["worker_cpu_s"],
+                        "tiles_written": s["tiles_written"], "bytes_written": s["bytes_written"],
+                        "wall_ratio": p["wall"] / s["wall"],
+                        "cpu_ratio": p["cpu_s"] / max(s["worker_cpu_s"], 1e-9)})
+    print(f"done: {stamp()}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"archive": str(root), "cpus": args.cpus, "decoded_mb": mb,
+                                               "peer": p, "ours": results}, indent=1))
     return 0
 
 
