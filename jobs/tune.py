@@ -169,11 +169,23 @@ def prepare_experiment(p: Plan, *, lazy: bool = False) -> tuple[dict[str, Any], 
     ``seed``, ``model``, ``scaling``, the stages' ``img_size``), so every trial would build these same
     datasets; building them once removes that from every trial's start-up and keeps one copy in
     the object store instead of one per trial in flight. ``lazy``: built but not read (no cache), for
-    a relaunched experiment whose trials have all ended (:func:`experiment_finished`)."""
+    a relaunched experiment whose trials have all ended (:func:`experiment_finished`).
+
+    The splits are materialised with ``preserve_order``: Ray Data otherwise keeps the blocks in the
+    order their tasks finish, which is one way two launches of one sweep hand a config's trials
+    different training orders from the same seed. It is not the only one: one config's reports still
+    differ between two launches (``bench.tune``, "Sweeps, third pass" in ``bench/RESULTS.md``)."""
+    from ray.data import DataContext
+
     from jobs import finetune
 
     spec = cli.deep_merge(p.base, {"data": {"cache": False}}) if lazy else p.base
-    cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(spec))
+    ctx = DataContext.get_current()
+    kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
+    try:
+        cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(spec))
+    finally:
+        ctx.execution_options.preserve_order = kept
     return cli.deep_merge(p.base, {"task": cfg.task, "benchmark": cfg.benchmark,
                                    "classes": list(cfg.classes)}), datasets
 
