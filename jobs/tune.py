@@ -160,7 +160,7 @@ def check_prepared(plans: list[Plan]) -> None:
             raise cli.ConfigError(f"data.{p.benchmark} with encoders.{p.encoder}: {e}") from None
 
 
-def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
+def prepare_experiment(p: Plan, *, lazy: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(base, datasets)`` of one experiment, built once by the sweep driver and shared by all its
     trials: ``base`` is ``p.base`` with the benchmark facts ``jobs.finetune.prepare`` resolves
     (``task``, ``benchmark``, ``classes``), ``datasets`` its ``train``/``val``/``test`` Ray Datasets
@@ -168,7 +168,8 @@ def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
     model and batch-size fields only, never what ``prepare`` reads or how it preprocesses (``data``,
     ``seed``, ``model``, ``scaling``, the stages' ``img_size``), so every trial would build these same
     datasets; building them once removes that from every trial's start-up and keeps one copy in
-    the object store instead of one per trial in flight.
+    the object store instead of one per trial in flight. ``lazy``: built but not read (no cache), for
+    a relaunched experiment whose trials have all ended (:func:`experiment_finished`).
 
     The splits are materialised with ``preserve_order``: Ray Data otherwise keeps the blocks in the
     order their tasks finish, which is one way two launches of one sweep hand a config's trials
@@ -178,14 +179,27 @@ def prepare_experiment(p: Plan) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from jobs import finetune
 
+    spec = cli.deep_merge(p.base, {"data": {"cache": False}}) if lazy else p.base
     ctx = DataContext.get_current()
     kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
     try:
-        cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(p.base))
+        cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(spec))
     finally:
         ctx.execution_options.preserve_order = kept
     return cli.deep_merge(p.base, {"task": cfg.task, "benchmark": cfg.benchmark,
                                    "classes": list(cfg.classes)}), datasets
+
+
+def experiment_finished(exp_path: str, fs, trials: int) -> bool:
+    """Whether the Tune experiment at ``exp_path`` (on ``fs``) has created all its ``trials`` and each
+    one has ended (TERMINATED or ERROR: a restore reruns neither), so relaunching it trains nothing."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        done = ExperimentAnalysis(exp_path, storage_filesystem=fs).trials
+    except Exception:  # noqa: BLE001 - an unreadable state: prepare as for any restore
+        return False
+    return len(done) >= trials and all(t.status in ("TERMINATED", "ERROR") for t in done)
 
 
 def _check(base: dict[str, Any], cfg: SweepConfig, config_cls) -> None:
@@ -420,12 +434,17 @@ def _tuner(cfg: SweepConfig, p: Plan, conc: int, per_trial: Mapping[str, float],
 
     fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
     exp_path = f"{bench_path}/{p.encoder}"
-    base, datasets = prepare_experiment(p)
+    restore = tune.Tuner.can_restore(exp_path, storage_filesystem=fs)
+    # a relaunch of an experiment whose trials have all ended only re-reads their results: its
+    # datasets are never iterated, so they are not read and cached for nothing
+    finished = restore and experiment_finished(exp_path, fs, cfg.num_samples * grid_size(cfg.space))
+    base, datasets = prepare_experiment(p, lazy=finished)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base, datasets=datasets, registry=registry),
         dict(cfg.driver_resources))
-    if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        log.info("resuming %s/%s from %s", p.benchmark, p.encoder, exp_path)
+    if restore:
+        log.info("resuming %s/%s from %s%s", p.benchmark, p.encoder, exp_path,
+                 " (every trial has ended: nothing to train)" if finished else "")
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False, storage_filesystem=fs), True
     log.info("%s/%s: %d trials, %d at once (one trial holds %s)", p.benchmark, p.encoder,

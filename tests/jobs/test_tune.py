@@ -385,7 +385,7 @@ def resumed_sweep(ray_session, tmp_path_factory, toy_classification):
     import sys
     import time
 
-    from jobs.tune import DONE_FILE, run
+    from jobs.tune import DONE_FILE, experiment_finished, run
 
     tmp = tmp_path_factory.mktemp("resume")
     storage = tmp / "sweeps"
@@ -407,6 +407,7 @@ def resumed_sweep(ray_session, tmp_path_factory, toy_classification):
                 for p in runs.glob(f"*/{DONE_FILE}")}
     assert finished
     assert not (storage / "r" / "summary.md").exists()
+    assert not experiment_finished(str(storage / "r" / "toy" / "random"), None, 4)  # trials left to run
     out = run(cli.load_config(SweepConfig, TINY, FAST, {"data": f"toy={toy_classification}",
                                                         "storage": str(storage), "name": "r"}))
     return ResumedSweep(storage / "r", runs, finished, out)
@@ -435,6 +436,30 @@ def test_resume_after_killing_the_driver(resumed_sweep):
     for trial_id, files in resumed_sweep.finished.items():  # not retrained: its Train run is untouched
         now = {q: q.stat().st_mtime_ns for q in (resumed_sweep.runs / trial_id).rglob("*") if q.is_file()}
         assert now == files, trial_id
+
+
+@pytest.mark.slow
+def test_relaunching_a_finished_sweep_trains_and_reads_nothing(resumed_sweep, toy_classification, caplog):
+    """Every trial has ended: a relaunch re-reads the results (the same tables), trains nothing, and
+    builds its datasets without reading them (no cache to fill for trials that never run)."""
+    import logging
+
+    from jobs.tune import experiment_finished, run
+
+    exp = resumed_sweep.root / "toy" / "random"
+    assert experiment_finished(str(exp), None, 4)
+    assert not experiment_finished(str(exp), None, 5)  # a trial not yet created
+    assert not experiment_finished(str(resumed_sweep.root / "nowhere"), None, 1)
+    csv_before = (resumed_sweep.root / "toy" / "results.csv").read_bytes()
+    runs = {q: q.stat().st_mtime_ns for q in resumed_sweep.runs.rglob("*") if q.is_file()}
+    with caplog.at_level(logging.INFO, logger="skyray.tune"):
+        out = run(cli.load_config(SweepConfig, TINY, FAST, {"data": f"toy={toy_classification}",
+                                                            "storage": str(resumed_sweep.root.parent),
+                                                            "name": "r"}))
+    assert "every trial has ended: nothing to train" in caplog.text
+    assert out["experiments"][0]["resumed"] is True and out["experiments"][0]["trials"] == 4
+    assert (resumed_sweep.root / "toy" / "results.csv").read_bytes() == csv_before
+    assert {q: q.stat().st_mtime_ns for q in resumed_sweep.runs.rglob("*") if q.is_file()} == runs
 
 
 @pytest.mark.slow
