@@ -31,8 +31,8 @@ step of the restarted group, read from the workers' own step lines in the cluste
 Tune (``--drill tune``, :func:`tune_drill`): a FIFO sweep of 3 linear-probe trials (1 worker each, 2
 at once on 2 two-CPU nodes, so each node keeps a whole CPU for Ray Data's one-CPU tasks beside a trial's
 0.5-CPU worker; the trial drivers on the head, by its ``trial_driver`` resource as in
-``cluster/``) loses the node of a running trial's worker once every trial in flight has checkpointed. The sweep
-finishes with every trial accounted for: each one TERMINATED (its full budget, ``test_*`` reported) or
+``cluster/``) loses the node of a running trial's worker once every trial in flight has checkpointed. The
+sweep finishes with every trial accounted for: each one TERMINATED (its full budget, ``test_*`` reported) or
 ERROR with its reason, and the results table written. Per trial the report gives Ray Train's restarts
 (the steps its worker groups started at), the steps redone (reported before the loss and trained
 again) and the time from the kill to the first report of the restarted trial.
