@@ -124,17 +124,29 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
     th.start()
     units_dir = out / "units"
     by_id = {n.node_id: n for n in nodes}
+    # The state API answers in about a second, as long as a warm re-run of this small ingest takes on
+    # a fast host: a poller keeps the latest list of running tasks, so the kill needs no query of its own.
+    latest: list = []
+
+    def poll():
+        while th.is_alive() and not victims:
+            latest[:] = sorted((x for x in _tasks(cluster.address) if x["state"] == "RUNNING"
+                                and x.get("node_id") in by_id and x["task_id"] not in tasks_before),
+                               key=lambda x: x.get("start_time_ms") or 0)
+            time.sleep(0.05)
+
     victims: list = []
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
     while th.is_alive() and not victims:
-        time.sleep(0.2)
+        time.sleep(0.05)
         if len(list(units_dir.glob("*"))) < kill_after_units:
             continue
         # the node whose task started last is the likeliest to be still running it: the loss lands mid-task
-        running = sorted((x for x in _tasks(cluster.address) if x["state"] == "RUNNING"
-                          and x.get("node_id") in by_id and x["task_id"] not in tasks_before),
-                         key=lambda x: x.get("start_time_ms") or 0)
+        running = list(latest)
         if running:
             victims = [by_id[running[-1]["node_id"]]] if kill == "one" else list(nodes)
+    poller.join(timeout=10)
     if not victims:  # the run outpaced the poll (warm workers make a re-run fast): the caller tries again
         th.join()
         return {"no_kill": f"the drilled run ended before a kill after {kill_after_units} units",
