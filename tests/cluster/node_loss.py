@@ -127,6 +127,7 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
     # The state API answers in about a second, as long as a warm re-run of this small ingest takes on
     # a fast host: a poller keeps the latest list of running tasks, so the kill needs no query of its own.
     latest: list = []
+    victims: list = []
 
     def poll():
         while th.is_alive() and not victims:
@@ -135,7 +136,6 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
                                key=lambda x: x.get("start_time_ms") or 0)
             time.sleep(0.05)
 
-    victims: list = []
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     while th.is_alive() and not victims:
@@ -237,13 +237,8 @@ def drill(work: Path, *, workers: int = 2, kill: str = "one", deadline_s: float 
         report["identical"] = a == b
         report["differing"] = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         return report
-    finally:  # this cluster's nodes only
-        if "error" not in report:
-            ray.shutdown()
-            cluster.shutdown()
-        else:  # the stuck run keeps the driver connected, which Cluster.shutdown refuses: end the nodes
-            for node in [*cluster.worker_nodes, cluster.head_node]:
-                node.kill_all_processes(check_alive=False, allow_graceful=False)
+    finally:
+        _end(cluster)
 
 
 def _cluster(workers: int, *, cpus: float = 1, resources: dict | None = None):
@@ -556,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     a.report.write_text(json.dumps(report, indent=1, sort_keys=True))
     print(json.dumps(report, indent=1, sort_keys=True), flush=True)
     sys.stderr.flush()
-    # The cluster's nodes are gone (or, for the ingest drill, shut down), and a run that lost its
-    # capacity still waits inside Ray: end the process now instead of in Ray's exit handlers.
+    # The cluster's nodes are gone (``_end``), and a run that lost its capacity still waits inside
+    # Ray: end the process now instead of in Ray's exit handlers.
     os._exit(DEADLINE_EXIT if "error" in report else 0)
 
 
