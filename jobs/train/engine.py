@@ -10,6 +10,7 @@ files of a checkpoint (an EMA teacher is the model's own ``after_step``, ``model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -119,8 +120,25 @@ def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[s
         deepspeed.init_distributed(dist_backend=tdist.get_backend())
     with deepspeed.zero.Init(config_dict_or_path=dict(ds_config)):
         model = build()
-    model.init_weights(lambda ps: deepspeed.zero.GatheredParameters(ps, modifier_rank=0))
+    model.init_weights(init_gather)
     return model
+
+
+@contextlib.contextmanager
+def init_gather(params: list[torch.nn.Parameter]):
+    """The ``gather`` that ``build_partitioned`` hands to ``init_weights``:
+    ``zero.GatheredParameters(params, modifier_rank=0)``, leaving the global CPU RNG exactly as the
+    model's own draws leave it. DeepSpeed's gather and re-partition are not ours to audit for RNG
+    use (a lazily built op, a version's sanity check); a draw there would shift every value after
+    it, and the partitioned build would no longer equal the plain one for the same seed."""
+    import deepspeed
+
+    state = torch.get_rng_state()
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        torch.set_rng_state(state)
+        yield
+        state = torch.get_rng_state()
+    torch.set_rng_state(state)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

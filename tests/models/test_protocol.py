@@ -238,38 +238,62 @@ def test_spectralgpt_after_step_changes_nothing():
 # ---------------------------------------------------------------------------------------------
 
 ZERO_INIT_SCRIPT = r"""
-import json, os, socket, sys, torch, deepspeed, torch.distributed as dist
+import json, os, platform, socket, sys, torch, deepspeed, torch.distributed as dist
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 dist.init_process_group("gloo", rank=0, world_size=1)
 torch.set_num_threads(1)
+from jobs.train import engine
 from models.registry import create_pretrainer
 DS = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
-out = {}
+real_gather = engine.init_gather
+sizes, raw_rng = [], []
+
+
+def gather(ps):  # build_partitioned's own gather, counting what it makes whole
+    sizes.append(sum(p.ds_numel for p in ps))
+    if not raw_rng:  # does DeepSpeed's gather itself draw from the global RNG here? (diagnostics)
+        state = torch.get_rng_state()
+        with deepspeed.zero.GatheredParameters(ps):
+            raw_rng.append(not torch.equal(state, torch.get_rng_state()))
+        raw_rng.append(not torch.equal(state, torch.get_rng_state()))
+        torch.set_rng_state(state)
+    return real_gather(ps)
+
+
+engine.init_gather = gather
+out = {"_machine": [platform.machine(), platform.processor(), torch.__version__, deepspeed.__version__,
+                    torch.backends.cpu.get_cpu_capability(), os.cpu_count()]}
 for name, over in json.loads(sys.argv[1]).items():
     torch.manual_seed(0)
     plain = create_pretrainer(name, **over)
     torch.manual_seed(1)
     plain.init_weights()
+    after = torch.rand(4)
     want = {k: v.clone() for k, v in plain.named_parameters()}
     del plain
-    torch.manual_seed(7)  # a different construction seed: init_weights alone must set every value
-    with deepspeed.zero.Init(config_dict_or_path=DS, dtype=torch.float32):
-        m = create_pretrainer(name, **over)
+    sizes.clear()
+
+    def build():  # a different construction seed (7): init_weights alone must set every value
+        torch.manual_seed(7)
+        built = create_pretrainer(name, **over)
+        torch.manual_seed(1)  # what build_partitioned's init_weights then draws from
+        return built
+
+    m = engine.build_partitioned(build, DS)
     params = dict(m.named_parameters())
     res = {"partitioned": all(hasattr(p, "ds_tensor") and p.numel() == 0 for p in params.values())}
-    sizes = []
-
-    def gather(ps):  # what jobs.train.engine.build_partitioned passes, counting what it makes whole
-        sizes.append(sum(p.ds_numel for p in ps))
-        return deepspeed.zero.GatheredParameters(ps, modifier_rank=0)
-
     for k in ("first", "again"):
-        torch.manual_seed(1)
-        m.init_weights(gather)
+        if k == "again":
+            torch.manual_seed(1)
+            m.init_weights(gather)
+        res["same_rng_after_" + k] = torch.equal(torch.rand(4), after)
         res["partitioned_after_" + k] = all(p.numel() == 0 for p in params.values())
         with deepspeed.zero.GatheredParameters(list(params.values())):
             res[k] = sorted(n for n, p in params.items() if not torch.equal(p, want[n]))
+            if res[k]:  # diagnostics: how far off, and whether the values are merely shifted
+                p, w = params[res[k][0]], want[res[k][0]]
+                res[k + "_example"] = [res[k][0], p.flatten()[:3].tolist(), w.flatten()[:3].tolist()]
             if hasattr(m, "teacher"):
                 res["teacher_differs"] = sorted(
                     n for n, p in m.teacher.named_parameters()
@@ -280,6 +304,7 @@ for name, over in json.loads(sys.argv[1]).items():
         sum(p.ds_numel for p in mod.parameters(recurse=False)) for mod in m.modules()
     )
     res["model_numel"] = sum(p.ds_numel for p in params.values())
+    res["deepspeed_gather_draws"] = raw_rng
     out[name] = res
 print("RESULT " + json.dumps(out))
 """
@@ -314,7 +339,9 @@ def test_init_weights_idempotent_under_zero_init(zero_init_results, name):
     submodule's own parameters, and everything is partitioned again afterwards."""
     res = zero_init_results[name]
     assert res["partitioned"] and res["partitioned_after_first"] and res["partitioned_after_again"]
-    assert res["first"] == [] and res["again"] == []
+    why = {"machine": zero_init_results["_machine"], **res}  # on failure: what to look at first
+    assert res["first"] == [] and res["again"] == [], why
+    assert res["same_rng_after_first"] and res["same_rng_after_again"], why
     assert res.get("teacher_differs", []) == []
     assert res["max_gathered"] <= res["largest_submodule"] < res["model_numel"] / 2, res
 
