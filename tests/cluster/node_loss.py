@@ -111,17 +111,8 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
     from jobs.ingest import run
 
     tasks_before = {x["task_id"] for x in _tasks(cluster.address)}
-    result: dict = {}
-
-    def job():
-        try:
-            result["summary"] = run(_ingest_config(items, out))
-        except BaseException as e:  # noqa: BLE001 - reported, the drill decides
-            result["error"] = repr(e)
-
     t0 = time.perf_counter()
-    th = threading.Thread(target=job, daemon=True)
-    th.start()
+    th, result = _in_thread(lambda: run(_ingest_config(items, out)), key="summary")
     units_dir = out / "units"
     by_id = {n.node_id: n for n in nodes}
     # The state API answers in about a second, as long as a warm re-run of this small ingest takes on
@@ -241,6 +232,22 @@ def drill(work: Path, *, workers: int = 2, kill: str = "one", deadline_s: float 
         _end(cluster)
 
 
+def _in_thread(fn, key: str = "out") -> tuple[threading.Thread, dict]:
+    """``fn()`` started in a daemon thread; the dict it fills gets ``key`` (the return value) or
+    ``error`` (the exception's repr): the drill decides what either means."""
+    result: dict = {}
+
+    def job():
+        try:
+            result[key] = fn()
+        except BaseException as e:  # noqa: BLE001 - reported, the drill decides
+            result["error"] = repr(e)
+
+    th = threading.Thread(target=job, daemon=True)
+    th.start()
+    return th, result
+
+
 def _cluster(workers: int, *, cpus: float = 1, resources: dict | None = None):
     """A head with 0 CPUs (the driver and Ray Train's controller live there: losing a worker node never
     takes them) and ``workers`` nodes of ``cpus`` CPUs; the connected driver."""
@@ -343,18 +350,9 @@ def pretrain_drill(work: Path, *, deadline_s: float = 420.0, steps: int = 24, ev
     report: dict = {"drill": "pretrain", "deadline_s": deadline_s, "steps": steps, "checkpoint_every": every,
                     "num_workers": list(cfg.scaling.num_workers), "global_batch": cfg.stages[0].batch_size}
     lines = StepLines(cluster.head_node.get_session_dir_path(), "pretrain")
-    result: dict = {}
-
-    def job():
-        try:
-            result["out"] = run(cfg)
-        except BaseException as e:  # noqa: BLE001 - reported, the drill decides
-            result["error"] = repr(e)
-
     try:
         t0 = time.perf_counter()
-        th = threading.Thread(target=job, daemon=True)
-        th.start()
+        th, result = _in_thread(lambda: run(cfg))
         while th.is_alive() and time.perf_counter() - t0 < deadline_s:
             time.sleep(0.2)
             lines.poll()
@@ -447,18 +445,9 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
     cluster, nodes = _cluster(2, cpus=2, resources={"trial_driver": 100})
     report: dict = {"drill": "tune", "deadline_s": deadline_s, "trials": trials, "steps": steps}
     runs = work / "sweeps" / "drill" / "toy" / "random" / "runs"
-    result: dict = {}
-
-    def job():
-        try:
-            result["out"] = run(cfg)
-        except BaseException as e:  # noqa: BLE001 - reported, the drill decides
-            result["error"] = repr(e)
-
     try:
         t0 = time.perf_counter()
-        th = threading.Thread(target=job, daemon=True)
-        th.start()
+        th, result = _in_thread(lambda: run(cfg))
         victims: list = []
         # kill once every trial in flight has checkpointed (and Ray Train's controller has polled it),
         # on a node running a trial's worker: whichever trial loses its worker resumes, not restarts
