@@ -59,7 +59,7 @@ from jobs.train.metrics import METRICS, PRIMARY, TaskMetrics, predictions, prefi
 from jobs.train.report import write_curves
 from jobs.train.task import TaskModel, build_task_model, layer_decay_groups, load_encoder
 from pipeline.shards import IGNORE_INDEX, SPLITS, TASK_LABELS
-from pipeline.storage import join
+from pipeline.storage import absolute, join
 
 __all__ = ["EvalSection", "FinetuneConfig", "FinetuneLoop", "HeadSection", "default_name",
            "default_run_config", "main", "make_trainer", "prepare", "run"]
@@ -367,6 +367,7 @@ def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, dict[str, Any]]:
     cfg = cfg.model_copy(update={"task": bench["task"], "benchmark": bench["name"],
                                  "classes": tuple(bench["classes"])})
     if cfg.encoder != "random":
+        cfg = cfg.model_copy(update={"encoder": absolute(cfg.encoder)})  # the workers' cwd is not ours
         _check_encoder(cfg)
     cfg = cfg.model_copy(update={"name": cfg.name or default_name(cfg)})
     cli.init_ray()

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,7 +68,7 @@ from jobs.sweep import (
     to_tune_space,
     trial_resources,
 )
-from pipeline.storage import join, scheme_of
+from pipeline.storage import absolute, join
 
 __all__ = ["SweepConfig", "main", "run"]
 
@@ -98,11 +97,6 @@ class Plan(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def _absolute(uri: str) -> str:
-    """Local paths become absolute: Tune runs each trial in its own working directory."""
-    return uri if scheme_of(uri) != "file" or "://" in uri else os.path.abspath(uri)
-
-
 def plan(cfg: SweepConfig) -> list[Plan]:
     """Every (benchmark, encoder) experiment, with its fine-tuning config checked for every corner
     of the search space; ``ConfigError`` naming the field otherwise."""
@@ -127,7 +121,7 @@ def plan(cfg: SweepConfig) -> list[Plan]:
     plans = []
     for bench, shards in cfg.data.items():
         try:
-            manifest = read_manifest(_absolute(shards), cfg.storage_options)
+            manifest = read_manifest(absolute(shards), cfg.storage_options)
         except (FileNotFoundError, ValueError) as e:
             raise cli.ConfigError(f"data.{bench}: {e}") from None
         task = (manifest.get("benchmark") or {}).get("task")
@@ -136,9 +130,9 @@ def plan(cfg: SweepConfig) -> list[Plan]:
                                   "'benchmark' section: convert it with jobs.convert)")
         for label, weights in cfg.encoders.items():
             base = cli.deep_merge(body, {
-                "data": {"path": _absolute(shards), "storage": cfg.storage_options.model_dump(mode="json")},
-                "encoder": weights if weights == "random" else _absolute(weights),
-                "storage": join(_absolute(cfg.storage), cfg.name, bench, label, "runs"),
+                "data": {"path": absolute(shards), "storage": cfg.storage_options.model_dump(mode="json")},
+                "encoder": weights if weights == "random" else absolute(weights),
+                "storage": join(absolute(cfg.storage), cfg.name, bench, label, "runs"),
                 "name": "trial",
             })
             _check(base, cfg, FinetuneConfig)
@@ -404,7 +398,7 @@ def _write_outputs(cfg: SweepConfig, results: list[EncoderResult]) -> dict[str, 
 
     from pipeline.storage import upload_tree
 
-    root = join(_absolute(cfg.storage), cfg.name)
+    root = join(absolute(cfg.storage), cfg.name)
     written: dict[str, Any] = {}
     s = cfg.scheduler
     scheduler = (f"ASHA on {TIME_ATTR} (grace {s.grace_period}, reduction {s.reduction_factor:g})"
@@ -432,7 +426,7 @@ def _tuner(cfg: SweepConfig, p: Plan, conc: int, per_trial: Mapping[str, float],
     from jobs.finetune import FinetuneConfig
     from jobs.train.data import pyarrow_fs
 
-    fs, bench_path = pyarrow_fs(join(_absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
+    fs, bench_path = pyarrow_fs(join(absolute(cfg.storage), cfg.name, p.benchmark), cfg.storage_options)
     exp_path = f"{bench_path}/{p.encoder}"
     restore = tune.Tuner.can_restore(exp_path, storage_filesystem=fs)
     # a relaunch of an experiment whose trials have all ended only re-reads their results: its
@@ -500,7 +494,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     finally:
         ray.kill(registry)
     outputs = _write_outputs(cfg, results)
-    return {"name": cfg.name, "root": join(_absolute(cfg.storage), cfg.name), "outputs": outputs,
+    return {"name": cfg.name, "root": join(absolute(cfg.storage), cfg.name), "outputs": outputs,
             "experiments": summary}
 
 

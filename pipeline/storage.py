@@ -73,6 +73,12 @@ def scheme_of(uri: str) -> str:
     return m.group(1).lower()
 
 
+def absolute(uri: str) -> str:
+    """Local paths made absolute (a job's Ray Train and Tune workers run in their own working
+    directories, so a relative path would name another file there); URIs unchanged."""
+    return uri if scheme_of(uri) != "file" or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def check_uri(uri: str, storage: StorageConfig) -> str:
     """Return ``uri`` if it may be used, else raise :class:`BadURIError`.
 

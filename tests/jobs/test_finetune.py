@@ -364,16 +364,18 @@ def test_spectralgpt_linear_probe_every_task(ray_session, toy, tmp_path, task):
 
 
 @pytest.mark.slow
-def test_finetune_from_an_official_spectralgpt_checkpoint(ray_session, toy, tmp_path):
-    """mode finetune (layer decay, drop path) from an official-layout SpectralGPT.pth on segmentation."""
+def test_finetune_from_an_official_spectralgpt_checkpoint(ray_session, toy, tmp_path, monkeypatch):
+    """mode finetune (layer decay, drop path) from an official-layout SpectralGPT.pth on segmentation,
+    named by a path relative to the working directory, as users type it (the workers run elsewhere)."""
     _official_checkpoint(tmp_path / "SpectralGPT.pth")
     data = toy("segmentation")
+    monkeypatch.chdir(tmp_path)
     out = run(_cfg(SGPT, data, tmp_path, "name=ft", "mode=finetune",
-                   f"encoder={tmp_path / 'SpectralGPT.pth'}", "optim.base_lr=0.016",
+                   "encoder=SpectralGPT.pth", "optim.base_lr=0.016",
                    "stages=[{img_size: 32, steps: 8, batch_size: 16}]",
                    "eval.every_steps=4", "checkpoint.every_steps=4", "head.channels=16"))
     metrics = _check_run(out, data, "segmentation")
-    assert metrics["mode"] == "finetune" and metrics["encoder"].endswith("SpectralGPT.pth")
+    assert metrics["mode"] == "finetune" and metrics["encoder"] == str(tmp_path / "SpectralGPT.pth")
 
 
 @pytest.mark.slow

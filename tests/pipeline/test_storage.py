@@ -13,6 +13,7 @@ from pipeline.config import StorageConfig
 from pipeline.storage import (
     BadURIError,
     SpoolFile,
+    absolute,
     check_uri,
     exists,
     filesystem,
@@ -61,6 +62,14 @@ def test_rejected_uris(uri, match):
 def test_allowed_schemes_are_configurable():
     with pytest.raises(BadURIError, match="scheme 's3' not allowed"):
         check_uri("s3://b/k", StorageConfig(allowed_schemes=("file",)))
+
+
+def test_absolute_resolves_local_paths_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute("w/enc.safetensors") == str(tmp_path / "w" / "enc.safetensors")
+    assert absolute("/x/y") == "/x/y"
+    for uri in ("s3://b/k.safetensors", "file:///x/y", "gs://b/k"):
+        assert absolute(uri) == uri
 
 
 def test_redact_drops_userinfo_and_query():
