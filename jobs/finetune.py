@@ -52,7 +52,7 @@ from jobs.train.data import (
     make_spectralgpt_pair_fn,
     read_manifest,
 )
-from jobs.train.loop import TrainLoop, fit, upload_dir
+from jobs.train.loop import TrainLoop, fit, ingest_options, upload_dir
 from jobs.train.loop import default_run_config as loop_run_config
 from jobs.train.loop import make_trainer as make_loop_trainer
 from jobs.train.metrics import METRICS, PRIMARY, TaskMetrics, predictions, prefixed
@@ -402,7 +402,7 @@ def make_trainer(cfg: FinetuneConfig, datasets: Mapping[str, Any], run_config=No
     ``default_run_config(cfg)`` (``jobs.tune`` passes one with its ``TuneReportCallback``)."""
     rc = run_config or default_run_config(cfg)
     return make_loop_trainer(cfg, FinetuneLoop, datasets, cli.config_json(cfg), run_config=rc,
-                             dataset_config=SplitEveryRow())
+                             dataset_config=SplitEveryRow(execution_options=ingest_options(cfg)))
 
 
 def summary(cfg: FinetuneConfig, metrics: Mapping[str, Any]) -> dict[str, Any]:

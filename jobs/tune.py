@@ -165,21 +165,14 @@ def prepare_experiment(p: Plan, *, lazy: bool = False) -> tuple[dict[str, Any], 
     the object store instead of one per trial in flight. ``lazy``: built but not read (no cache), for
     a relaunched experiment whose trials have all ended (:func:`experiment_finished`).
 
-    The splits are materialised with ``preserve_order``: Ray Data otherwise keeps the blocks in the
-    order their tasks finish, which is one way two launches of one sweep hand a config's trials
-    different training orders from the same seed. It is not the only one: one config's reports still
-    differ between two launches (``bench.tune``, "Sweeps, third pass" in ``bench/RESULTS.md``)."""
-    from ray.data import DataContext
-
+    With ``data.preserve_order`` (the fine-tuning presets set it) the datasets, the split between a
+    trial's workers and its batches keep one order, so two launches of one sweep train a config the
+    same (``tests/jobs/test_finetune.py``); without it Ray Data hands blocks and batches on as they
+    finish, and the same config's trials differ from launch to launch."""
     from jobs import finetune
 
     spec = cli.deep_merge(p.base, {"data": {"cache": False}}) if lazy else p.base
-    ctx = DataContext.get_current()
-    kept, ctx.execution_options.preserve_order = ctx.execution_options.preserve_order, True
-    try:
-        cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(spec))
-    finally:
-        ctx.execution_options.preserve_order = kept
+    cfg, datasets = finetune.prepare(finetune.FinetuneConfig.model_validate(spec))
     return cli.deep_merge(p.base, {"task": cfg.task, "benchmark": cfg.benchmark,
                                    "classes": list(cfg.classes)}), datasets
 

@@ -114,6 +114,8 @@ def build_dataset(cfg: TrainConfig, manifest: Mapping[str, Any], *, preprocess: 
         columns=cols,
         shuffle=FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if train else None,
     )
+    if cfg.data.preserve_order:  # this dataset's own context: its reads, filter, preprocess, materialise
+        ds.context.execution_options.preserve_order = True
     if split is not None:
         ds = ds.filter(expr=f"split == {split!r}")
     ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=cfg.data.preprocess_batch_size)
@@ -364,9 +366,13 @@ def make_augment_fn(
 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, torch.Tensor]]:
     """Numpy batch -> torch batch with a random ``crop``, 90° rotation and flip per sample,
     identical across every spatial array of that sample (``spatial_keys``: arrays whose last two
-    axes are H, W; default: every array with ≥ 3 dims). Seeded; successive calls draw new
-    augmentations. With ``crop`` equal to the tile and both flags off it is the identity."""
-    rng = np.random.default_rng(seed)
+    axes are H, W; default: every array with ≥ 3 dims). Seeded: a new ``seed`` (the loop's, per
+    epoch and rank) draws new augmentations. With ``crop`` equal to the tile and both flags off it is
+    the identity.
+
+    Each sample's draws come from ``seed`` and the sample's own bytes (its first spatial array), not
+    from one stream: Ray Data calls this in several prefetch threads at once, in no fixed order, so a
+    shared generator would hand a sample different augmentations from one run to the next."""
 
     def fn(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         keys = list(spatial_keys or [k for k, v in batch.items() if v.ndim >= 3])
@@ -383,6 +389,7 @@ def make_augment_fn(
                              f"(an array has 1/{step} of the tile's side)")
         out = {k: [] for k in keys}
         for i in range(n):
+            rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(batch[keys[0]][i]).data)])
             y0 = int(rng.integers(0, (h - crop) // step + 1)) * step
             x0 = int(rng.integers(0, (w - crop) // step + 1)) * step
             k = int(rng.integers(0, 4)) if rot90 else 0

@@ -465,6 +465,19 @@ def default_run_config(cfg: TrainConfig, checkpoint_config=None, callbacks=None)
     )
 
 
+def ingest_options(cfg: TrainConfig):
+    """Ray Train's ingest ``ExecutionOptions`` for the workers' datasets, in order if
+    ``data.preserve_order`` (the split between workers and the batches then follow the blocks' order);
+    None: Ray's defaults."""
+    if not cfg.data.preserve_order:
+        return None
+    from ray.train import DataConfig
+
+    opts = DataConfig.default_ingest_options()
+    opts.preserve_order = True
+    return opts
+
+
 def make_trainer(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[str, Any], config_json: str,
                  run_config=None, dataset_config=None):
     """The ``TorchTrainer`` running ``loop_cls`` on ``cfg.scaling.num_workers`` workers (``run_config``:
@@ -478,6 +491,10 @@ def make_trainer(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[
     if sc.use_gpu:
         resources["GPU"] = 1
     elastic = {"elastic_resize_monitor_interval_s": sc.resize_interval_s} if sc.elastic else {}
+    if dataset_config is None and cfg.data.preserve_order:
+        from ray.train import DataConfig
+
+        dataset_config = DataConfig(execution_options=ingest_options(cfg))
     extra = {} if dataset_config is None else {"dataset_config": dataset_config}
     return TorchTrainer(
         loop_cls.entry,

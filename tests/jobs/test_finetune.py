@@ -393,3 +393,41 @@ def test_skysense_linear_probe_from_our_export_keeps_the_encoder(ray_session, to
     best = load_file(str(Path(out["best_checkpoint"], "best.safetensors")))
     for k, v in sd.items():
         torch.testing.assert_close(best[f"encoder.{k}"], v, rtol=0, atol=0)
+
+
+def _losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every step, from the last checkpoint's state."""
+    state = sorted(run_dir.glob("checkpoint_*/skyray_state.json"))[-1]
+    return [(r["step"], r["loss"]) for r in json.loads(state.read_text())["history"]]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_preserve_order_reaches_the_datasets_and_the_workers(ray_session, toy, tmp_path, keep):
+    """``data.preserve_order`` is set on each prepared dataset's own context (the driver's DataContext
+    is left alone) and on the options Ray Train's ingest gives the workers' splits."""
+    from ray.data import DataContext
+
+    from jobs.finetune import make_trainer
+
+    before = DataContext.get_current().execution_options.preserve_order
+    cfg, datasets = prepare(_cfg(SGPT, toy("classification"), tmp_path, f"data.preserve_order={keep}"))
+    assert {ds.context.execution_options.preserve_order for ds in datasets.values()} == {keep}
+    assert DataContext.get_current().execution_options.preserve_order == before
+    opts = make_trainer(cfg, datasets).data_config._resolve_execution_options("train")
+    assert opts.preserve_order == keep
+
+
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same(ray_session, toy, tmp_path):
+    """Two runs of one seeded config (2 workers, 2 prefetch threads, the shuffle buffer, augmentations)
+    give bit-identical losses at every step and the same test metrics: the presets' ``data.preserve_order``
+    keeps Ray Data's block, split and batch order, and augmentations follow each sample, not the order
+    the prefetch threads happen to finish in. What a sweep needs to compare configs."""
+    data = toy("classification")
+    steps = "stages=[{img_size: 32, steps: 8, batch_size: 8}]"
+    outs = [run(_cfg(SGPT, data, tmp_path, f"name=seeded-{n}", steps,
+                     "eval.every_steps=8", "checkpoint.every_steps=8", "head.channels=16", "log.plots=false"))
+            for n in "ab"]
+    first, second = (_losses(Path(o["run_dir"])) for o in outs)
+    assert len(first) == 8 and first == second
+    assert outs[0]["metrics"]["test"] == outs[1]["metrics"]["test"]

@@ -459,6 +459,17 @@ def test_augment_same_transform_for_every_band_date_and_modality():
         assert out["s2_valid"].dtype == torch.bool
 
 
+def test_augment_follows_the_sample_not_the_call_order():
+    """A sample's augmentation depends on the seed and the sample alone: the same in any batch, in any
+    call order (Ray Data's prefetch threads call the function concurrently), new with a new seed."""
+    x = np.random.default_rng(0).normal(size=(6, 2, 16, 16)).astype(np.float32)
+    aug = make_augment_fn(crop=8, seed=5)
+    whole = aug({"x": x})["x"]
+    halves = [aug({"x": x[3:]})["x"], aug({"x": x[:3]})["x"]]  # the other order, other batches
+    torch.testing.assert_close(torch.cat(halves[::-1]), whole, rtol=0, atol=0)
+    assert not torch.equal(make_augment_fn(crop=8, seed=6)({"x": x})["x"], whole)
+
+
 def test_augment_sample_is_a_dihedral_crop():
     a = np.arange(16).reshape(4, 4)
     (r,) = augment_sample([a], 1, 0, 2, 1, False)

@@ -163,38 +163,6 @@ def test_asha_note_warns_when_trials_per_slot_are_few():
         "budget, so early stopping saves little below 6 trials per slot (raise num_samples)")
 
 
-def test_prepare_experiment_materialises_in_order_and_restores_the_data_context(monkeypatch):
-    """The shared splits are built with Ray Data's ``preserve_order`` (otherwise their blocks come in
-    the order their tasks finish, and one seed gives a different training order in every launch);
-    the driver's own setting is restored afterwards, also when ``prepare`` fails."""
-    from types import SimpleNamespace
-
-    from ray.data import DataContext
-
-    from jobs import finetune
-    from jobs.tune import Plan, prepare_experiment
-
-    seen = []
-
-    def prepare(cfg):
-        seen.append(DataContext.get_current().execution_options.preserve_order)
-        if cfg == "broken":
-            raise cli.ConfigError("data.path: no shards")
-        return SimpleNamespace(task="classification", benchmark="synthetic", classes=("a", "b")), {"train": 1}
-
-    monkeypatch.setattr(finetune, "prepare", prepare)
-    monkeypatch.setattr(finetune.FinetuneConfig, "model_validate", staticmethod(lambda base: base["cfg"]))
-    ctx = DataContext.get_current()
-    monkeypatch.setattr(ctx.execution_options, "preserve_order", False)
-    base, datasets = prepare_experiment(Plan("synthetic", "random", "classification", {"cfg": "ok"}))
-    assert seen == [True] and ctx.execution_options.preserve_order is False
-    assert base == {"cfg": "ok", "task": "classification", "benchmark": "synthetic", "classes": ["a", "b"]}
-    assert datasets == {"train": 1}
-    with pytest.raises(cli.ConfigError, match="data.path: no shards"):
-        prepare_experiment(Plan("synthetic", "random", "classification", {"cfg": "broken"}))
-    assert seen == [True, True] and ctx.execution_options.preserve_order is False
-
-
 def _trial(tid, curve, test=None, seconds=10.0, params=None, error=None):
     final = {"step": curve[-1][0], "val_score": curve[-1][1]}
     if test is not None:
