@@ -561,19 +561,25 @@ def test_build_partitioned_on_two_ranks(tmp_path):
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
-                         env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        for r in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    def attempt() -> list[tuple[subprocess.Popen, str, str]]:
+        with socket.socket() as s:  # a free port, released for rank 0's store: another process may take it
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+        procs = [
+            subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
+                             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+            for r in range(2)
+        ]
+        return [(p, *p.communicate(timeout=300)) for p in procs]
+
+    for _ in range(3):  # only a lost race for the port is retried
+        runs = attempt()
+        if not any(p.returncode and "address already in use" in err.lower() for p, _, err in runs):
+            break
+    for p, out, err in runs:
         assert p.returncode == 0 and out.strip().endswith("ok"), err[-3000:]
 
 
