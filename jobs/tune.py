@@ -118,6 +118,8 @@ def plan(cfg: SweepConfig) -> list[Plan]:
             raise cli.ConfigError(f"finetune_config: file not found: {p}")
         preset = yaml.safe_load(p.read_text()) or {}
     body = cli.deep_merge(preset, cfg.finetune)
+    # a sweep compares configs: each trains the same in every launch unless the config says otherwise
+    body = cli.deep_merge({"data": {"preserve_order": True}}, body)
     plans = []
     for bench, shards in cfg.data.items():
         try:

@@ -76,7 +76,7 @@ def scheme_of(uri: str) -> str:
 def absolute(uri: str) -> str:
     """Local paths made absolute (a job's Ray Train and Tune workers run in their own working
     directories, so a relative path would name another file there); URIs unchanged."""
-    return uri if scheme_of(uri) != "file" or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def check_uri(uri: str, storage: StorageConfig) -> str:

@@ -203,7 +203,7 @@ class TrainConfig(Strict):
     name: str | None = None
     #: where runs go: ``<storage>/<name>/`` holds checkpoints, TensorBoard, PNGs, the export
     storage: str | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     stages: list[StageConfig] = Field(min_length=1)

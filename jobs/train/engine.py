@@ -127,18 +127,26 @@ def build_partitioned(build: Callable[[], torch.nn.Module], ds_config: Mapping[s
 @contextlib.contextmanager
 def init_gather(params: list[torch.nn.Parameter]):
     """The ``gather`` that ``build_partitioned`` hands to ``init_weights``:
-    ``zero.GatheredParameters(params, modifier_rank=0)``, leaving the global CPU RNG exactly as the
-    model's own draws leave it. DeepSpeed's gather and re-partition are not ours to audit for RNG
-    use (a lazily built op, a version's sanity check); a draw there would shift every value after
-    it, and the partitioned build would no longer equal the plain one for the same seed."""
+    ``zero.GatheredParameters(params, modifier_rank=0)``, leaving the global CPU RNG (and CUDA's, for
+    parameters on a GPU) exactly as the model's own draws leave it. DeepSpeed's gather and re-partition
+    are not ours to audit for RNG use (a lazily built op, a version's sanity check); a draw there would
+    shift every value after it, and the partitioned build would no longer equal the plain one for the
+    same seed."""
     import deepspeed
 
-    state = torch.get_rng_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # GPU parameters draw from CUDA's
+    state = torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-        torch.set_rng_state(state)
+        _set_rng(state)
         yield
-        state = torch.get_rng_state()
-    torch.set_rng_state(state)
+        state = torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None
+    _set_rng(state)
+
+
+def _set_rng(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -134,6 +134,12 @@ def test_scaling_errors_name_the_field(scaling, batch, match):
         TrainConfig(stages=[{"img_size": 16, "steps": 2, "batch_size": batch}], scaling=scaling)
 
 
+def test_a_negative_seed_is_a_config_error():
+    """Seeds feed numpy generators (shuffles, augmentations), which take no negative entries."""
+    with pytest.raises(ValidationError, match=r"seed\n  Input should be greater than or equal to 0"):
+        TrainConfig(seed=-1)
+
+
 def test_elastic_trainer_asks_ray_train_for_min_max_workers(tmp_path):
     from jobs.train.loop import TrainLoop, make_trainer
 
@@ -560,23 +566,34 @@ def test_build_partitioned_on_two_ranks(tmp_path):
     import socket
     import subprocess
     import sys
+    import time
 
-    def attempt() -> list[tuple[subprocess.Popen, str, str]]:
+    def attempt(n: int) -> list[tuple[subprocess.Popen, str, str]]:
         with socket.socket() as s:  # a free port, released for rank 0's store: another process may take it
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join(sys.path),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
-        procs = [
-            subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
-                             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-            for r in range(2)
-        ]
-        return [(p, *p.communicate(timeout=300)) for p in procs]
+        logs = [(tmp_path / f"try{n}-rank{r}.out", tmp_path / f"try{n}-rank{r}.err") for r in range(2)]
+        procs = []
+        for r, (out, err) in enumerate(logs):  # output to files: polling would not drain pipes
+            with out.open("w") as fo, err.open("w") as fe:
+                procs.append(subprocess.Popen([sys.executable, "-c", TWO_RANK_SCRIPT],
+                                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                              stdout=fo, stderr=fe, cwd=tmp_path))
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode for p in procs):  # one rank failed: the other would wait for it
+                break
+            time.sleep(0.2)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        return [(p, out.read_text(), err.read_text()) for p, (out, err) in zip(procs, logs)]
 
-    for _ in range(3):  # only a lost race for the port is retried
-        runs = attempt()
+    for n in range(3):  # only a lost race for the port is retried
+        runs = attempt(n)
         if not any(p.returncode and "address already in use" in err.lower() for p, _, err in runs):
             break
     for p, out, err in runs:

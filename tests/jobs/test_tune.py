@@ -268,6 +268,21 @@ def test_config_errors_before_any_trial(tmp_path, toy_classification, overrides,
     assert not (tmp_path / "sweeps").exists()
 
 
+def test_trials_keep_data_order_unless_the_config_says_not(tmp_path, toy_classification):
+    """A sweep compares configs, so its trials read in order (``data.preserve_order``: every launch
+    trains a config the same) even from a preset that does not set it; ``false`` is kept."""
+    from jobs.tune import plan
+
+    preset = Path("configs/finetune/spectralgpt_tiny.yaml").read_text()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("\n".join(ln for ln in preset.splitlines() if "preserve_order" not in ln))
+    (p,) = plan(_cfg(tmp_path, toy_classification, f"finetune_config={bare}"))
+    assert p.base["data"]["preserve_order"] is True
+    off = "finetune.data.preserve_order=false"
+    (p,) = plan(_cfg(tmp_path, toy_classification, f"finetune_config={bare}", off))
+    assert p.base["data"]["preserve_order"] is False
+
+
 def test_data_errors_name_the_benchmark(tmp_path, shards_dir):
     from jobs.tune import plan
 
