@@ -50,6 +50,7 @@ import ray
 from ray import tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from jobs import cli
 from jobs.sweep import (
@@ -304,7 +305,13 @@ class RecordPlacementGroup(WorkerGroupCallback):
 
     def after_worker_group_start(self, worker_group) -> None:
         pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        ray.get(ray.get_actor(self.registry).add.remote(self.trial_id, pg))
+        try:
+            ray.get(ray.get_actor(self.registry).add.remote(self.trial_id, pg))
+        except (ValueError, ray.exceptions.RayActorError) as e:
+            # bookkeeping only: raising here would fail the group's start after its placement group
+            # was made, and Ray Train would leak that group's CPUs at every retry
+            log.warning("trial %s: placement group not registered (%s); it is removed when the sweep "
+                        "ends", self.trial_id, type(e).__name__)
 
 
 class FreePlacementGroups(tune.Callback):
@@ -473,7 +480,10 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     check_prepared(plans)
 
     registry_name = f"skyray-tune-pgs-{cfg.name}"
-    registry = PlacementGroupRegistry.options(name=registry_name, get_if_exists=True).remote()
+    # on the driver's own node: an actor placed on a worker node dies with it (the sweep drill)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    registry = PlacementGroupRegistry.options(name=registry_name, get_if_exists=True,
+                                              scheduling_strategy=here).remote()
     results: list[EncoderResult] = []
     summary: list[dict[str, Any]] = []
     try:

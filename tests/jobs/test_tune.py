@@ -473,3 +473,17 @@ def test_a_trial_with_a_nan_score_is_recorded_with_its_reason(ray_session, tmp_p
     for trial_id in exp:
         assert re.search(rf"\| {trial_id} \|.*\| -inf \| 2 \| [^|]+ \| error: {reason} ", md), md
     assert "| random | – |" in (root / "summary.md").read_text()
+
+
+def test_recording_a_placement_group_never_fails_the_group_start(ray_session, caplog):
+    """The registry is bookkeeping: when it is gone (its node died), a worker group still starts.
+    Raising there failed every restart after its placement group was made, and the leaked groups
+    filled the surviving node (the sweep drill's hang)."""
+    from types import SimpleNamespace
+
+    from jobs.tune import RecordPlacementGroup
+
+    handle = SimpleNamespace(placement_group="pg")
+    group = SimpleNamespace(get_worker_group_state=lambda: SimpleNamespace(placement_group_handle=handle))
+    RecordPlacementGroup("skyray-tune-pgs-gone", "t1").after_worker_group_start(group)
+    assert "trial t1: placement group not registered (ValueError)" in caplog.text
