@@ -168,10 +168,10 @@ def prepare_experiment(p: Plan, *, lazy: bool = False) -> tuple[dict[str, Any], 
     the object store instead of one per trial in flight. ``lazy``: built but not read (no cache), for
     a relaunched experiment whose trials have all ended (:func:`experiment_finished`).
 
-    With ``data.preserve_order`` (the fine-tuning presets set it) the datasets, the split between a
-    trial's workers and its batches keep one order, so two launches of one sweep train a config the
-    same (``tests/jobs/test_finetune.py``); without it Ray Data hands blocks and batches on as they
-    finish, and the same config's trials differ from launch to launch."""
+    With ``data.preserve_order`` (on in sweeps unless the config sets it false: :func:`plan`) the
+    datasets, the split between a trial's workers and its batches keep one order, so two launches of one
+    sweep train a config the same (``tests/jobs/test_finetune.py``); without it Ray Data hands blocks and
+    batches on as they finish, and the same config's trials differ from launch to launch."""
     from jobs import finetune
 
     spec = cli.deep_merge(p.base, {"data": {"cache": False}}) if lazy else p.base

@@ -170,8 +170,8 @@ class DataSection(Strict):
     cache: bool = False
     #: the same seed gives the same batches in the same order: Ray Data keeps the order of blocks
     #: (reading, preprocessing, the split between workers) and of batches (the prefetch threads),
-    #: which it otherwise hands on as they finish. What sweeps need to compare configs (fine-tuning
-    #: presets set it); at scale it costs a wait behind the slowest task
+    #: which it otherwise hands on as they finish. What sweeps need to compare configs (the
+    #: fine-tuning presets and ``jobs.tune`` turn it on); at scale it costs a wait behind the slowest task
     preserve_order: bool = False
     storage: StorageConfig = Field(default_factory=StorageConfig)
 

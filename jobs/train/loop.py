@@ -491,10 +491,10 @@ def make_trainer(cfg: TrainConfig, loop_cls: type[TrainLoop], datasets: Mapping[
     if sc.use_gpu:
         resources["GPU"] = 1
     elastic = {"elastic_resize_monitor_interval_s": sc.resize_interval_s} if sc.elastic else {}
-    if dataset_config is None and cfg.data.preserve_order:
+    if dataset_config is None and (opts := ingest_options(cfg)) is not None:
         from ray.train import DataConfig
 
-        dataset_config = DataConfig(execution_options=ingest_options(cfg))
+        dataset_config = DataConfig(execution_options=opts)
     extra = {} if dataset_config is None else {"dataset_config": dataset_config}
     return TorchTrainer(
         loop_cls.entry,
