@@ -41,6 +41,7 @@ from jobs.train.data import (  # noqa: E402
     column_to_numpy,
     normalize_s2,
     normalize_s2_groups,
+    read_parquet,
     read_s2,
     s2_columns,
     s2_cube,
@@ -94,11 +95,10 @@ def make_s2_fn(stats: dict):
 def bench_shards(ingest_dir: Path, manifest: dict, batch: int, repeat: int) -> dict:
     """One epoch over the shard list repeated ``repeat`` times (a larger archive of the same bytes):
     steady-state samples/s after the first batch, and end to end including pipeline start-up."""
-    import ray
 
     paths = [str(ingest_dir / s["path"]) for s in manifest["shards"]] * repeat
     columns = [*s2_columns(manifest["schema_version"]), "s2_valid"]
-    ds = ray.data.read_parquet(paths, columns=columns).map_batches(
+    ds = read_parquet(paths, columns=columns).map_batches(
         make_s2_fn(manifest["band_stats"]), batch_format="pyarrow", batch_size=64
     )
     t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from jobs.train.data import (
     make_skysense_preprocess_fn,
     make_spectralgpt_preprocess_fn,
     pick_slots,
+    read_parquet,
 )
 from jobs.train.engine import build_deepspeed_config, param_groups
 from jobs.train.schedules import Accumulation, accumulation, lr_at, micro_batch, stage_at, warmup_cosine
@@ -366,8 +367,6 @@ def test_preprocess_same_for_every_shard_layout(layout, stats):
 def test_ray_data_hands_the_field_metadata_to_pyarrow_batches(ray_session, shards_dir):
     """The read jobs.pretrain.build_dataset does (projected read_parquet -> map_batches on pyarrow
     batches): the s2/s1 fields keep their dtype/shape metadata, and the decoded arrays are the shards'."""
-    import ray.data
-
     paths = sorted(str(p) for p in (shards_dir / "shards").glob("*.parquet"))
 
     def fn(batch: pa.Table) -> dict:
@@ -382,7 +381,7 @@ def test_ray_data_hands_the_field_metadata_to_pyarrow_batches(ray_session, shard
             "s1_sum": np.nansum(s1.reshape(len(s1), -1).astype(np.float64), 1),
         }
 
-    ds = ray.data.read_parquet(paths, columns=["sample_id", "s2", "s2_valid", "s1", "s1_valid"])
+    ds = read_parquet(paths, columns=["sample_id", "s2", "s2_valid", "s1", "s1_valid"])
     rows = ds.map_batches(fn, batch_format="pyarrow", batch_size=24).take_all()
     ref = S.read_shards(shards_dir / "shards")
     assert len(rows) == len(ref["sample_id"]) and all(r["meta"] for r in rows)
@@ -391,6 +390,19 @@ def test_ray_data_hands_the_field_metadata_to_pyarrow_batches(ray_session, shard
         i = idx[r["sample_id"]]
         assert r["s2_sum"] == ref["s2"][i].sum(dtype=np.uint64)
         assert r["s1_sum"] == pytest.approx(np.nansum(ref["s1"][i].astype(np.float64)))
+
+
+def test_read_parquet_uses_the_v1_reader_and_leaves_the_context_as_it_was(ray_session, shards_dir):
+    """V2 provisions FooterReader actors (fresh processes) for every execution (bench/reread.py)."""
+    import ray.data
+
+    paths = sorted(str(p) for p in (shards_dir / "shards").glob("*.parquet"))
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ds = read_parquet(paths, columns=["sample_id"])
+    assert ctx.use_datasource_v2 == before
+    assert "ReadParquet" in repr(ds._logical_plan.dag) and "ListFiles" not in repr(ds._logical_plan.dag)
+    assert ds.count() == len(S.read_shards(shards_dir / "shards")["sample_id"])
 
 
 def test_band_indices():
