@@ -92,7 +92,7 @@ def read_parquet(paths: Sequence[str], **kwargs):
 
     Ray Data 2.60's default (V2) lists files through a pool of ``FooterReader`` actors provisioned anew
     for every execution, each a fresh Python process. Training starts an execution every epoch and
-    fine-tuning one every evaluation: on 2 CPUs that was 4.1 s a pass against V1's 0.26 s for an
+    fine-tuning one every evaluation: on 2 CPUs that was 3.4 s a pass against V1's 0.23 s for an
     8-row val split (``bench/reread.py``), and the process churn slowed node-loss sweeps past their
     deadline. V1 lists on the caller and reads in tasks; the shard list is known, so nothing is lost.
     """

@@ -490,9 +490,11 @@ def tune_drill(work: Path, *, deadline_s: float = 300.0, trials: int = 3, steps:
             # a restart rewinds the reported steps to where its checkpoint was
             rewinds = [i for i in range(1, len(steps_seen)) if steps_seen[i] <= steps_seen[i - 1]]
             redone = (steps_seen[rewinds[0] - 1] - starts[-1]) if rewinds else 0
-            # a restarted trial's first report after the kill (its group resumed from a checkpoint)
+            # a restarted trial's first report after the kill (its group resumed from a checkpoint);
+            # Tune's timestamps are truncated to whole seconds, so one in the kill's own second may
+            # precede it: only later seconds count (recover_s over-estimated by under 1 s)
             after = [r["timestamp"] - kill_wall for r in reports
-                     if r.get("timestamp", 0) >= int(kill_wall)] if len(starts) > 1 else []
+                     if r.get("timestamp", 0) > kill_wall] if len(starts) > 1 else []
             error = None
             if t.status == "ERROR":
                 err = t.get_error()
