@@ -549,11 +549,13 @@ def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.
     def process(row: dict) -> list[dict]:
         # one GDAL environment over the group: the cache keeps its rasters open from unit to unit
         with rasterio_env(cfg.storage), block_cache(budget) if budget else contextlib.nullcontext() as cache:
+            prune = _pruner(row["units"], cache)
             if cfg.shard_mb:
-                rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache)
+                rows = _compacting(row["units"], cfg, out_uri, backoff_s, cache, prune)
             else:
                 rows = []
-                for js in row["units"]:
+                for k, js in enumerate(row["units"]):
+                    prune(k)
                     before = (cache.window_bytes, cache.decoded_bytes) if cache else (0, 0)
                     r = unit_fn({"unit": js})
                     if cache is not None and not r["skipped"]:
@@ -570,6 +572,30 @@ def make_process_group_fn(cfg: IngestConfig, out_uri: str, backoff_s: float = 1.
         return rows
 
     return process
+
+
+def _pruner(units_json: Sequence[str], cache) -> Callable[[int], None]:
+    """``prune(k)``, called before the group's ``k``-th unit: the cache keeps of its blocks only what the
+    units from ``k`` on cover (:meth:`~pipeline.read.BlockCache.keep_within`; the units of a group share
+    one zone). In the serpentine order of :func:`group_units` that frees the used half of every block row
+    two unit rows share, so a tile's frontier fits the budget at real density."""
+    if cache is None or not units_json:
+        return lambda k: None
+    from pipeline.plan import WorkUnit
+
+    units = [WorkUnit.from_json(js) for js in units_json]
+    # the bounds of units[k:] for every k (suffix unions)
+    suffix: list[tuple[float, float, float, float]] = [units[-1].bounds] * len(units)
+    for k in range(len(units) - 2, -1, -1):
+        b, n = units[k].bounds, suffix[k + 1]
+        suffix[k] = (min(b[0], n[0]), min(b[1], n[1]), max(b[2], n[2]), max(b[3], n[3]))
+    epsg = units[0].epsg
+
+    def prune(k: int) -> None:
+        if k:  # nothing is cached before the first unit
+            cache.keep_within(suffix[k], epsg)
+
+    return prune
 
 
 def _decoded_extra(cache, before: tuple[int, int]) -> int:
@@ -594,7 +620,8 @@ def _with_retries(fn: Callable, cfg: IngestConfig, backoff_s: float, what: str):
     raise AssertionError("unreachable")
 
 
-def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, backoff_s: float, cache) -> list:
+def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, backoff_s: float, cache,
+                prune: Callable[[int], None] = lambda k: None) -> list:
     """A group's units in order, their rows encoded into shard files of at least ``shard_mb`` MiB.
 
     Each unit's rows are appended to the open file as its own row groups (of at most
@@ -638,7 +665,8 @@ def _compacting(units_json: Sequence[str], cfg: IngestConfig, out_uri: str, back
         state.update(spool=None, sink=None, writer=None, rows=0)
 
     try:
-        for js in units_json:
+        for k, js in enumerate(units_json):
+            prune(k)
             unit = WorkUnit.from_json(js)
             side_uri = sidecar_uri(out_uri, unit.unit_id)
             done = json.loads(read_bytes(side_uri, cfg.storage)) if exists(side_uri, cfg.storage) else None

@@ -148,17 +148,27 @@ class BlockKey(NamedTuple):
     col: int
 
 
+class _Geo(NamedTuple):
+    """What :meth:`BlockCache.keep_within` needs of a raster: its transform, EPSG code and block shape."""
+
+    transform: Affine
+    epsg: int | None
+    block: tuple[int, int]
+
+
 class BlockCache:
     """Decoded COG blocks, least recently used evicted beyond ``budget_bytes``; counts what it decodes.
 
-    ``decoded`` counts decodes per block (a block evicted and needed again counts twice) and ``sizes``
-    holds their pixel bytes; ``decoded_bytes`` sums the pixel bytes decoded, ``hit_bytes`` those of blocks
-    served from memory, ``window_bytes`` those of the windows read through the cache.
+    An entry is ``(pixels, row offset, col offset)``: the whole block, or the part of it that
+    :meth:`keep_within` kept (the rest of the block no unit still to come needs). ``decoded`` counts
+    decodes per block (a block evicted, or cropped, and needed again counts twice) and ``sizes`` holds
+    their pixel bytes; ``decoded_bytes`` sums the pixel bytes decoded, ``hit_bytes`` those served from
+    memory, ``window_bytes`` those of the windows read through the cache.
     """
 
     def __init__(self, budget_bytes: int):
         self.budget = int(budget_bytes)
-        self.blocks: OrderedDict[BlockKey, np.ndarray] = OrderedDict()
+        self.blocks: OrderedDict[BlockKey, tuple[np.ndarray, int, int]] = OrderedDict()
         self.nbytes = 0
         self.decoded: dict[BlockKey, int] = {}
         self.sizes: dict[BlockKey, int] = {}
@@ -168,6 +178,8 @@ class BlockCache:
         #: open rasters by href, least recently used closed beyond :data:`MAX_OPEN`: a group's units read the
         #: same COGs, and opening one (header, IFDs, CRS) costs about as much CPU as decoding a block
         self.datasets: OrderedDict[str, Any] = OrderedDict()
+        #: georeferencing of every raster a block was decoded from (kept after the raster is closed)
+        self.geo: dict[str, _Geo] = {}
 
     def dataset(self, href: str, storage: StorageConfig, what: str):
         """The open raster of ``href`` (:func:`_open`d on first use, then kept open)."""
@@ -184,23 +196,67 @@ class BlockCache:
         while self.datasets:
             self.datasets.popitem()[1].close()
 
-    def get(self, ds, key: BlockKey) -> tuple[np.ndarray, int]:
-        """The decoded block and the bytes decoded to get it (0 when it was in memory)."""
-        blk = self.blocks.get(key)
-        if blk is not None:
-            self.blocks.move_to_end(key)
-            self.hit_bytes += blk.nbytes
-            return blk, 0
+    def get(self, ds, key: BlockKey, rows: tuple[int, int], cols: tuple[int, int]
+            ) -> tuple[np.ndarray, int, int]:
+        """``(pixels, row offset, col offset)`` of block ``key`` holding at least its block-relative
+        ``rows x cols`` (half-open ranges): from memory when the entry holds them, else decoded whole."""
+        hit = self.blocks.get(key)
+        if hit is not None:
+            blk, oy, ox = hit
+            h, w = blk.shape
+            if oy <= rows[0] and rows[1] <= oy + h and ox <= cols[0] and cols[1] <= ox + w:
+                self.blocks.move_to_end(key)
+                self.hit_bytes += (rows[1] - rows[0]) * (cols[1] - cols[0]) * blk.itemsize
+                return hit
+            self._drop(key)  # cropped too far for this read (a reader outside the units' bounds)
+        if ds.name not in self.geo:
+            self.geo[ds.name] = _Geo(ds.transform, ds.crs.to_epsg(), tuple(ds.block_shapes[0]))
         blk = decode_block(ds, key)
         self.decoded[key] = self.decoded.get(key, 0) + 1
         self.sizes[key] = blk.nbytes
         self.decoded_bytes += blk.nbytes
-        self.blocks[key] = blk
+        self.blocks[key] = entry = (blk, 0, 0)
         self.nbytes += blk.nbytes
         while self.nbytes > self.budget and len(self.blocks) > 1:
-            _, old = self.blocks.popitem(last=False)
+            _, (old, _, _) = self.blocks.popitem(last=False)
             self.nbytes -= old.nbytes
-        return blk, blk.nbytes
+        return entry
+
+    def _drop(self, key: BlockKey) -> None:
+        self.nbytes -= self.blocks.pop(key)[0].nbytes
+
+    def keep_within(self, bounds: tuple[float, float, float, float], epsg: int, margin_px: int = 2) -> int:
+        """Crop every cached block of a north-up raster in ``epsg`` to ``bounds`` (``xmin, ymin, xmax, ymax``:
+        what the units still to come cover) widened by ``margin_px`` of its own pixels, and drop those
+        outside; returns the bytes freed. Rasters in another CRS are left whole.
+
+        A group of units sweeps its Sentinel-2 tile row by row, so a block row that two unit rows share
+        would otherwise be held whole from the first to the second: about half of it is already used. Only
+        memory changes: a read that needs a dropped part decodes the block again (:meth:`get`).
+        """
+        freed = 0
+        for key, (blk, oy, ox) in list(self.blocks.items()):
+            g = self.geo.get(key.path)
+            t = g.transform if g is not None else None
+            if t is None or g.epsg != epsg or t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
+                continue
+            # bounds in raster pixels (half-open, widened), then relative to the block's corner
+            c_lo = math.floor((bounds[0] - t.c) / t.a + 1e-6) - margin_px
+            c_hi = math.ceil((bounds[2] - t.c) / t.a - 1e-6) + margin_px
+            r_lo = math.floor((t.f - bounds[3]) / -t.e + 1e-6) - margin_px
+            r_hi = math.ceil((t.f - bounds[1]) / -t.e - 1e-6) + margin_px
+            by, bx = key.row * g.block[0], key.col * g.block[1]
+            ys, ye = max(oy, r_lo - by), min(oy + blk.shape[0], r_hi - by)
+            xs, xe = max(ox, c_lo - bx), min(ox + blk.shape[1], c_hi - bx)
+            if ye <= ys or xe <= xs:
+                freed += blk.nbytes
+                self._drop(key)
+            elif (ys, ye, xs, xe) != (oy, oy + blk.shape[0], ox, ox + blk.shape[1]):
+                part = blk[ys - oy : ye - oy, xs - ox : xe - ox].copy()  # a view would keep the whole block
+                freed += blk.nbytes - part.nbytes
+                self.nbytes -= blk.nbytes - part.nbytes
+                self.blocks[key] = (part, ys, xs)  # keeps its place in the LRU order
+        return freed
 
 
 _CACHE: BlockCache | None = None
@@ -257,11 +313,12 @@ def read_window(ds, win: Window, out: np.ndarray | None = None) -> tuple[np.ndar
     bh, bw = ds.block_shapes[0]
     for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
         for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
-            blk, _ = cache.get(ds, BlockKey(ds.name, 1, br, bc))
             # the part of block (br, bc) inside the window, in window and in block coordinates
             y0, x0 = br * bh, bc * bw
-            ys, ye = max(r0, y0), min(r0 + h, y0 + blk.shape[0])
-            xs, xe = max(c0, x0), min(c0 + w, x0 + blk.shape[1])
+            ys, ye = max(r0, y0), min(r0 + h, y0 + bh)
+            xs, xe = max(c0, x0), min(c0 + w, x0 + bw)
+            blk, oy, ox = cache.get(ds, BlockKey(ds.name, 1, br, bc), (ys - y0, ye - y0), (xs - x0, xe - x0))
+            y0, x0 = y0 + oy, x0 + ox  # the entry's corner
             data[ys - r0 : ye - r0, xs - c0 : xe - c0] = blk[ys - y0 : ye - y0, xs - x0 : xe - x0]
     cache.window_bytes += data.nbytes
     return data, data.nbytes

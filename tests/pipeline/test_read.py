@@ -350,6 +350,79 @@ def test_block_cache_opens_each_raster_once_and_closes_them(scene, monkeypatch):
         assert len(cache.datasets) == 4 and sum(not ds.closed for ds in opened) == 4  # the rest closed
 
 
+def _sweep_cog(tmp_path):
+    """A 1024-px uint16 COG of 256-px blocks (EPSG:32633, 10 m) and the 3 x 3 windows of 256 px a row of
+    units would read, offset 100 px from its blocks (each touches 2 x 2 blocks), rows in serpentine order."""
+    import rasterio
+
+    path = tmp_path / "sweep.tif"
+    t = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
+    pix = (np.arange(1024 * 1024, dtype=np.uint32) * 2654435761 % 65521).astype(np.uint16).reshape(1024, 1024)
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=t, tiled=True, blockxsize=256, blockysize=256,
+                       compress="deflate") as ds:
+        ds.write(pix, 1)
+    wins = []
+    for i in range(3):
+        cols = range(3) if i % 2 == 0 else reversed(range(3))
+        wins += [R.Window(100 + 256 * j, 100 + 256 * i, 256, 256) for j in cols]
+    return path, t, pix, wins
+
+
+def _map_bounds(t, win):
+    x0, y1 = t @ (win.col_off, win.row_off)
+    x1, y0 = t @ (win.col_off + win.width, win.row_off + win.height)
+    return x0, y0, x1, y1
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_block_cache_crop_to_what_is_left_fits_a_sweep_in_less(tmp_path, monkeypatch, prune):
+    """Two rows of units share a block row; whole, it outlives a budget of 7 of the 16 blocks and is
+    decoded again (LRU alone). Cropped to the bounds of the windows still to come (keep_within), the
+    used part of each block is freed and every block is decoded once. The pixels are the raster's."""
+    import rasterio
+
+    path, t, pix, wins = _sweep_cog(tmp_path)
+    counts: dict = {}
+    real = R.decode_block
+    monkeypatch.setattr(R, "decode_block", lambda ds, key: counts.__setitem__(key, counts.get(key, 0) + 1)
+                        or real(ds, key))
+    with rasterio.open(path) as ds, block_cache(7 * 256 * 256 * 2) as cache:
+        for k, win in enumerate(wins):
+            if prune:
+                rest = [_map_bounds(t, w) for w in wins[k:]]
+                bounds = (min(b[0] for b in rest), min(b[1] for b in rest), max(b[2] for b in rest),
+                          max(b[3] for b in rest))
+                cache.keep_within(bounds, 32633)
+            got, _ = R.read_window(ds, win)
+            r, c = int(win.row_off), int(win.col_off)
+            assert (got == pix[r : r + 256, c : c + 256]).all()
+        assert cache.nbytes <= cache.budget
+    if prune:
+        assert set(counts.values()) == {1} and len(counts) == 16, counts
+    else:
+        assert max(counts.values()) > 1  # what the crop saves
+
+
+def test_block_cache_crop_decodes_again_what_a_later_read_needs(tmp_path):
+    """A read outside the bounds the cache was cropped to (or in another CRS's terms: left whole) is
+    served by decoding the block again, never from the cropped part."""
+    import rasterio
+
+    path, t, pix, wins = _sweep_cog(tmp_path)
+    with rasterio.open(path) as ds, block_cache(2**30) as cache:
+        R.read_window(ds, wins[0])
+        cache.keep_within(_map_bounds(t, wins[4]), 32633)  # the centre window only
+        assert cache.nbytes < 4 * 256 * 256 * 2
+        kept = {k: v[0].shape for k, v in cache.blocks.items()}
+        assert kept == {R.BlockKey(str(path), 1, 1, 1): (158, 158)}  # 354-512 x 354-512, a 2-px margin
+        got, _ = R.read_window(ds, wins[0])  # needs the dropped and cropped parts
+        assert (got == pix[100:356, 100:356]).all()
+        assert sum(cache.decoded.values()) == 8  # the 4 blocks twice
+        before = cache.nbytes
+        assert cache.keep_within(_map_bounds(t, wins[4]), 32634) == 0 and cache.nbytes == before
+
+
 def test_block_cache_keeps_no_unreadable_raster(tmp_path, scene):
     bad = tmp_path / "junk.tif"
     bad.write_bytes(b"II*\x00" + b"\x17" * 5000)
