@@ -464,6 +464,34 @@ def test_a_small_cache_evicts_and_stays_correct(tmp_path, scenes, monkeypatch):
         assert (tmp_path / "t" / "shards" / f.name).read_bytes() == f.read_bytes()
 
 
+def test_group_crops_its_cache_to_the_units_still_to_come(tmp_path, scenes, monkeypatch):
+    """Before each unit the group's cache keeps only what the units from it on cover: the cache holds less
+    at its fullest than whole blocks would, no block is decoded twice, and the output is byte-identical."""
+    import pipeline.read as R
+
+    units = _block_units(scenes)
+    (group,) = ING.group_units(units, None, CFG)
+    peak = {"bytes": 0}
+    real_get = R.BlockCache.get
+
+    def get(self, *a):
+        out = real_get(self, *a)
+        peak["bytes"] = max(peak["bytes"], self.nbytes)
+        return out
+
+    monkeypatch.setattr(R.BlockCache, "get", get)
+    counts = _decode_spy(monkeypatch)
+    fn = ING.make_process_group_fn
+    fn(CFG, str(tmp_path / "crop"))({"units": [u.to_json() for u in group]})
+    cropped = peak["bytes"]
+    assert counts and set(counts.values()) == {1}
+    peak["bytes"] = 0
+    monkeypatch.setattr(ING, "_pruner", lambda units, cache: lambda k: None)
+    fn(CFG, str(tmp_path / "whole"))({"units": [u.to_json() for u in group]})
+    assert 0 < cropped < 0.9 * peak["bytes"], (cropped, peak["bytes"])
+    assert _files(tmp_path / "crop") == _files(tmp_path / "whole")
+
+
 # --------------------------------------------------------------------------- compacted shard files
 
 
