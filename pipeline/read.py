@@ -23,7 +23,8 @@ Every pixel window (Sentinel-2, and Sentinel-1 too) goes through :func:`read_win
 :class:`BlockCache` active (:func:`block_cache`, which the ingest holds open over a group of neighbouring
 units) it decodes each COG block whole, once, keeps it decoded within a byte budget and assembles windows
 from it, so a block that several units (or both passes of one unit) need is decoded once; it also keeps
-the rasters open (up to :data:`MAX_OPEN`) from unit to unit. Without one a window is a plain windowed read
+the rasters open (up to :data:`MAX_OPEN`) from unit to unit. The ingest crops it to what the units still to
+come cover (:meth:`BlockCache.keep_within`), so the budget holds a tile's frontier, not whole blocks. Without one a window is a plain windowed read
 of a raster opened for it.
 
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
