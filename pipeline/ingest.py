@@ -590,6 +590,7 @@ def _pruner(units_json: Sequence[str], cache) -> Callable[[int], None]:
         b, n = units[k].bounds, suffix[k + 1]
         suffix[k] = (min(b[0], n[0]), min(b[1], n[1]), max(b[2], n[2]), max(b[3], n[3]))
     epsg = units[0].epsg
+    assert all(u.epsg == epsg for u in units), "a unit group spans one zone (group_units)"
 
     def prune(k: int) -> None:
         if k:  # nothing is cached before the first unit

@@ -24,8 +24,8 @@ Every pixel window (Sentinel-2, and Sentinel-1 too) goes through :func:`read_win
 units) it decodes each COG block whole, once, keeps it decoded within a byte budget and assembles windows
 from it, so a block that several units (or both passes of one unit) need is decoded once; it also keeps
 the rasters open (up to :data:`MAX_OPEN`) from unit to unit. The ingest crops it to what the units still to
-come cover (:meth:`BlockCache.keep_within`), so the budget holds a tile's frontier, not whole blocks. Without one a window is a plain windowed read
-of a raster opened for it.
+come cover (:meth:`BlockCache.keep_within`), so the budget holds a tile's frontier, not whole blocks.
+Without one a window is a plain windowed read of a raster opened for it.
 
 Failures are classified: transient storage errors raise :class:`~pipeline.storage.TransientIOError`
 (the Ray task is retried); a missing object raises ``SceneReadError("missing_asset")``; anything
@@ -149,6 +149,12 @@ class BlockKey(NamedTuple):
     col: int
 
 
+#: source pixels :meth:`BlockCache.keep_within` keeps beyond the units' bounds: the readers reach at most one
+#: pixel past them (a 60 m pixel straddling a unit edge, the one-pixel margin of a resampled window, the
+#: taps of a same-zone Sentinel-1 warp); anything farther is decoded again, never read wrong
+KEEP_MARGIN_PX = 2
+
+
 class _Geo(NamedTuple):
     """What :meth:`BlockCache.keep_within` needs of a raster: its transform, EPSG code and block shape."""
 
@@ -226,7 +232,8 @@ class BlockCache:
     def _drop(self, key: BlockKey) -> None:
         self.nbytes -= self.blocks.pop(key)[0].nbytes
 
-    def keep_within(self, bounds: tuple[float, float, float, float], epsg: int, margin_px: int = 2) -> int:
+    def keep_within(self, bounds: tuple[float, float, float, float], epsg: int,
+                    margin_px: int = KEEP_MARGIN_PX) -> int:
         """Crop every cached block of a north-up raster in ``epsg`` to ``bounds`` (``xmin, ymin, xmax, ymax``:
         what the units still to come cover) widened by ``margin_px`` of its own pixels, and drop those
         outside; returns the bytes freed. Rasters in another CRS are left whole.
