@@ -245,8 +245,10 @@ class BlockCache:
         freed = 0
         for key, (blk, oy, ox) in list(self.blocks.items()):
             g = self.geo.get(key.path)
-            t = g.transform if g is not None else None
-            if t is None or g.epsg != epsg or t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
+            if g is None or g.epsg != epsg:
+                continue
+            t = g.transform
+            if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:  # not north-up
                 continue
             # bounds in raster pixels (half-open, widened), then relative to the block's corner
             c_lo = math.floor((bounds[0] - t.c) / t.a + 1e-6) - margin_px
