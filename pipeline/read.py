@@ -188,6 +188,13 @@ class BlockCache:
         #: georeferencing of every raster a block was decoded from (kept after the raster is closed)
         self.geo: dict[str, _Geo] = {}
 
+    def georef(self, ds) -> _Geo:
+        """``ds``'s :class:`_Geo`, looked up once per raster (PROJ's EPSG match costs ~0.5 ms a call)."""
+        geo = self.geo.get(ds.name)
+        if geo is None:
+            geo = self.geo[ds.name] = _Geo(ds.transform, ds.crs.to_epsg(), tuple(ds.block_shapes[0]))
+        return geo
+
     def dataset(self, href: str, storage: StorageConfig, what: str):
         """The open raster of ``href`` (:func:`_open`d on first use, then kept open)."""
         ds = self.datasets.get(href)
@@ -216,8 +223,7 @@ class BlockCache:
                 self.hit_bytes += (rows[1] - rows[0]) * (cols[1] - cols[0]) * blk.itemsize
                 return hit
             self._drop(key)  # cropped too far for this read (a reader outside the units' bounds)
-        if ds.name not in self.geo:
-            self.geo[ds.name] = _Geo(ds.transform, ds.crs.to_epsg(), tuple(ds.block_shapes[0]))
+        self.georef(ds)
         blk = decode_block(ds, key)
         self.decoded[key] = self.decoded.get(key, 0) + 1
         self.sizes[key] = blk.nbytes
@@ -287,6 +293,12 @@ def _dataset(href: str, storage: StorageConfig, what: str) -> Iterator[Any]:
         return
     with _open(href, storage, what) as ds:
         yield ds
+
+
+def raster_epsg(ds) -> int | None:
+    """The EPSG code of ``ds``'s CRS (None if it has none): the active :class:`BlockCache`'s, looked up once
+    per raster, else asked of PROJ."""
+    return _CACHE.georef(ds).epsg if _CACHE is not None else ds.crs.to_epsg()
 
 
 @contextlib.contextmanager
@@ -586,7 +598,7 @@ def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: S2Out | No
         buf = target if target.dtype == np.uint16 else np.empty(target.shape, np.uint16)
         with _dataset(href, storage, what) as ds:  # open errors are classified by _open
             try:
-                if ds.crs.to_epsg() != grid.epsg:
+                if raster_epsg(ds) != grid.epsg:
                     raise SceneReadError("unreadable_cog", f"{what}: raster CRS {ds.crs} is not {grid.epsg}")
                 nbytes += _read_band(ds, g, Resampling[band.resampling], buf, 0, exact=True)
             except (RasterioError, OSError) as e:
@@ -602,22 +614,26 @@ def read_s2_scene(scene, grid: UnitGrid, storage: StorageConfig, out: S2Out | No
 def harmonise(dn: np.ndarray, offset: int) -> None:
     """In place: ``dn + offset`` on valid (non-zero) pixels, clipped to ``[1, 65535]`` (0 stays nodata).
 
-    In uint16 throughout: ``max(dn, 1 - offset) + offset`` for a negative offset (``min(dn, 65535 - offset)
-    + offset`` for a positive one), then the nodata zeros are put back.
+    In uint16 throughout. A negative offset (every baseline since 04.00) takes three passes and no mask:
+    ``min(max(dn, 1 - offset) + offset, dn)``, where the ``min`` is ``dn`` only for ``dn = 0`` (any valid
+    ``dn`` is at least the clipped result). A positive one: ``min(dn, 65535 - offset) + offset``, then the
+    nodata zeros are put back.
     """
     off = int(offset)
     if off == 0:
         return
+    tmp = np.empty(dn.shape[1:], np.uint16) if off < 0 else None
     for b in range(dn.shape[0]):
         band = dn[b]
-        zero = band == 0
         if off < 0:
-            np.maximum(band, 1 - off, out=band)
-            band -= np.uint16(-off)
+            np.maximum(band, 1 - off, out=tmp)
+            tmp -= np.uint16(-off)
+            np.minimum(tmp, band, out=band)
         else:
+            zero = band == 0
             np.minimum(band, 65535 - off, out=band)
             band += np.uint16(off)
-        band[zero] = 0
+            band[zero] = 0
 
 
 def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray,
@@ -651,7 +667,7 @@ def read_s1_scene(scene, grid: UnitGrid, storage: StorageConfig, out: np.ndarray
         with _dataset(href, storage, what) as ds:  # open errors are classified by _open
             try:
                 src_nodata = ref.nodata if ref.nodata is not None else ds.nodata
-                if ds.crs.to_epsg() == grid.epsg and _scale_factor(ds.transform, grid.gsd):
+                if raster_epsg(ds) == grid.epsg and _scale_factor(ds.transform, grid.gsd):
                     # same zone: separable bilinear in numpy (GDAL's answer, several times faster)
                     for c, r, k in squares:
                         dst = out[i, r : r + k, c : c + k]

@@ -154,6 +154,14 @@ def test_harmonise_clips_valid_to_one_and_keeps_nodata():
     np.testing.assert_array_equal(dn, [[[0, 1, 1, 1, 64535]]])
 
 
+@pytest.mark.parametrize("offset", [-1000, -1, -65534, 1, 1000, 65534])
+def test_harmonise_matches_the_definition_on_every_dn(offset):
+    dn = np.arange(65536, dtype=np.uint16).reshape(2, 256, 128)  # every value, two bands
+    want = np.where(dn == 0, 0, np.clip(dn.astype(np.int64) + offset, 1, 65535))
+    harmonise(dn, offset)
+    np.testing.assert_array_equal(dn, want)
+
+
 def test_s1_same_zone_half_pixel_shift_lands_on_the_grid(tmp_path):
     # S1 on a grid shifted by (+5 m, -5 m), like RTC products: bilinear warp of a linear ramp is exact
     tr = Affine(10, 0, GRID.x_min - 995.0, 0, -10, GRID.y_max + 1005.0)
