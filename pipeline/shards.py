@@ -576,15 +576,26 @@ def s2_slot_sums(s10m: np.ndarray, s20m: np.ndarray) -> np.ndarray:
     rows in that order, bands in the canonical order :data:`S2_BANDS`.
 
     ``s10m (4, H, W)``, ``s20m (8, H', W')`` uint16. Zero pixels add nothing to the sums, so only the counts
-    look for them; a square is below 2**32 and a slot's sum of squares below 2**63.
+    look for them. Up to :data:`_EXACT_F64_PIXELS` pixels a band (tiles up to 1448 px) the sums are taken in
+    float64, which is exact there (a square is below 2**32, a band's sum of squares below 2**53) and ~1.5x
+    faster than numpy's casting integer reductions; larger slots take those (a sum of squares below 2**63).
     """
     out = np.empty((3, len(S2_BANDS)), np.int64)
     for x, index in ((s10m, list(CUBE_INDEX_10M)), (s20m, list(CUBE_INDEX_20M))):
         x = x.reshape(len(index), -1)  # (C, H * W), a view of a contiguous slot
-        out[0, index] = np.count_nonzero(x, axis=1)
-        out[1, index] = x.sum(axis=1, dtype=np.uint64)
-        out[2, index] = np.square(x, dtype=np.uint32).sum(axis=1, dtype=np.uint64)
+        out[0, index] = [np.count_nonzero(band) for band in x]  # per band: numpy's fast path (axis= is not)
+        if x.shape[1] <= _EXACT_F64_PIXELS:
+            xf = x.astype(np.float64)
+            out[1, index] = xf @ np.ones(xf.shape[1])
+            out[2, index] = np.einsum("ij,ij->i", xf, xf)
+        else:
+            out[1, index] = x.sum(axis=1, dtype=np.uint64)
+            out[2, index] = np.square(x, dtype=np.uint32).sum(axis=1, dtype=np.uint64)
     return out
+
+
+#: pixels of one slot band below which float64 sums of uint16 squares are exact (65535**2 * n < 2**53)
+_EXACT_F64_PIXELS = 2**53 // 65535**2
 
 
 def sums_dict(a: np.ndarray) -> dict[str, list[int]]:

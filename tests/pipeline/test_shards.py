@@ -432,6 +432,27 @@ def test_to_cube_rejects_mixed_numpy_and_torch():
 # ------------------------------------------------------------------------------------------- stats
 
 
+@pytest.mark.parametrize("side", [128, 1448, 1456])  # float64 sums up to 1448 px, integer ones beyond
+def test_slot_sums_are_exact_at_the_extremes(side):
+    rng = np.random.default_rng(side)
+    s10 = np.full((4, side, side), 65535, np.uint16)
+    s20 = rng.integers(0, 65536, (8, side // 2, side // 2), dtype=np.uint16)
+    s10[1, 0, :7] = 0
+    s10[0, 0, 0] = 65534  # band 0's sum of squares odd: past 2**53, float64 could not hold it
+    got = S.s2_slot_sums(s10, s20)
+    for x, index in ((s10, S.CUBE_INDEX_10M), (s20, S.CUBE_INDEX_20M)):
+        for b, ci in enumerate(index):
+            v = [int(p) for p in x[b].ravel() if p] if side == 128 else None
+            n = int(np.count_nonzero(x[b]))
+            total = int(x[b].sum(dtype=np.uint64))
+            sq = int((x[b].astype(np.uint64) ** 2).sum())
+            assert got[:, ci].tolist() == [n, total, sq], S.S2_BANDS[ci]
+            if v is not None:
+                assert (n, total, sq) == (len(v), sum(v), sum(p * p for p in v))
+    # 1448 px: just under 2**53 (float64, exact); 1456 px: past it (the integer path)
+    assert got[2, S.CUBE_INDEX_10M[0]] == 65535**2 * (side * side - 1) + 65534**2
+
+
 def test_band_sums_match_numpy_at_native_resolution():
     a = _arrays()
     s2 = S.s2_band_sums(a["s2_10m"], a["s2_20m"], a["s2_valid"])
