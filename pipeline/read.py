@@ -189,7 +189,8 @@ class BlockCache:
         self.geo: dict[str, _Geo] = {}
 
     def georef(self, ds) -> _Geo:
-        """``ds``'s :class:`_Geo`, looked up once per raster (PROJ's EPSG match costs ~0.5 ms a call)."""
+        """``ds``'s :class:`_Geo`, looked up once per raster (PROJ's EPSG match: 25 µs alone, but 3 % of a
+        unit group when it was asked on every band read)."""
         geo = self.geo.get(ds.name)
         if geo is None:
             geo = self.geo[ds.name] = _Geo(ds.transform, ds.crs.to_epsg(), tuple(ds.block_shapes[0]))
