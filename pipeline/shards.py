@@ -586,7 +586,7 @@ def s2_slot_sums(s10m: np.ndarray, s20m: np.ndarray) -> np.ndarray:
         out[0, index] = [np.count_nonzero(band) for band in x]  # per band: numpy's fast path (axis= is not)
         if x.shape[1] <= _EXACT_F64_PIXELS:
             xf = x.astype(np.float64)
-            out[1, index] = xf @ np.ones(xf.shape[1])
+            out[1, index] = xf.sum(axis=1)
             out[2, index] = np.einsum("ij,ij->i", xf, xf)
         else:
             out[1, index] = x.sum(axis=1, dtype=np.uint64)
