@@ -536,7 +536,8 @@ def main(argv=None) -> int:
 
 
 def scaling(args) -> int:
-    """Ingest one archive with N CPUs for each N of ``--scaling``; speed-up and efficiency vs the first N."""
+    """Ingest one archive with N CPUs for each N of ``--scaling``; speed-up and efficiency vs the smallest N
+    (whatever order ``--scaling`` runs them in: ``2 1`` shows whether run order moves the figures)."""
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     k = args.scales[0]
@@ -559,6 +560,7 @@ def scaling(args) -> int:
               f"({s['units']} units, {s['tiles_written']} tiles written); ratio to the decode limit per core "
               f"{mb / s['wall'] / n / limit:.2f} wall-clock, "
               f"{mb / max(s['worker_cpu_s'], 1e-9) / limit_cpu:.2f} CPU-time", flush=True)
+    rows.sort()
     n0, w0, c0 = rows[0]
     print()
     for n, w, c in rows[1:]:
