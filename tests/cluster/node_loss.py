@@ -11,7 +11,8 @@ preset and one task per 4 x 4 work units (``group_units=4``: tasks of seconds, s
 one, which has written some of its units and not others): first undisturbed (the reference), then again
 into a fresh output while the drill kills a worker node without warning (``remove_node(node,
 allow_graceful=False)``: its raylet, workers and object store go at once) once a third of the units are
-written, choosing the node whose task started last. The report (JSON) says what was lost (the attempts
+written, choosing the node whose task started last (or, before the state API's first answer, a node in
+turn: every node runs a task mid-run). The report (JSON) says what was lost (the attempts
 that died with the node) and what was redone (attempts after a task's first; units the re-run found
 already written are skipped, not redone), when the re-run started and ended after the kill, and whether
 every output file is byte-identical to the reference. A kill that finds its node between tasks loses
@@ -104,7 +105,7 @@ def _add_worker(cluster):
 
 
 def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, deadline_s: float,
-                 kill_after_units: int) -> dict:
+                 kill_after_units: int, fallback: int = 0) -> dict:
     """One ingest into ``out`` during which worker nodes are killed; its part of the report."""
     import ray
 
@@ -133,10 +134,16 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
         time.sleep(0.05)
         if len(list(units_dir.glob("*"))) < kill_after_units:
             continue
-        # the node whose task started last is the likeliest to be still running it: the loss lands mid-task
+        # the node whose task started last is the likeliest to be still running it: the loss lands mid-task.
+        # Before the poll's first answer (about a second: as long as a whole warm re-run on a fast host),
+        # a node taken in turn by try: the ingest has as many tasks as nodes, so each is busy mid-run.
         running = list(latest)
-        if running:
-            victims = [by_id[running[-1]["node_id"]]] if kill == "one" else list(nodes)
+        if kill != "one":
+            victims = list(nodes)
+        elif running:
+            victims = [by_id[running[-1]["node_id"]]]
+        else:
+            victims = [nodes[fallback % len(nodes)]]
     poller.join(timeout=10)
     if not victims:  # the run outpaced the poll (warm workers make a re-run fast): the caller tries again
         th.join()
@@ -144,6 +151,7 @@ def _drilled_run(cluster, nodes: list, items: str, out: Path, *, kill: str, dead
                 "lost_running": 0}
     on_victims = {v.node_id for v in victims}
     rep: dict = {"killed_at_s": round(time.perf_counter() - t0, 2),
+                 "victim": "last started" if running or kill != "one" else "in turn (no poll yet)",
                  "unit_files_at_kill": len(list(units_dir.glob("*")))}
     t_kill, kill_ms = time.perf_counter(), time.time() * 1000
     for v in victims:
@@ -211,7 +219,7 @@ def drill(work: Path, *, workers: int = 2, kill: str = "one", deadline_s: float 
         for attempt in range(1, tries + 1):
             out = work / f"drilled-{attempt}"
             rep = _drilled_run(cluster, nodes, archive.items, out, kill=kill, deadline_s=deadline_s,
-                               kill_after_units=kill_after_units)
+                               kill_after_units=kill_after_units, fallback=attempt)
             report.pop("no_kill", None)
             report.update(rep, tries_needed=attempt)
             if "error" in rep or rep["lost_running"] or attempt == tries:
