@@ -270,19 +270,6 @@ def write_bytes_atomic(uri: str, data: bytes, storage: StorageConfig) -> int:
     return len(data)
 
 
-def drop_cached_pages(fd: int) -> None:
-    """Tell the kernel that a file's cached pages (clean: after ``fsync``) will not be read again here.
-
-    An ingest writes its shards once and never reads them back, so their pages would only crowd the page
-    cache (where the archive being read lives) until reclaim frees them. Dropped at once, they are reused
-    by the next file, and memory stays flat: on a VM whose balloon takes free memory back (free page
-    reporting), every fresh page costs a fault on the host, and 3 GiB of shards cost 0.9 instead of
-    2.4-3.1 s of system CPU (bench/RESULTS.md). A no-op where ``posix_fadvise`` does not exist (macOS).
-    """
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 class SpoolFile:
     """A local file at :attr:`path` that becomes the object ``uri`` whole or not at all.
 
@@ -316,7 +303,6 @@ class SpoolFile:
             if scheme_of(self.uri) == "file":
                 with open(self.path, "rb+") as f:
                     os.fsync(f.fileno())
-                    drop_cached_pages(f.fileno())
                 os.replace(self.path, self.dest)
             else:
                 self.fs.put_file(self.path, self.dest)

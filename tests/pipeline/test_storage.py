@@ -174,24 +174,6 @@ def test_spool_file_appears_whole_on_commit_and_never_on_discard(tmp_path, s3_se
         assert list_names(root, ST, ".bin") == ["x.bin"]
 
 
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here (macOS)")
-def test_local_commit_drops_the_file_pages_only_once_they_are_on_disk(tmp_path, monkeypatch):
-    calls = []
-    real_fsync, real_fadvise = os.fsync, os.posix_fadvise
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-
-    def fadvise(fd, off, n, advice):
-        calls.append((off, n, advice))
-        return real_fadvise(fd, off, n, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", fadvise)
-    uri = str(tmp_path / "d" / "x.bin")
-    _spool(uri, b"shard bytes" * 1000).commit()
-    # dirty pages are not dropped: the advice must come after the data is written back
-    assert calls == ["fsync", (0, 0, os.POSIX_FADV_DONTNEED)]
-    assert read_bytes(uri, ST) == b"shard bytes" * 1000
-
-
 def test_s3_round_trip(s3_server, s3_bucket):
     uri = f"s3://{s3_bucket}/p/x.json"
     assert not exists(uri, ST)
