@@ -591,13 +591,14 @@ def s2_slot_sums(s10m: np.ndarray, s20m: np.ndarray) -> np.ndarray:
         x = x.reshape(c, -1)  # (C, H * W), a view of a contiguous slot
         out[0, index] = [np.count_nonzero(band) for band in x]  # per band: numpy's fast path (axis= is not)
         if x.shape[1] <= _EXACT_F64_PIXELS:
-            # one BLAS product [x; 1] @ [x; 1].T: its diagonal holds the sums of squares, its last column the
-            # sums (every partial sum is an integer below 2**53, so any summation order is exact)
+            # BLAS on a float64 copy: one matrix-vector product [x] @ 1 for the sums, one dot product per
+            # band for the sums of squares (every partial sum is an integer below 2**53, so any summation
+            # order is exact). A Gram matrix [x; 1] @ [x; 1].T in one call costs ~3x: its (C+1)**2 entries
+            # on a skinny operand run far below BLAS's speed
             xf = _ones_below(c, x.shape[1])
             np.copyto(xf[:c], x)
-            g = xf[:c] @ xf.T
-            out[1, index] = g[:, c]
-            out[2, index] = np.diagonal(g)
+            out[1, index] = xf[:c] @ xf[c]
+            out[2, index] = [row @ row for row in xf[:c]]
         else:
             out[1, index] = x.sum(axis=1, dtype=np.uint64)
             out[2, index] = np.square(x, dtype=np.uint32).sum(axis=1, dtype=np.uint64)
